@@ -1,0 +1,12 @@
+//! The commands behind the command line. Errors are reported here (anyhow at this edge).
+
+pub mod sources;
+
+use crate::cli::{Cli, Command};
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Sources(args) => sources::run(&args),
+    }
+}
