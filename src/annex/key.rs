@@ -35,7 +35,9 @@ pub enum KeyError {
 pub struct Key {
     variety: Box<[u8]>,
     size: Option<Box<[u8]>>,
-    mtime: Option<Box<[u8]>>,
+    /// git-annex keeps the mtime as a 64-bit `CTime`, so larger values wrap around (and
+    /// serialize negative): kept the same way to produce the same key text and hash dirs.
+    mtime: Option<i64>,
     chunk_size: Option<Box<[u8]>>,
     chunk_num: Option<Box<[u8]>>,
     name: Box<[u8]>,
@@ -58,6 +60,13 @@ pub fn variety_has_extension(variety: &[u8]) -> bool {
 fn normalise_digits(d: &[u8]) -> Box<[u8]> {
     let first_nonzero = d.iter().position(|&c| c != b'0').unwrap_or(d.len().saturating_sub(1));
     d[first_nonzero..].into()
+}
+
+/// Digits to a 64-bit integer with two's-complement wrap-around, as Haskell's `fromInteger`
+/// into `Int64` does.
+fn wrap_i64(d: &[u8]) -> i64 {
+    let v = d.iter().fold(0u64, |acc, c| acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0')));
+    v as i64
 }
 
 fn digits_to_u64(d: &[u8]) -> Option<u64> {
@@ -90,6 +99,7 @@ impl Key {
             return Err(if rest.is_empty() { KeyError::NoSeparator } else { KeyError::BadField });
         };
         let [size, mtime, chunk_size, chunk_num] = fields;
+        let mtime = mtime.map(|d| wrap_i64(&d));
         let key = Key { variety, size, mtime, chunk_size, chunk_num, name: name.into() };
         if variety_has_extension(&key.variety) {
             let ext_len = key.extension().len();
@@ -109,7 +119,8 @@ impl Key {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.variety.len() + self.name.len() + 32);
         out.extend_from_slice(&self.variety);
-        for (tag, v) in [(b's', &self.size), (b'm', &self.mtime), (b'S', &self.chunk_size), (b'C', &self.chunk_num)] {
+        let mtime = self.mtime.map(|m| m.to_string().into_bytes().into_boxed_slice());
+        for (tag, v) in [(b's', &self.size), (b'm', &mtime), (b'S', &self.chunk_size), (b'C', &self.chunk_num)] {
             if let Some(v) = v {
                 out.push(b'-');
                 out.push(tag);
@@ -141,9 +152,9 @@ impl Key {
         self.size.as_deref().and_then(digits_to_u64)
     }
 
-    /// Modification time recorded in WORM keys.
-    pub fn mtime(&self) -> Option<u64> {
-        self.mtime.as_deref().and_then(digits_to_u64)
+    /// Modification time recorded in WORM keys (seconds; wraps like git-annex's `CTime`).
+    pub fn mtime(&self) -> Option<i64> {
+        self.mtime
     }
 
     /// Chunk size of a chunk key.
@@ -330,6 +341,14 @@ mod tests {
     }
 
     #[test]
+    fn mtime_wraps_like_git_annex() {
+        // Values from `git annex examinekey`.
+        assert_eq!(k("WORM-s1-m9223372036854775808--x").to_bytes(), b"WORM-s1-m-9223372036854775808--x");
+        assert_eq!(k("WORM-s1-m18446744073709551615--x").to_bytes(), b"WORM-s1-m-1--x");
+        assert_eq!(k("WORM-s1-m99999999999999999999--x").to_bytes(), b"WORM-s1-m7766279631452241919--x");
+    }
+
+    #[test]
     fn empty_name_and_extensions() {
         assert_eq!(k("SHA256E-s5--").name(), b"");
         let long = format!("SHA256E-s5--h.{}", "e".repeat(70));
@@ -438,7 +457,7 @@ mod tests {
 
         #[test]
         fn serialize_parse_round_trip(raw in arb_key_bytes()) {
-            if let Ok(key) = Key::parse(&raw) {
+            if let Ok(key) = Key::parse(&raw).map_err(|_| ()).and_then(|k| if k.mtime().is_some_and(|m| m < 0) { Err(()) } else { Ok(k) }) {
                 let ser = key.to_bytes();
                 let again = Key::parse(&ser).unwrap();
                 prop_assert_eq!(&again, &key);
@@ -448,7 +467,7 @@ mod tests {
 
         #[test]
         fn key_file_round_trip(raw in arb_key_bytes()) {
-            if let Ok(key) = Key::parse(&raw) {
+            if let Ok(key) = Key::parse(&raw).map_err(|_| ()).and_then(|k| if k.mtime().is_some_and(|m| m < 0) { Err(()) } else { Ok(k) }) {
                 let kf = key.key_file();
                 prop_assert!(!kf.contains(&b'/'));
                 prop_assert!(!kf.contains(&b':'));
