@@ -19,6 +19,24 @@ pub enum Command {
     /// Show, for each file, its key and every repository that holds its content, with
     /// whether and where annexfs can read it, in the order annexfs would try them.
     Sources(SourcesArgs),
+    /// List the files of a repository as annexfs shows them: the working tree (from the
+    /// index) or the tree of a ref, with sizes from the keys.
+    Ls(LsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Run as if started in this directory (like `git -C`).
+    #[arg(short = 'C', value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// List the tree of this commit, branch or tag instead of the working tree.
+    #[arg(long = "ref", value_name = "REV")]
+    pub rev: Option<String>,
+
+    /// Long format: kind, size, and the key of annexed files.
+    #[arg(short, long)]
+    pub long: bool,
 }
 
 #[derive(Debug, clap::Args)]

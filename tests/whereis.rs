@@ -128,7 +128,7 @@ fn build_world() -> World {
 
     // Fetch c with plain git: no git-annex command runs in r after this, so nothing merges.
     sb.git(&r, &["fetch", "-q", "c"]);
-    sb.git(&r, &["config", "remote.c.annex-uuid", &sb.git(&c, &["config", "annex.uuid"]).trim().to_string()]);
+    sb.git(&r, &["config", "remote.c.annex-uuid", sb.git(&c, &["config", "annex.uuid"]).trim()]);
     World { sb, r, files }
 }
 
@@ -261,7 +261,8 @@ fn sources_match_whereis_and_locations_hold_the_content() {
 
     let url = &ours["urlfile.txt"];
     assert_eq!(url["size"], Value::Null);
-    assert!(url["key"].as_str().unwrap().starts_with("URL--http://example.com/dir/some,32file.txt"));
+    // URL keys (VURL since git-annex 10.2025) carry the sanitised URL.
+    assert!(url["key"].as_str().unwrap().contains("URL--http://example.com/dir/some,32file.txt"), "{}", url["key"]);
 }
 
 #[test]

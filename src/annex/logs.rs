@@ -266,9 +266,12 @@ pub fn parse_remote_config(value: &[u8]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Usable chunkings per UUID: (chunk size, chunk count).
+pub type ChunkLog = BTreeMap<Vec<u8>, Vec<(u64, u64)>>;
+
 /// Parses a chunk log (`.log.cnk`, fields `UUID:CHUNKSIZE`, values chunk counts) into the
 /// usable chunkings per UUID: (chunk size, count), counts above zero only.
-pub fn parse_chunk_log<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<Vec<u8>, Vec<(u64, u64)>> {
+pub fn parse_chunk_log<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> ChunkLog {
     let mut out: BTreeMap<Vec<u8>, Vec<(u64, u64)>> = BTreeMap::new();
     for (field, (_, value)) in compact_map_log(chunks) {
         let Some(colon) = field.iter().rposition(|&c| c == b':') else { continue };

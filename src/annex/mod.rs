@@ -189,7 +189,7 @@ impl Annex {
     }
 
     /// Chunkings logged in `.log.cnk`, per UUID.
-    pub fn chunk_log(&self, key: &Key) -> Result<BTreeMap<Vec<u8>, Vec<(u64, u64)>>, branch::BranchError> {
+    pub fn chunk_log(&self, key: &Key) -> Result<logs::ChunkLog, branch::BranchError> {
         let meta = self.meta()?;
         let chunks = self.branch.file(&self.key_log_path(&meta, key, ".log.cnk"))?;
         Ok(logs::parse_chunk_log(chunks.iter().map(Vec::as_slice)))

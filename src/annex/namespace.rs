@@ -103,28 +103,73 @@ impl BlobClassifier {
         if let Some(c) = memo.get(&oid) {
             return Ok(c.clone());
         }
-        let c = if symlink {
-            let obj = odb.read(oid)?;
-            match parse_symlink_target(obj.data()) {
-                Some(k) => Classified::Annexed(k),
-                None => Classified::Symlink(obj.data().to_vec()),
-            }
-        } else {
-            let (size, _) = odb.read_header(oid)?;
-            // Only small blobs can be pointer files; large ones are content.
-            if size <= MAX_POINTER_FILE {
-                let obj = odb.read(oid)?;
-                match parse_pointer_file(obj.data()) {
-                    Some(k) => Classified::Annexed(k),
-                    None => Classified::Plain(size as u64),
-                }
-            } else {
-                Classified::Plain(size as u64)
-            }
-        };
+        let c = classify_blob(odb, oid, symlink)?;
         memo.insert(oid, c.clone());
         Ok(c)
     }
+
+    /// Classifies, on several threads, the blobs not yet memoised. Inflating blobs dominates
+    /// building a large namespace; each thread opens its own handle on the repository.
+    fn prefetch(&mut self, gitdir: &Path, items: &[(git2::Oid, bool)]) -> Result<(), git2::Error> {
+        let todo: Vec<(git2::Oid, bool)> = items
+            .iter()
+            .filter(|(oid, link)| !(if *link { &self.links } else { &self.files }).contains_key(oid))
+            .copied()
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        // Below this, opening extra repository handles costs more than it saves.
+        const PARALLEL_MIN: usize = 2048;
+        if todo.len() < PARALLEL_MIN || threads < 2 {
+            return Ok(());
+        }
+        let chunk = todo.len().div_ceil(threads);
+        type Part = Result<Vec<(git2::Oid, bool, Classified)>, git2::Error>;
+        let results: Vec<Part> = std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let repo = git2::Repository::open_bare(gitdir)?;
+                        let odb = repo.odb()?;
+                        part.iter()
+                            .map(|&(oid, link)| classify_blob(&odb, oid, link).map(|c| (oid, link, c)))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(git2::Error::from_str("blob classification thread panicked"))))
+                .collect()
+        });
+        for r in results {
+            for (oid, link, c) in r? {
+                if link { &mut self.links } else { &mut self.files }.insert(oid, c);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a blob means as a symlink target (`symlink`) or as a file's content.
+fn classify_blob(odb: &git2::Odb<'_>, oid: git2::Oid, symlink: bool) -> Result<Classified, git2::Error> {
+    if symlink {
+        let obj = odb.read(oid)?;
+        return Ok(match parse_symlink_target(obj.data()) {
+            Some(k) => Classified::Annexed(k),
+            None => Classified::Symlink(obj.data().to_vec()),
+        });
+    }
+    let (size, _) = odb.read_header(oid)?;
+    // Only small blobs can be pointer files; large ones are content.
+    if size > MAX_POINTER_FILE {
+        return Ok(Classified::Plain(size as u64));
+    }
+    let obj = odb.read(oid)?;
+    Ok(match parse_pointer_file(obj.data()) {
+        Some(k) => Classified::Annexed(k),
+        None => Classified::Plain(size as u64),
+    })
 }
 
 /// Whether git's fsck would warn about this path component; such names are never shown.
@@ -247,7 +292,7 @@ impl Namespace {
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
         out
     }
 
@@ -312,6 +357,8 @@ impl Namespace {
     ) -> Result<Namespace, git2::Error> {
         let odb = repo.odb()?;
         let mut ns = Namespace::empty(mtime);
+        // First walk the trees (cheap), then classify the blobs (in parallel), then insert.
+        let mut entries: Vec<(Vec<u8>, i32, git2::Oid)> = Vec::new();
         let mut stack: Vec<(Vec<u8>, git2::Oid)> = vec![(Vec::new(), tree)];
         while let Some((prefix, tid)) = stack.pop() {
             let tree = repo.find_tree(tid)?;
@@ -325,19 +372,25 @@ impl Namespace {
                     ns.dropped.push(path);
                     continue;
                 }
-                let mode = e.filemode();
-                let kind = match mode {
-                    MODE_TREE => {
-                        ns.insert(&path, EntryKind::Dir, true, mtime, &|_| mtime);
-                        stack.push((path, e.id()));
-                        continue;
-                    }
-                    MODE_COMMIT => EntryKind::Dir, // a submodule shows as an empty directory
-                    MODE_LINK => classified_kind(cls.classify(&odb, e.id(), true)?, e.id()),
-                    _ => classified_kind(cls.classify(&odb, e.id(), false)?, e.id()),
-                };
-                ns.insert(&path, kind, mode == MODE_EXEC, mtime, &|_| mtime);
+                if e.filemode() == MODE_TREE {
+                    stack.push((path.clone(), e.id()));
+                }
+                entries.push((path, e.filemode(), e.id()));
             }
+        }
+        let blobs: Vec<(git2::Oid, bool)> = entries
+            .iter()
+            .filter(|(_, mode, _)| *mode != MODE_TREE && *mode != MODE_COMMIT)
+            .map(|(_, mode, oid)| (*oid, *mode == MODE_LINK))
+            .collect();
+        cls.prefetch(repo.path(), &blobs)?;
+        for (path, mode, oid) in entries {
+            let kind = match mode {
+                MODE_TREE | MODE_COMMIT => EntryKind::Dir, // a submodule shows as an empty directory
+                MODE_LINK => classified_kind(cls.classify(&odb, oid, true)?, oid),
+                _ => classified_kind(cls.classify(&odb, oid, false)?, oid),
+            };
+            ns.insert(&path, kind, mode == MODE_EXEC, mtime, &|_| mtime);
         }
         warn_dropped(&ns.dropped);
         Ok(ns)
@@ -359,6 +412,9 @@ impl Namespace {
         let root_mtime = lstat_mtime(b"").unwrap_or(SystemTime::UNIX_EPOCH);
         let dir_mtime = |rel: &[u8]| lstat_mtime(rel).unwrap_or(root_mtime);
         let mut ns = Namespace::empty(root_mtime);
+        let blobs: Vec<(git2::Oid, bool)> =
+            index.iter().filter(|e| e.mode as i32 != MODE_COMMIT).map(|e| (e.id, e.mode as i32 == MODE_LINK)).collect();
+        cls.prefetch(repo.path(), &blobs)?;
         for entry in index.iter() {
             let path = entry.path.as_slice();
             let mode = entry.mode as i32;

@@ -196,7 +196,12 @@ pub fn load_remotes(cfg: &GitConfig, remote_log: &BTreeMap<String, BTreeMap<Stri
             .and_then(|c| c.trim().parse::<f64>().ok())
             .or_else(|| rcfg.get("cost").and_then(|c| c.trim().parse::<f64>().ok()))
             .filter(|c| c.is_finite() && *c >= 0.0)
-            .map_or(default_cost, |c| c.min(f64::from(u32::MAX)) as u32);
+            // Clamped to u32's range first, so the cast cannot truncate.
+            .map_or(default_cost, |c| {
+                #[allow(clippy::cast_possible_truncation)]
+                let c = c.min(f64::from(u32::MAX)).round() as u32;
+                c
+            });
         out.push(Remote {
             ignore: cfg.get_bool(&format!("remote.{name}.annex-ignore")).unwrap_or(false),
             trust_override: cfg.remote_trust(&name),
@@ -244,7 +249,7 @@ pub fn url_escape_key_file(kf: &[u8]) -> String {
 pub struct KeyFacts<'a> {
     pub key: &'a Key,
     /// Chunkings logged in `.log.cnk` for each UUID: UUID → [(size, count)].
-    pub chunk_log: &'a BTreeMap<Vec<u8>, Vec<(u64, u64)>>,
+    pub chunk_log: &'a super::logs::ChunkLog,
     /// Present plain URLs of `.log.web`.
     pub web_urls: &'a [String],
     pub policy: &'a AddressPolicy,

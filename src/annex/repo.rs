@@ -48,6 +48,20 @@ pub(crate) fn init_git2() {
         unsafe {
             let _ = git2::opts::set_verify_owner_validation(false);
         }
+        // Objects are read, never written: hashing every object on read (libgit2's default)
+        // costs more than inflating it, and git itself does not do it either.
+        git2::opts::strict_hash_verification(false);
+        // libgit2 caches only trees under 4 KiB by default; the top levels of the git-annex
+        // branch (4096 hash directories) are far larger and are read for every key.
+        // SAFETY: GIT_OPT_SET_CACHE_OBJECT_LIMIT takes (git_object_t, size_t), passed here with
+        // exactly those C types; it only changes libgit2's cache limits.
+        unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_OBJECT_LIMIT as libc::c_int,
+                libgit2_sys::GIT_OBJECT_TREE as libc::c_int,
+                (64usize << 20) as libc::size_t,
+            );
+        }
     });
 }
 

@@ -1,5 +1,6 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
+pub mod ls;
 pub mod sources;
 
 use crate::cli::{Cli, Command};
@@ -8,5 +9,6 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Sources(args) => sources::run(&args),
+        Command::Ls(args) => ls::run(&args),
     }
 }

@@ -37,6 +37,9 @@ struct JsonFile<'a> {
     holders: Vec<JsonHolder<'a>>,
 }
 
+/// A path in the repository and its key, if annexed.
+type Found = (Vec<u8>, Option<Key>);
+
 /// Where annexed files are looked up.
 enum Lookup {
     Index(git2::Index),
@@ -105,7 +108,7 @@ impl Resolver {
     }
 
     /// Every (relative path, key) at or under `rel`; `Ok(None)` when nothing is there.
-    fn resolve(&mut self, rel: &[u8]) -> Result<Option<Vec<(Vec<u8>, Option<Key>)>>, git2::Error> {
+    fn resolve(&mut self, rel: &[u8]) -> Result<Option<Vec<Found>>, git2::Error> {
         let odb = self.repo.odb()?;
         let mut out = Vec::new();
         match &self.lookup {
