@@ -22,6 +22,55 @@ pub enum Command {
     /// List the files of a repository as annexfs shows them: the working tree (from the
     /// index) or the tree of a ref, with sizes from the keys.
     Ls(LsArgs),
+    /// Mount a repository read-only: every file an ordinary file with its real size.
+    /// Returns once the mount answers (the daemon goes on in the background).
+    Mount(MountArgs),
+    /// Unmount an annexfs mount (also clears a mount left by a crashed daemon).
+    Umount(UmountArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The git-annex repository (worktree, or a bare repository).
+    #[arg(value_name = "REPO")]
+    pub repo: PathBuf,
+
+    /// Where to mount it.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Mount the tree of this commit, branch or tag (default: the working tree, followed
+    /// live; a bare repository shows HEAD).
+    #[arg(long = "ref", value_name = "REV")]
+    pub rev: Option<String>,
+
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount options, comma-separated (allow_other, allow_root, default_permissions,
+    /// auto_unmount, fsname=NAME, ref=REV; ro and fstab-only options are accepted).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+
+    /// Never use kernel FUSE passthrough for local content.
+    #[arg(long)]
+    pub no_passthrough: bool,
+
+    /// Log file of the background daemon (default: $XDG_STATE_HOME/annexfs/annexfs.log).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// The mountpoint.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Detach now even if files are open (they are closed when their users close them).
+    #[arg(short = 'z', long)]
+    pub lazy: bool,
 }
 
 #[derive(Debug, clap::Args)]

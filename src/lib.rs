@@ -3,7 +3,10 @@
 //! Layers, dependencies pointing down (see `docs/ARCHITECTURE.md`):
 //!
 //! ```text
-//! cli / cmd    command line, wiring
+//! cli / cmd    command line, wiring, mounting and daemonizing
+//!   fuse       thin fuser adapter
+//!   fs         filesystem semantics without FUSE: inodes, attributes, handles, reads
+//!   source     byte-range readers for the places content lives
 //!   annex      pure git-annex knowledge: keys, branch logs, remotes, namespace
 //! ```
 //!
@@ -15,4 +18,7 @@
 pub mod annex;
 pub mod cli;
 pub mod cmd;
+pub mod fs;
+pub mod fuse;
 pub mod logging;
+pub mod source;

@@ -3,9 +3,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; `verbose` raises the default level to `debug`.
-pub fn init(verbose: bool) {
-    let default = if verbose { "annexfs=debug" } else { "warn" };
+/// Installs the global subscriber. The default level is `debug` with `verbose`, `info` for a
+/// long-running daemon (`daemon`), else `warn`.
+pub fn init(verbose: bool, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (true, _) => "annexfs=debug,warn",
+        (false, true) => "annexfs=info,warn",
+        (false, false) => "warn",
+    };
     let filter = std::env::var("ANNEXFS_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()

@@ -2,7 +2,8 @@ use clap::Parser;
 
 fn main() {
     let cli = annexfs::cli::Cli::parse();
-    annexfs::logging::init(cli.verbose);
+    let daemon = matches!(cli.command, annexfs::cli::Command::Mount(_));
+    annexfs::logging::init(cli.verbose, daemon);
     let code = match annexfs::cmd::run(cli) {
         Ok(code) => code,
         Err(e) => {

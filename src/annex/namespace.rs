@@ -231,7 +231,8 @@ const MODE_COMMIT: i32 = 0o160000;
 const MODE_EXEC: i32 = 0o100755;
 
 impl Namespace {
-    fn empty(root_mtime: SystemTime) -> Namespace {
+    /// A namespace with only an empty root directory.
+    pub fn empty(root_mtime: SystemTime) -> Namespace {
         Namespace { nodes: vec![dir_node(OsString::new(), ROOT, root_mtime)], dropped: Vec::new() }
     }
 
@@ -429,14 +430,20 @@ impl Namespace {
                 _ => match cls.classify(&odb, entry.id, false)? {
                     Classified::Annexed(k) => EntryKind::Annexed(k),
                     // A plain file is shown as it is in the working tree, if it is there.
-                    Classified::Plain(size) => match md.filter(|m| m.is_file()) {
+                    Classified::Plain(size) => match md.as_ref().filter(|m| m.is_file()) {
                         Some(m) => EntryKind::Plain { size: m.len(), content: PlainContent::Worktree(wt) },
                         None => EntryKind::Plain { size, content: PlainContent::Blob(entry.id) },
                     },
                     Classified::Symlink(t) => EntryKind::Symlink(t),
                 },
             };
-            ns.insert(path, kind, mode == MODE_EXEC, mtime, &dir_mtime);
+            // git-annex records unlocked files as 100644 even when executable; the working
+            // tree file's mode keeps the bit.
+            let wt_exec = md.as_ref().is_some_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            });
+            ns.insert(path, kind, mode == MODE_EXEC || wt_exec, mtime, &dir_mtime);
         }
         warn_dropped(&ns.dropped);
         Ok(ns)

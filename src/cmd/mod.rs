@@ -1,6 +1,7 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
 pub mod ls;
+pub mod mount;
 pub mod sources;
 
 use crate::cli::{Cli, Command};
@@ -10,5 +11,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Sources(args) => sources::run(&args),
         Command::Ls(args) => ls::run(&args),
+        Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::umount(&args),
     }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod slowfs;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,531 @@
+//! `annexfs mount` and `annexfs umount`.
+//!
+//! `mount` checks everything it can before mounting (repository, ref, mountpoint, /dev/fuse,
+//! fusermount3), so that each common mistake gets one clear line and nothing is left
+//! half-mounted. Then, unless `--foreground`, it forks: the child mounts and serves, and tells
+//! the parent through a pipe once the mount answers requests (or why it could not); the
+//! parent exits 0 only then. The daemon's stderr (its log) goes to a log file.
+//!
+//! The daemon unmounts itself on SIGTERM, SIGINT or SIGHUP, and exits when the filesystem is
+//! unmounted from outside (`annexfs umount`, `fusermount3 -u`, `umount`).
+
+use crate::annex::Annex;
+use crate::annex::repo::clean_path;
+use crate::cli::{MountArgs, UmountArgs};
+use crate::fs::{AnnexFs, FsConfig, View};
+use crate::fuse::FuseAdapter;
+use anyhow::{Context, anyhow, bail};
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often the daemon looks for changes in the repository (index, refs, journal).
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// FUSE request threads; reads are handed to a separate pool, so these only do metadata.
+const FUSE_THREADS: usize = 4;
+
+/// Who may use the mount besides the mounting user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Owner,
+    Root,
+    All,
+}
+
+/// Everything `mount` needs, checked.
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    repo: PathBuf,
+    mountpoint: PathBuf,
+    rev: Option<String>,
+    access: Access,
+    default_permissions: bool,
+    auto_unmount: bool,
+    extra: Vec<fuser::MountOption>,
+    fsname: Option<String>,
+    passthrough: bool,
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Parses `-o` options (and their fstab relatives) into the plan.
+fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
+    use fuser::MountOption as M;
+    for opt in opts.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        match (name, value) {
+            (
+                "ro" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "_netdev" | "nofail",
+                _,
+            ) => {}
+            (n, _) if n.starts_with("x-") || n == "comment" => {}
+            ("rw", _) => bail!("annexfs mounts are read-only: remove the `rw` option"),
+            ("allow_other", None) => plan.access = Access::All,
+            ("allow_root", None) => plan.access = Access::Root,
+            ("default_permissions", None) => plan.default_permissions = true,
+            ("auto_unmount", None) => plan.auto_unmount = true,
+            ("nodev", None) => plan.extra.push(M::NoDev),
+            ("nosuid", None) => plan.extra.push(M::NoSuid),
+            ("dev", None) => plan.extra.push(M::Dev),
+            ("suid", None) => plan.extra.push(M::Suid),
+            ("exec", None) => plan.extra.push(M::Exec),
+            ("noexec", None) => plan.extra.push(M::NoExec),
+            ("atime" | "noatime" | "relatime" | "strictatime" | "async", None) => {}
+            ("fsname", Some(v)) => plan.fsname = Some(v.to_string()),
+            ("subtype", Some(_)) => {}
+            ("ref", Some(v)) => plan.rev = Some(v.to_string()),
+            _ => bail!("unknown mount option `{opt}`"),
+        }
+    }
+    // Letting other users in requires the kernel to check permissions, or they could read
+    // what the mode bits forbid.
+    if plan.access != Access::Owner {
+        plan.default_permissions = true;
+    }
+    Ok(())
+}
+
+/// Mount points of this process's mount namespace with their filesystem types.
+pub fn mount_table() -> Vec<(PathBuf, String)> {
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else { return Vec::new() };
+    text.split(|&c| c == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&c| c == b' ').collect();
+            let sep = fields.iter().position(|f| *f == b"-")?;
+            let mp = unescape_mountinfo(fields.get(4)?);
+            let fstype = String::from_utf8_lossy(fields.get(sep + 1)?).into_owned();
+            Some((PathBuf::from(std::ffi::OsStr::from_bytes(&mp)), fstype))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\' && i + 3 < f.len() && f[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(f[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(clean_path(&std::env::current_dir().context("find the current directory")?.join(p)))
+}
+
+/// Checks the mountpoint: it exists, is a directory, and nothing is mounted on it.
+fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::metadata(mp) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => bail!("mountpoint {} is not a directory", mp.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mountpoint {} is a stale mount (its daemon died: Transport endpoint is not connected); clear it with `annexfs umount {}`",
+            mp.display(),
+            mp.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mountpoint {} does not exist (create it with mkdir)", mp.display())
+        }
+        Err(e) => bail!("mountpoint {}: {e}", mp.display()),
+    }
+    let canon = mp.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
+    if let Some((_, fstype)) = mount_table().into_iter().rev().find(|(p, _)| *p == canon) {
+        bail!(
+            "mountpoint {} is busy: a {fstype} filesystem is already mounted there (unmount it first{})",
+            canon.display(),
+            if fstype == "fuse.annexfs" {
+                format!(", e.g. `annexfs umount {}`", canon.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(canon)
+}
+
+fn check_fuse_device() -> anyhow::Result<()> {
+    let dev = Path::new("/dev/fuse");
+    if !dev.exists() {
+        bail!(
+            "/dev/fuse is missing: the kernel's FUSE module is not loaded (try `modprobe fuse`) or this container has no access to it"
+        );
+    }
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        bail!("cannot open /dev/fuse: {e} (it is normally mode 0666; install fuse3 or ask an administrator)");
+    }
+    if euid() != 0 && which("fusermount3").is_none() {
+        bail!("fusermount3 is not installed: install the fuse3 package (apt install fuse3)");
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// Builds and checks the plan; every error is one line for the user.
+pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
+    let mut plan = MountPlan {
+        repo: absolute(&args.repo)?,
+        mountpoint: absolute(&args.mountpoint)?,
+        rev: args.rev.clone(),
+        access: Access::Owner,
+        default_permissions: false,
+        auto_unmount: false,
+        extra: Vec::new(),
+        fsname: None,
+        passthrough: !args.no_passthrough && euid() == 0,
+    };
+    parse_options(&mut plan, &args.options)?;
+    if !plan.repo.exists() {
+        bail!("{}: no such repository", plan.repo.display());
+    }
+    let annex = Annex::open(&plan.repo)?;
+    if let Some(rev) = &plan.rev {
+        let repo = git2::Repository::open_bare(&annex.gitdir)?;
+        repo.revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|e| anyhow!("--ref {rev}: not a commit in {}: {}", plan.repo.display(), e.message()))?;
+    } else if annex.workdir.is_none() {
+        let repo = git2::Repository::open_bare(&annex.gitdir)?;
+        if repo.head().and_then(|h| h.peel_to_commit()).is_err() {
+            bail!("{}: bare repository without a HEAD commit to show", plan.repo.display());
+        }
+    }
+    plan.mountpoint = check_mountpoint(&plan.mountpoint)?;
+    if plan.mountpoint.starts_with(annex.gitdir.canonicalize().unwrap_or_else(|_| annex.gitdir.clone())) {
+        bail!("mountpoint {} is inside the repository's git directory", plan.mountpoint.display());
+    }
+    check_fuse_device()?;
+    Ok(plan)
+}
+
+pub fn run(args: &MountArgs) -> anyhow::Result<i32> {
+    let plan = plan(args)?;
+    if args.foreground {
+        serve(&plan, None)?;
+        return Ok(0);
+    }
+    let log = match &args.log_file {
+        Some(f) => absolute(f)?,
+        None => default_log_file(),
+    };
+    daemonize(&plan, &log)
+}
+
+fn default_log_file() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("annexfs").join("annexfs.log")
+}
+
+/// Forks; the parent waits for the child's word that the mount answers.
+fn daemonize(plan: &MountPlan, log: &Path) -> anyhow::Result<i32> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let logfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open log file {}", log.display()))?;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("create a pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread runs in this process at this point (nothing before the mount
+    // starts threads), so the child may go on running Rust code.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no preconditions; it detaches from the controlling terminal.
+            unsafe { libc::setsid() };
+            redirect_stdio(&logfile);
+            let code = match serve(plan, Some(std::fs::File::from(wr))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            std::fs::File::from(rd).read_to_string(&mut msg).ok();
+            match msg.as_str() {
+                "OK" => Ok(0),
+                "" => bail!("the annexfs daemon exited before the mount was ready; see {}", log.display()),
+                m => bail!("{m}"),
+            }
+        }
+    }
+}
+
+fn redirect_stdio(log: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors of this (single-threaded) child.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+    let _ = std::env::set_current_dir("/");
+}
+
+enum Event {
+    Signal(i32),
+    Ended(std::io::Result<()>),
+}
+
+/// Mounts and serves until unmounted. `ready` is told "OK" once the mount answers, or why
+/// the mount failed, and is closed either way.
+pub fn serve(plan: &MountPlan, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
+    let mounted = mount(plan);
+    if let Some(mut r) = ready.take() {
+        let msg = match &mounted {
+            Ok(_) => "OK".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        r.write_all(msg.as_bytes()).context("tell the parent process")?;
+    }
+    let (fs, bg, rt) = mounted?;
+    tracing::info!("mounted {} on {}", plan.repo.display(), plan.mountpoint.display());
+    wait(plan, fs, bg, rt)
+}
+
+type Mounted = (Arc<AnnexFs>, fuser::BackgroundSession, tokio::runtime::Runtime);
+
+/// Mounts, and checks that the mount answers.
+fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
+    let annex = Arc::new(Annex::open(&plan.repo)?);
+    let view = match (&plan.rev, &annex.workdir) {
+        (Some(rev), _) => View::Ref(rev.clone()),
+        (None, None) => View::Ref("HEAD".into()),
+        (None, Some(_)) => View::Worktree,
+    };
+    let live = view == View::Worktree;
+    // SAFETY: getuid/getgid have no preconditions.
+    let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
+    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_name("annexfs-io")
+        .enable_time()
+        .build()
+        .context("start the I/O thread pool")?;
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
+
+    let mut config = fuser::Config::default();
+    config.mount_options.push(fuser::MountOption::RO);
+    config
+        .mount_options
+        .push(fuser::MountOption::FSName(plan.fsname.clone().unwrap_or_else(|| plan.repo.display().to_string())));
+    config.mount_options.push(fuser::MountOption::Subtype("annexfs".into()));
+    config.mount_options.push(fuser::MountOption::NoAtime);
+    config.mount_options.extend(plan.extra.iter().cloned());
+    if plan.default_permissions {
+        config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    }
+    if plan.auto_unmount {
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+    }
+    config.acl = match plan.access {
+        Access::Owner => fuser::SessionACL::Owner,
+        Access::Root => fuser::SessionACL::RootAndOwner,
+        Access::All => fuser::SessionACL::All,
+    };
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+
+    let session = fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) if plan.access == Access::All => {
+                " (allow_other needs `user_allow_other` in /etc/fuse.conf)"
+            }
+            Some(libc::ENOENT) => " (is fusermount3 installed?)",
+            _ => "",
+        };
+        anyhow!("mount {} on {}: {e}{hint}", plan.repo.display(), plan.mountpoint.display())
+    })?;
+    let bg = session.spawn().context("start the FUSE session")?;
+
+    // The mount must answer before the caller is told it is ready.
+    if let Err(e) = std::fs::metadata(&plan.mountpoint) {
+        let _ = unmount(&plan.mountpoint, true);
+        bail!("the new mount on {} does not answer: {e}", plan.mountpoint.display());
+    }
+    Ok((fs, bg, rt))
+}
+
+/// Serves until the filesystem is unmounted; unmounts on SIGTERM, SIGINT and SIGHUP.
+fn wait(
+    plan: &MountPlan,
+    fs: Arc<AnnexFs>,
+    bg: fuser::BackgroundSession,
+    rt: tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let refresher = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::Builder::new().name("annexfs-refresh".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(REFRESH_EVERY);
+                match fs.refresh() {
+                    Ok(true) => tracing::debug!("the repository changed; namespace rebuilt"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("follow the repository: {e}"),
+                }
+            }
+        })?
+    };
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let tx = tx.clone();
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+            .context("install signal handlers")?;
+        std::thread::Builder::new().name("annexfs-signals".into()).spawn(move || {
+            for s in signals.forever() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    }
+    std::thread::Builder::new().name("annexfs-session".into()).spawn(move || {
+        let _ = tx.send(Event::Ended(bg.join()));
+    })?;
+    loop {
+        match rx.recv() {
+            Ok(Event::Signal(s)) => {
+                tracing::info!("signal {s}: unmounting {}", plan.mountpoint.display());
+                if let Err(e) = unmount(&plan.mountpoint, true) {
+                    tracing::error!("unmount {}: {e:#}", plan.mountpoint.display());
+                }
+            }
+            Ok(Event::Ended(r)) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = refresher.join();
+                if let Err(e) = r {
+                    tracing::warn!("FUSE session ended: {e}");
+                }
+                tracing::info!("unmounted {}", plan.mountpoint.display());
+                rt.shutdown_timeout(Duration::from_secs(2));
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Unmounts `mp`: umount2 as root, else fusermount3.
+fn unmount(mp: &Path, lazy: bool) -> anyhow::Result<()> {
+    if euid() == 0 {
+        let c = CString::new(mp.as_os_str().as_bytes()).context("mountpoint path contains NUL")?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EBUSY) => bail!("{} is busy: files are open there (close them, or use --lazy)", mp.display()),
+            Some(libc::EINVAL) => bail!("{} is not a mount point", mp.display()),
+            _ => bail!("unmount {}: {e}", mp.display()),
+        }
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(mp).output().context("run fusermount3 (install the fuse3 package)")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn umount(args: &UmountArgs) -> anyhow::Result<i32> {
+    let mp = absolute(&args.mountpoint)?;
+    // Compare with the mount table without touching the mountpoint: a stale mount answers
+    // every stat with ENOTCONN.
+    let canon = mp
+        .parent()
+        .and_then(|p| p.canonicalize().ok())
+        .map_or(mp.clone(), |p| p.join(mp.file_name().unwrap_or_default()));
+    match mount_table().into_iter().rev().find(|(p, _)| *p == canon) {
+        None => bail!("{} is not a mount point", mp.display()),
+        // fuser's own mount(2) records the type as plain "fuse".
+        Some((_, t)) if t != "fuse.annexfs" && t != "fuse" => bail!("{} is a {t} mount, not annexfs", mp.display()),
+        Some(_) => {}
+    }
+    unmount(&canon, args.lazy)?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MountPlan {
+        MountPlan {
+            repo: "/r".into(),
+            mountpoint: "/m".into(),
+            rev: None,
+            access: Access::Owner,
+            default_permissions: false,
+            auto_unmount: false,
+            extra: vec![],
+            fsname: None,
+            passthrough: false,
+        }
+    }
+
+    #[test]
+    fn options() {
+        let mut p = base();
+        parse_options(&mut p, &["ro,noauto,x-systemd.automount,allow_other".into(), "ref=v1".into()]).unwrap();
+        assert_eq!(p.access, Access::All);
+        assert!(p.default_permissions, "allow_other forces default_permissions");
+        assert_eq!(p.rev.as_deref(), Some("v1"));
+        assert!(parse_options(&mut base(), &["rw".into()]).is_err());
+        assert!(parse_options(&mut base(), &["bogus".into()]).is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(br"/a\040b\134c"), b"/a b\\c");
+        assert_eq!(unescape_mountinfo(br"/x\04"), b"/x\\04");
+    }
+}

@@ -1,0 +1,515 @@
+//! Filesystem semantics, independent of fuser: inodes, lookup, attributes, directories,
+//! open handles and reads. `crate::fuse` is a thin adapter over [`AnnexFs`].
+//!
+//! Design:
+//! - The namespace (see [`crate::annex::namespace`]) is an immutable snapshot behind an `Arc`;
+//!   a live working-tree view swaps in a new snapshot when the index changes.
+//! - An inode stands for a path *with a given identity* (a directory, an annexed key, a plain
+//!   file's content, a symlink target). When the file at a path changes (another key after
+//!   `git pull`), it gets a new inode, and the old one answers ENOENT. So an inode's attributes
+//!   and data never change, and long attribute TTLs and the kernel page cache
+//!   (`FOPEN_KEEP_CACHE`) can never show stale bytes.
+//! - Metadata operations never do I/O on content; `read` does, and is called by the adapter on
+//!   a worker thread, so a slow disk never blocks other requests.
+//!
+//! Lock order: `ns` → `inodes` → `handles` → a handle's `reader`. `ns` is never held while a
+//! new namespace is built.
+
+pub mod error;
+
+pub use error::FsError;
+
+use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent};
+use crate::annex::{Annex, Key};
+use crate::source::{LocalFile, Memory, RangeRead, open_location};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// The root directory's inode number (FUSE's convention).
+pub const ROOT_INO: u64 = 1;
+
+/// Extended attribute: the annex key of a file.
+pub const XATTR_KEY: &str = "user.annexfs.key";
+/// Extended attribute: how many bytes of the content are available locally.
+pub const XATTR_PRESENT: &str = "user.annexfs.present";
+
+/// What the mount shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// The working tree of a non-bare repository, followed live through its index.
+    Worktree,
+    /// The tree of a commit (`--ref`, or a bare repository's HEAD).
+    Ref(String),
+}
+
+/// File types as the kernel sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Attributes of an inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A directory entry with its attributes.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub attr: Attr,
+}
+
+/// The identity of what is at a path; see the module doc.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Ident {
+    Dir,
+    Annexed(Key),
+    Plain(PlainId),
+    Symlink(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PlainId {
+    Blob(git2::Oid),
+    /// A working-tree file: its size and mtime stand for its content.
+    Worktree(u64, SystemTime),
+}
+
+fn ident_of(kind: &EntryKind, mtime: SystemTime) -> Ident {
+    match kind {
+        EntryKind::Dir => Ident::Dir,
+        EntryKind::Annexed(k) => Ident::Annexed(k.clone()),
+        EntryKind::Plain { content: PlainContent::Blob(oid), .. } => Ident::Plain(PlainId::Blob(*oid)),
+        EntryKind::Plain { size, content: PlainContent::Worktree(_) } => Ident::Plain(PlainId::Worktree(*size, mtime)),
+        EntryKind::Symlink(t) => Ident::Symlink(t.clone()),
+    }
+}
+
+/// Inode numbers for (path, identity) pairs. Numbers are never reused.
+struct InodeTable {
+    by_ident: HashMap<(Vec<u8>, Ident), u64>,
+    by_ino: HashMap<u64, (Vec<u8>, Ident)>,
+    next: u64,
+}
+
+impl InodeTable {
+    fn new() -> InodeTable {
+        let mut t = InodeTable { by_ident: HashMap::new(), by_ino: HashMap::new(), next: ROOT_INO + 1 };
+        t.by_ident.insert((Vec::new(), Ident::Dir), ROOT_INO);
+        t.by_ino.insert(ROOT_INO, (Vec::new(), Ident::Dir));
+        t
+    }
+
+    fn ino(&mut self, path: &[u8], ident: &Ident) -> u64 {
+        if let Some(&ino) = self.by_ident.get(&(path.to_vec(), ident.clone())) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ident.insert((path.to_vec(), ident.clone()), ino);
+        self.by_ino.insert(ino, (path.to_vec(), ident.clone()));
+        ino
+    }
+}
+
+/// Where an open file's bytes come from.
+enum Content {
+    Annexed(Key),
+    Plain(PlainContent),
+}
+
+/// An open file.
+struct Handle {
+    /// Path in the repository, for log lines.
+    file: String,
+    content: Content,
+    reader: Mutex<Option<Arc<dyn RangeRead>>>,
+}
+
+/// Mount-wide settings of the filesystem core.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The filesystem core.
+pub struct AnnexFs {
+    annex: Arc<Annex>,
+    view: View,
+    /// Repository handle for the index and plain blobs (git2 handles are not `Sync`).
+    repo: Mutex<git2::Repository>,
+    index_path: PathBuf,
+    index_stamp: Mutex<Option<(SystemTime, u64, u64)>>,
+    classifier: Mutex<BlobClassifier>,
+    ns: RwLock<Arc<Namespace>>,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    cfg: FsConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a panic elsewhere does not make
+    // the data unusable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stamp_of(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.modified().ok()?, md.len(), md.ino()))
+}
+
+impl AnnexFs {
+    /// Builds the filesystem for `annex` with the given view.
+    pub fn new(annex: Arc<Annex>, view: View, cfg: FsConfig) -> Result<AnnexFs, FsError> {
+        let repo = match (&view, &annex.workdir) {
+            (View::Worktree, Some(w)) => git2::Repository::open(w)?,
+            _ => git2::Repository::open_bare(&annex.gitdir)?,
+        };
+        let index_path = repo.path().join("index");
+        let fs = AnnexFs {
+            annex,
+            view,
+            repo: Mutex::new(repo),
+            index_stamp: Mutex::new(stamp_of(&index_path)),
+            index_path,
+            classifier: Mutex::new(BlobClassifier::default()),
+            ns: RwLock::new(Arc::new(Namespace::empty(SystemTime::UNIX_EPOCH))),
+            inodes: Mutex::new(InodeTable::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cfg,
+        };
+        let ns = fs.build_namespace()?;
+        *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
+        Ok(fs)
+    }
+
+    /// The view this filesystem shows.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The repository.
+    pub fn annex(&self) -> &Arc<Annex> {
+        &self.annex
+    }
+
+    fn build_namespace(&self) -> Result<Namespace, FsError> {
+        let repo = lock(&self.repo);
+        let mut cls = lock(&self.classifier);
+        match &self.view {
+            View::Worktree => {
+                let workdir = self.annex.workdir.as_deref().ok_or(FsError::NotDir)?;
+                Ok(Namespace::from_index(&repo, workdir, &mut cls)?)
+            }
+            View::Ref(rev) => {
+                let commit = repo.revparse_single(rev)?.peel_to_commit()?;
+                let secs = u64::try_from(commit.time().seconds()).unwrap_or(0);
+                let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+                Ok(Namespace::from_tree(&repo, commit.tree_id(), mtime, &mut cls)?)
+            }
+        }
+    }
+
+    /// Follows the repository: rebuilds the working-tree namespace when the index changed, and
+    /// refreshes the git-annex branch view. Returns true if the namespace changed.
+    pub fn refresh(&self) -> Result<bool, FsError> {
+        if let Err(e) = self.annex.branch.refresh() {
+            tracing::warn!("refresh the git-annex branch: {e}");
+        }
+        if self.view != View::Worktree {
+            return Ok(false);
+        }
+        let stamp = stamp_of(&self.index_path);
+        if *lock(&self.index_stamp) == stamp {
+            return Ok(false);
+        }
+        let ns = self.build_namespace()?;
+        *self.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
+        *lock(&self.index_stamp) = stamp;
+        Ok(true)
+    }
+
+    fn namespace(&self) -> Arc<Namespace> {
+        self.ns.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The node an inode stands for, if it still has the same identity.
+    fn resolve(&self, ino: u64) -> Result<(Arc<Namespace>, NodeId, Vec<u8>), FsError> {
+        let ns = self.namespace();
+        let (path, ident) = lock(&self.inodes).by_ino.get(&ino).cloned().ok_or(FsError::StaleInode(ino))?;
+        let id = ns.lookup(&path).ok_or(FsError::StaleInode(ino))?;
+        let node = ns.node(id).ok_or(FsError::StaleInode(ino))?;
+        if ident_of(&node.kind, node.mtime) != ident {
+            return Err(FsError::StaleInode(ino));
+        }
+        Ok((ns, id, path))
+    }
+
+    fn attr_of(&self, ns: &Namespace, id: NodeId, path: &[u8]) -> Result<Attr, FsError> {
+        let node = ns.node(id).ok_or(FsError::NotFound)?;
+        let ident = ident_of(&node.kind, node.mtime);
+        let ino = if path.is_empty() { ROOT_INO } else { lock(&self.inodes).ino(path, &ident) };
+        let (kind, size, perm, nlink) = match &node.kind {
+            EntryKind::Dir => (Kind::Dir, 0, 0o555, 2),
+            EntryKind::Annexed(key) => {
+                // A key without a size (URL, old WORM keys) gets it from local content.
+                let size = key.size().or_else(|| self.local_size(key)).unwrap_or(0);
+                (Kind::File, size, if node.exec { 0o555 } else { 0o444 }, 1)
+            }
+            EntryKind::Plain { size, .. } => (Kind::File, *size, if node.exec { 0o555 } else { 0o444 }, 1),
+            EntryKind::Symlink(t) => (Kind::Symlink, t.len() as u64, 0o777, 1),
+        };
+        Ok(Attr { ino, kind, size, perm, nlink, mtime: node.mtime, uid: self.cfg.uid, gid: self.cfg.gid })
+    }
+
+    fn local_size(&self, key: &Key) -> Option<u64> {
+        let p = self.annex.local_object(key)?;
+        std::fs::metadata(p).ok().map(|m| m.len())
+    }
+
+    /// Looks up `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let (ns, dir, mut path) = self.resolve(parent)?;
+        if !matches!(ns.node(dir).map(|n| &n.kind), Some(EntryKind::Dir)) {
+            return Err(FsError::NotDir);
+        }
+        let child = ns.child(dir, name).ok_or(FsError::NotFound)?;
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name.as_bytes());
+        self.attr_of(&ns, child, &path)
+    }
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let (ns, id, path) = self.resolve(ino)?;
+        self.attr_of(&ns, id, &path)
+    }
+
+    /// The entries of a directory (without `.` and `..`), and the parent's inode.
+    pub fn readdir(&self, ino: u64) -> Result<(u64, Vec<DirEntry>), FsError> {
+        let (ns, dir, path) = self.resolve(ino)?;
+        let node = ns.node(dir).ok_or(FsError::NotFound)?;
+        if !matches!(node.kind, EntryKind::Dir) {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::with_capacity(node.children.len());
+        for (name, &child) in &node.children {
+            let mut cpath = path.clone();
+            if !cpath.is_empty() {
+                cpath.push(b'/');
+            }
+            cpath.extend_from_slice(name.as_bytes());
+            out.push(DirEntry { name: name.clone(), attr: self.attr_of(&ns, child, &cpath)? });
+        }
+        let parent = if path.is_empty() {
+            ROOT_INO
+        } else {
+            let ppath = match path.iter().rposition(|&c| c == b'/') {
+                Some(i) => path[..i].to_vec(),
+                None => Vec::new(),
+            };
+            match ns.lookup(&ppath) {
+                Some(pid) => self.attr_of(&ns, pid, &ppath)?.ino,
+                None => ROOT_INO,
+            }
+        };
+        Ok((parent, out))
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (ns, id, _) = self.resolve(ino)?;
+        match &ns.node(id).ok_or(FsError::NotFound)?.kind {
+            EntryKind::Symlink(t) => Ok(t.clone()),
+            _ => Err(FsError::NotSymlink),
+        }
+    }
+
+    /// Opens a file for reading. Returns the handle and, for annexed content present in the
+    /// repository's own annex, that object file (for kernel passthrough).
+    pub fn open(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let (ns, id, path) = self.resolve(ino)?;
+        let node = ns.node(id).ok_or(FsError::NotFound)?;
+        let (content, local) = match &node.kind {
+            EntryKind::Dir => return Err(FsError::IsDir),
+            EntryKind::Symlink(_) => return Err(FsError::NotFound),
+            EntryKind::Annexed(key) => {
+                let local = self.annex.local_object(key).filter(|p| {
+                    std::fs::metadata(p).is_ok_and(|m| m.is_file() && key.size().is_none_or(|s| m.len() == s))
+                });
+                (Content::Annexed(key.clone()), local)
+            }
+            EntryKind::Plain { content, .. } => (Content::Plain(content.clone()), None),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { file: String::from_utf8_lossy(&path).into_owned(), content, reader: Mutex::new(None) };
+        lock(&self.handles).insert(fh, Arc::new(handle));
+        Ok((fh, local))
+    }
+
+    /// Closes a handle.
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    /// Reads up to `size` bytes at `offset`. Blocking: call it off the FUSE threads.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        let mut buf = vec![0u8; size as usize];
+        let mut failed: Vec<String> = Vec::new();
+        // A source can fail mid-read (a drop, a disk going away): the next holder is tried.
+        loop {
+            let reader = self.reader(&handle, &failed)?;
+            match reader.read_at(&mut buf, offset) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(e) => {
+                    let what = reader.describe();
+                    tracing::warn!("{}: read at {offset} from {what} failed: {e}; trying other holders", handle.file);
+                    *lock(&handle.reader) = None;
+                    if matches!(handle.content, Content::Plain(_)) || failed.contains(&what) {
+                        return Err(FsError::Io { what, source: e });
+                    }
+                    failed.push(what);
+                }
+            }
+        }
+    }
+
+    fn reader(&self, handle: &Handle, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
+        let mut slot = lock(&handle.reader);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r: Arc<dyn RangeRead> = match &handle.content {
+            Content::Plain(PlainContent::Worktree(p)) => Arc::new(LocalFile::open(p, None)?),
+            Content::Plain(PlainContent::Blob(oid)) => {
+                let repo = lock(&self.repo);
+                let blob = repo.find_blob(*oid)?;
+                Arc::new(Memory { bytes: blob.content().to_vec(), what: format!("git blob {oid}") })
+            }
+            Content::Annexed(key) => self.open_annexed(&handle.file, key, skip)?,
+        };
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Finds a readable copy of `key`: the repository's own annex first, then every holder in
+    /// the order of [`Annex::holders`].
+    fn open_annexed(&self, file: &str, key: &Key, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
+        let mut tried: Vec<String> = Vec::new();
+        if let Some(p) = self.annex.local_object(key) {
+            match LocalFile::open(&p, key.size()) {
+                Ok(f) if !skip.contains(&f.describe()) => return Ok(Arc::new(f)),
+                Ok(_) => {}
+                Err(e) => tried.push(format!("this repository: {e}")),
+            }
+        }
+        let holders = self.annex.holders(key).map_err(|e| FsError::Unavailable {
+            key: key.to_string_lossy(),
+            why: format!("read the git-annex branch: {e}"),
+        })?;
+        for h in &holders {
+            let name =
+                if h.here { "this repository".to_string() } else { h.remote.clone().unwrap_or_else(|| h.uuid.clone()) };
+            if let Err(why) = &h.readable {
+                tried.push(format!("{name} ({}): {why}", h.uuid));
+                continue;
+            }
+            for loc in &h.locations {
+                match open_location(loc, key.size()) {
+                    Ok(r) if skip.contains(&r.describe()) => {}
+                    Ok(r) => {
+                        tracing::debug!("{file}: reading {key} from {name}: {}", r.describe());
+                        return Ok(Arc::from(r));
+                    }
+                    Err(e) => tried.push(format!("{name} ({}): {e}", h.uuid)),
+                }
+            }
+        }
+        if holders.is_empty() {
+            tried.push("no repository is known to hold it".into());
+        }
+        let why = tried.join("; ");
+        tracing::error!("{file}: cannot read {key}: {why}");
+        Err(FsError::Unavailable { key: key.to_string_lossy(), why })
+    }
+
+    /// An extended attribute's value.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        let (ns, id, _) = self.resolve(ino)?;
+        let EntryKind::Annexed(key) = &ns.node(id).ok_or(FsError::NotFound)?.kind else {
+            return Err(FsError::NoAttr);
+        };
+        match name.to_str() {
+            Some(XATTR_KEY) => Ok(key.to_bytes()),
+            Some(XATTR_PRESENT) => Ok(self.local_size(key).unwrap_or(0).to_string().into_bytes()),
+            _ => Err(FsError::NoAttr),
+        }
+    }
+
+    /// The names of the extended attributes, NUL-terminated each.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (ns, id, _) = self.resolve(ino)?;
+        Ok(match ns.node(id).map(|n| &n.kind) {
+            Some(EntryKind::Annexed(_)) => format!("{XATTR_KEY}\0{XATTR_PRESENT}\0").into_bytes(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Number of inodes in the current namespace (for statfs).
+    pub fn entry_count(&self) -> u64 {
+        self.namespace().len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+        assert_eq!(FsError::Unavailable { key: "k".into(), why: "w".into() }.errno(), libc::EIO);
+        assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn inode_numbers_follow_identity() {
+        let mut t = InodeTable::new();
+        let k1 = Key::parse_str("SHA256E-s1--a").unwrap();
+        let k2 = Key::parse_str("SHA256E-s2--b").unwrap();
+        let a = t.ino(b"f", &Ident::Annexed(k1.clone()));
+        assert_eq!(t.ino(b"f", &Ident::Annexed(k1)), a);
+        let b = t.ino(b"f", &Ident::Annexed(k2));
+        assert_ne!(a, b, "another key at the same path is another inode");
+        assert_eq!(t.ino(b"", &Ident::Dir), ROOT_INO);
+    }
+}

@@ -1,0 +1,334 @@
+//! The fuser adapter: unpacks requests, calls [`AnnexFs`], replies. No policy lives here
+//! except what is FUSE-specific: TTLs, open flags, and kernel passthrough bookkeeping.
+//!
+//! Reads run on a blocking thread pool (the reply is sent from there), so a slow source never
+//! holds a FUSE thread; metadata requests are answered from memory on the FUSE threads.
+//!
+//! Passthrough (Linux ≥ 6.9, needs CAP_SYS_ADMIN): content present in the repository's own
+//! annex is handed to the kernel, which then reads the object file directly. The kernel
+//! allows one backing file per inode at a time and no mixing of passthrough and normal opens
+//! on one inode, so `Passthrough::inodes` keeps one `BackingId` per inode while any passthrough
+//! handle is open, and never uses passthrough for an inode with normal opens.
+//!
+//! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`.
+
+use crate::fs::{AnnexFs, Attr, Kind};
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How long the kernel may cache attributes: an inode's attributes never change (see
+/// `crate::fs`), so this is long.
+pub const ATTR_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Entry TTL of a ref view, which never changes.
+pub const STATIC_ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Entry TTL of the live working-tree view: names are re-checked this often, so changes in
+/// the repository show within about this time.
+pub const LIVE_ENTRY_TTL: Duration = Duration::from_secs(1);
+/// Readahead asked of the kernel (it may grant less).
+const MAX_READAHEAD: u32 = 1 << 20;
+
+#[derive(Default)]
+struct PtInode {
+    backing: Weak<BackingId>,
+    normal_opens: u32,
+}
+
+type OpenHandle = (u64, Option<Arc<BackingId>>);
+
+#[derive(Default)]
+struct Passthrough {
+    enabled: AtomicBool,
+    inodes: Mutex<HashMap<u64, PtInode>>,
+    /// Open handle → (inode, its backing file if opened in passthrough mode).
+    by_fh: Mutex<HashMap<u64, OpenHandle>>,
+    failures: AtomicU64,
+}
+
+/// The `fuser::Filesystem` of annexfs.
+pub struct FuseAdapter {
+    fs: Arc<AnnexFs>,
+    pool: tokio::runtime::Handle,
+    entry_ttl: Duration,
+    want_passthrough: bool,
+    pt: Passthrough,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn errno(e: &crate::fs::FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+            Kind::Symlink => FileType::Symlink,
+        },
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        flags: 0,
+        blksize: 1 << 16,
+    }
+}
+
+impl FuseAdapter {
+    /// `live`: the view follows the repository (short entry TTL). `passthrough`: try kernel
+    /// passthrough for local content.
+    pub fn new(fs: Arc<AnnexFs>, pool: tokio::runtime::Handle, live: bool, passthrough: bool) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            pool,
+            entry_ttl: if live { LIVE_ENTRY_TTL } else { STATIC_ENTRY_TTL },
+            want_passthrough: passthrough,
+            pt: Passthrough::default(),
+        }
+    }
+
+    fn ttl(&self, a: &Attr) -> Duration {
+        // A directory's mtime follows the working tree; file attributes never change.
+        if a.kind == Kind::Dir { self.entry_ttl } else { ATTR_TTL }
+    }
+
+    /// Opens `ino` in passthrough mode if possible; `None` means use a normal open.
+    /// `local` is the object file in the repository's own annex, if the content is there.
+    fn try_passthrough(&self, ino: u64, local: Option<&std::path::Path>, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        if !self.pt.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut inodes = lock(&self.pt.inodes);
+        let st = inodes.entry(ino).or_default();
+        if st.normal_opens > 0 {
+            return None;
+        }
+        // While a passthrough handle is open, every open of the inode must share its backing
+        // file (even if the object was dropped meanwhile: the kernel still holds it open).
+        if let Some(id) = st.backing.upgrade() {
+            return Some(id);
+        }
+        let path = local?;
+        let file = crate::source::open_readonly(path).ok()?;
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                st.backing = Arc::downgrade(&id);
+                Some(id)
+            }
+            Err(e) => {
+                // EPERM: no CAP_SYS_ADMIN or a stacked filesystem; normal reads still work.
+                if self.pt.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::info!(
+                        "kernel passthrough unavailable for {} ({e}); reading through annexfs",
+                        path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Optional capabilities: each is skipped if the kernel lacks it.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
+        if self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.pt.enabled.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry_with_ttls(&self.ttl(&a), &self.entry_ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl(&a), &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let (fh, local) = match self.fs.open(ino.0, write) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let backing = self.try_passthrough(ino.0, local.as_deref(), &reply);
+        match &backing {
+            Some(_) => {}
+            None => lock(&self.pt.inodes).entry(ino.0).or_default().normal_opens += 1,
+        }
+        lock(&self.pt.by_fh).insert(fh, (ino.0, backing.clone()));
+        // Content at an inode never changes, so the page cache is kept across opens. Not with
+        // passthrough: the kernel then uses the backing file's cache, and FOPEN_KEEP_CACHE
+        // together with passthrough makes every read fail with EIO (seen on Linux 6.18).
+        match backing {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.pool.spawn_blocking(move || match fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        let mut inodes = lock(&self.pt.inodes);
+        if let Some((ino, backing)) = lock(&self.pt.by_fh).remove(&fh.0) {
+            if backing.is_none()
+                && let Some(st) = inodes.get_mut(&ino)
+            {
+                st.normal_opens = st.normal_opens.saturating_sub(1);
+            }
+            // Dropping the last strong reference closes the kernel's backing file.
+            drop(backing);
+            if let Some(st) = inodes.get(&ino)
+                && st.normal_opens == 0
+                && st.backing.strong_count() == 0
+            {
+                inodes.remove(&ino);
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let (parent, entries) = match self.fs.readdir(ino.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let all = [(ino.0, FileType::Directory, OsStr::new(".")), (parent, FileType::Directory, OsStr::new(".."))]
+            .into_iter()
+            .chain(entries.iter().map(|e| (e.attr.ino, file_attr(&e.attr).kind, e.name.as_os_str())));
+        for (i, (ino, kind, name)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let (parent, entries) = match self.fs.readdir(ino.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let (me, up) = match (self.fs.getattr(ino.0), self.fs.getattr(parent)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
+        };
+        let all = [(OsStr::new("."), &me), (OsStr::new(".."), &up)]
+            .into_iter()
+            .chain(entries.iter().map(|e| (e.name.as_os_str(), &e.attr)));
+        for (i, (name, attr)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+            let entry_ttl = if i < 2 { Duration::ZERO } else { self.entry_ttl };
+            if reply.add(INodeNo(attr.ino), i as u64 + 1, name, &entry_ttl, &file_attr(attr), Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.fs.entry_count();
+        reply.statfs(0, 0, 0, files, 0, 1 << 16, 255, 1 << 16);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.bits() & libc::W_OK != 0 {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
