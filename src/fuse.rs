@@ -263,40 +263,26 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let (parent, entries) = match self.fs.readdir(ino.0) {
-            Ok(x) => x,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let all = [(ino.0, FileType::Directory, OsStr::new(".")), (parent, FileType::Directory, OsStr::new(".."))]
-            .into_iter()
-            .chain(entries.iter().map(|e| (e.attr.ino, file_attr(&e.attr).kind, e.name.as_os_str())));
-        for (i, (ino, kind, name)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
-                break;
-            }
+        let listed = self
+            .fs
+            .readdir(ino.0, offset, |name, attr, next| reply.add(INodeNo(attr.ino), next, file_attr(attr).kind, name));
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (parent, entries) = match self.fs.readdir(ino.0) {
-            Ok(x) => x,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let (me, up) = match (self.fs.getattr(ino.0), self.fs.getattr(parent)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
-        };
-        let all = [(OsStr::new("."), &me), (OsStr::new(".."), &up)]
-            .into_iter()
-            .chain(entries.iter().map(|e| (e.name.as_os_str(), &e.attr)));
-        for (i, (name, attr)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
-            let entry_ttl = if i < 2 { Duration::ZERO } else { self.entry_ttl };
-            if reply.add(INodeNo(attr.ino), i as u64 + 1, name, &entry_ttl, &file_attr(attr), Generation(0)) {
-                break;
-            }
+        let entry_ttl = self.entry_ttl;
+        let listed = self.fs.readdir(ino.0, offset, |name, attr, next| {
+            // `.` and `..` must not create dentries.
+            let ttl = if next <= 2 { Duration::ZERO } else { entry_ttl };
+            reply.add(INodeNo(attr.ino), next, name, &ttl, &file_attr(attr), Generation(0))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -2,8 +2,14 @@ use clap::Parser;
 
 fn main() {
     let cli = annexfs::cli::Cli::parse();
-    let daemon = matches!(cli.command, annexfs::cli::Command::Mount(_));
-    annexfs::logging::init(cli.verbose, daemon);
+    use std::io::IsTerminal;
+    let (daemon, background) = match &cli.command {
+        annexfs::cli::Command::Mount(m) => (true, !m.foreground),
+        _ => (false, false),
+    };
+    // A background daemon's stderr becomes its log file: no colour codes there.
+    let ansi = std::io::stderr().is_terminal() && !background;
+    annexfs::logging::init(cli.verbose, daemon, ansi);
     let code = match annexfs::cmd::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -232,6 +232,9 @@ fn every_file_reads_byte_exact_from_wherever_its_content_is() {
     assert_eq!(xattr(&m.p("spread/in-dir.bin"), "user.annexfs.present").unwrap(), b"0");
     assert_eq!(xattr(&m.p("a.txt"), "user.annexfs.present").unwrap(), b"13");
     assert!(xattr(&m.p("README.plain"), "user.annexfs.key").is_none());
+    // Namespaces annexfs has no attributes in say so, so ls and friends stop asking.
+    assert!(xattr(&m.p("a.txt"), "security.selinux").is_none());
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
 
     // Content nobody has: EIO within seconds, and a log line naming file, key and holders.
     let start = Instant::now();
@@ -317,7 +320,22 @@ fn ref_and_bare_mounts_show_a_commit_tree() {
     sb.git(&r, &["rm", "-q", "v.txt"]);
     sb.write(&r.join("w.txt"), b"version two\n");
     sb.annex(&r, &["add", "-q", "w.txt"]);
+    // A directory larger than one readdir buffer.
+    let names: Vec<String> = (0..1500).map(|i| format!("entry-{i:04}.txt")).collect();
+    for n in &names {
+        sb.write(&r.join("big-dir").join(n), n.as_bytes());
+    }
+    sb.git(&r, &["-c", "annex.largefiles=nothing", "add", "big-dir"]);
     sb.git(&r, &["commit", "-q", "-m", "two"]);
+
+    let head = mount(&sb, &r, "mnt-head", &["--ref", "HEAD"]);
+    let mut listed: Vec<String> =
+        std::fs::read_dir(head.p("big-dir")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    listed.sort();
+    assert_eq!(listed, names, "every entry of a large directory, once");
+    assert_eq!(std::fs::read(head.p("big-dir/entry-1234.txt")).unwrap(), b"entry-1234.txt");
+    let ls = std::process::Command::new("ls").arg("-l").arg(head.p("big-dir")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 1501, "ls -l: total line and 1500 entries");
 
     let m = mount(&sb, &r, "mnt-ref", &["--ref", "v1"]);
     assert_eq!(std::fs::read(m.p("v.txt")).unwrap(), b"version one\n");

@@ -21,6 +21,9 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttr,
+    /// An extended attribute namespace annexfs does not have (security.*, system.*, …).
+    #[error("attribute namespace not supported")]
+    XattrNamespace,
     #[error("attribute value does not fit the buffer")]
     Range,
     /// No holder of the content could be read; the log line names them.
@@ -50,6 +53,9 @@ impl FsError {
             FsError::NotSymlink => libc::EINVAL,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
+            // EOPNOTSUPP (not ENODATA) lets tools like ls remember, per filesystem, that there
+            // are no ACLs or security labels, instead of asking for every file.
+            FsError::XattrNamespace => libc::EOPNOTSUPP,
             FsError::Range => libc::ERANGE,
             FsError::Unavailable { .. } => libc::EIO,
             FsError::Io { .. } => libc::EIO,

@@ -19,11 +19,11 @@ pub mod error;
 
 pub use error::FsError;
 
-use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent};
+use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent, ROOT};
 use crate::annex::{Annex, Key};
 use crate::source::{LocalFile, Memory, RangeRead, open_location};
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,13 +66,6 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub uid: u32,
     pub gid: u32,
-}
-
-/// A directory entry with its attributes.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub attr: Attr,
 }
 
 /// The identity of what is at a path; see the module doc.
@@ -307,35 +300,46 @@ impl AnnexFs {
         self.attr_of(&ns, id, &path)
     }
 
-    /// The entries of a directory (without `.` and `..`), and the parent's inode.
-    pub fn readdir(&self, ino: u64) -> Result<(u64, Vec<DirEntry>), FsError> {
+    /// Lists directory `ino` from position `offset` (0 is `.`, 1 is `..`, then the children
+    /// in name order), calling `add(name, attributes, next offset)` until it returns true (the
+    /// reply buffer is full). Attributes are computed only for the entries handed out, so
+    /// listing a large directory in many buffers stays linear.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(&OsStr, &Attr, u64) -> bool,
+    ) -> Result<(), FsError> {
         let (ns, dir, path) = self.resolve(ino)?;
         let node = ns.node(dir).ok_or(FsError::NotFound)?;
         if !matches!(node.kind, EntryKind::Dir) {
             return Err(FsError::NotDir);
         }
-        let mut out = Vec::with_capacity(node.children.len());
-        for (name, &child) in &node.children {
+        if offset == 0 && add(OsStr::new("."), &self.attr_of(&ns, dir, &path)?, 1) {
+            return Ok(());
+        }
+        if offset <= 1 {
+            let ppath = match path.iter().rposition(|&c| c == b'/') {
+                Some(i) => path[..i].to_vec(),
+                None => Vec::new(),
+            };
+            let pid = ns.lookup(&ppath).unwrap_or(ROOT);
+            if add(OsStr::new(".."), &self.attr_of(&ns, pid, &ppath)?, 2) {
+                return Ok(());
+            }
+        }
+        let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+        for (i, (name, &child)) in node.children.iter().enumerate().skip(skip) {
             let mut cpath = path.clone();
             if !cpath.is_empty() {
                 cpath.push(b'/');
             }
             cpath.extend_from_slice(name.as_bytes());
-            out.push(DirEntry { name: name.clone(), attr: self.attr_of(&ns, child, &cpath)? });
-        }
-        let parent = if path.is_empty() {
-            ROOT_INO
-        } else {
-            let ppath = match path.iter().rposition(|&c| c == b'/') {
-                Some(i) => path[..i].to_vec(),
-                None => Vec::new(),
-            };
-            match ns.lookup(&ppath) {
-                Some(pid) => self.attr_of(&ns, pid, &ppath)?.ino,
-                None => ROOT_INO,
+            if add(name, &self.attr_of(&ns, child, &cpath)?, i as u64 + 3) {
+                break;
             }
-        };
-        Ok((parent, out))
+        }
+        Ok(())
     }
 
     /// The target of a symlink.
@@ -447,7 +451,7 @@ impl AnnexFs {
                 match open_location(loc, key.size()) {
                     Ok(r) if skip.contains(&r.describe()) => {}
                     Ok(r) => {
-                        tracing::debug!("{file}: reading {key} from {name}: {}", r.describe());
+                        tracing::debug!("{file}: reading from {name} ({}), key {key}", r.describe());
                         return Ok(Arc::from(r));
                     }
                     Err(e) => tried.push(format!("{name} ({}): {e}", h.uuid)),
@@ -464,6 +468,9 @@ impl AnnexFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        if !name.as_bytes().starts_with(b"user.") {
+            return Err(FsError::XattrNamespace);
+        }
         let (ns, id, _) = self.resolve(ino)?;
         let EntryKind::Annexed(key) = &ns.node(id).ok_or(FsError::NotFound)?.kind else {
             return Err(FsError::NoAttr);
