@@ -249,6 +249,7 @@ fn sources_match_whereis_and_locations_hold_the_content() {
     assert_eq!(read_locations(c), w.files["a.txt"]);
     let web =
         a["holders"].as_array().unwrap().iter().find(|h| h["uuid"] == "00000000-0000-0000-0000-000000000001").unwrap();
+    assert_eq!(web["description"], "web");
     let web_locs = web["locations"].as_array().unwrap();
     assert!(web_locs.iter().any(|l| l == "http://127.0.0.1:9/with space/a.txt"), "allowed loopback URL: {web_locs:?}");
 

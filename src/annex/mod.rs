@@ -245,7 +245,13 @@ impl Annex {
                 accesses.push(web.access(&facts));
             }
             accesses.sort_by_key(|a| (a.readable.is_err(), a.cost));
-            let description = meta.descriptions.get(&uuid).cloned().unwrap_or_default();
+            let description = match meta.descriptions.get(&uuid) {
+                Some(d) => d.clone(),
+                // The built-in special remotes are not in uuid.log; git-annex names them so.
+                None if uuid == WEB_UUID => "web".into(),
+                None if uuid == remotes::BITTORRENT_UUID => "bittorrent".into(),
+                None => String::new(),
+            };
             let trust = meta.trust_of(&uuid);
             let holder = match accesses.iter().find(|a| a.readable.is_ok()) {
                 Some(first) => Holder {
