@@ -21,4 +21,5 @@ pub mod cmd;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
+pub mod pieces;
 pub mod source;
