@@ -18,6 +18,7 @@
 pub mod annex;
 pub mod cli;
 pub mod cmd;
+pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod logging;

@@ -401,7 +401,14 @@ pub struct PieceStore {
     root: PathBuf,
     limit: u64,
     inner: Mutex<StoreInner>,
+    /// Bytes in use as last counted, plus what this process added since.
+    used: std::sync::atomic::AtomicU64,
+    /// When the cache directory was last counted (other processes write to it too).
+    counted: Mutex<Instant>,
 }
+
+/// How often the use of the cache is counted again from the directory.
+const RECOUNT_EVERY: Duration = Duration::from_secs(30);
 
 impl PieceStore {
     /// Opens (creating) the cache at `root` (the version directory is added), bounded by
@@ -409,7 +416,15 @@ impl PieceStore {
     pub fn open(root: &Path, limit: u64) -> Result<PieceStore, CacheError> {
         let root = root.join("v1");
         std::fs::create_dir_all(root.join("keys")).map_err(io_err(&root))?;
-        Ok(PieceStore { root, limit, inner: Mutex::new(StoreInner { open: HashMap::new() }) })
+        let store = PieceStore {
+            root,
+            limit,
+            inner: Mutex::new(StoreInner { open: HashMap::new() }),
+            used: Default::default(),
+            counted: Mutex::new(Instant::now()),
+        };
+        store.used.store(store.used(), std::sync::atomic::Ordering::Relaxed);
+        Ok(store)
     }
 
     /// The default cache directory: `$XDG_CACHE_HOME/annexfs`, else `~/.cache/annexfs`.
@@ -528,13 +543,28 @@ impl PieceStore {
         out
     }
 
+    /// Accounts for `need` more bytes about to be written, evicting if the cache would grow
+    /// past its limit. Cheap while there is room; counts the directory again now and then.
+    pub fn reserve(&self, need: u64) -> Result<(), CacheError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let used = self.used.load(Relaxed);
+        if used + need <= self.limit && lock(&self.counted).elapsed() < RECOUNT_EVERY {
+            self.used.fetch_add(need, Relaxed);
+            return Ok(());
+        }
+        let after = self.make_room(need)?;
+        *lock(&self.counted) = Instant::now();
+        self.used.store(after + need, Relaxed);
+        Ok(())
+    }
+
     /// Makes room for `need` more bytes: evicts least recently opened keys that no process has
-    /// open. Fails if the keys in use alone exceed the limit.
-    pub fn make_room(&self, need: u64) -> Result<(), CacheError> {
+    /// open. Fails if the keys in use alone exceed the limit. Returns the bytes in use after.
+    pub fn make_room(&self, need: u64) -> Result<u64, CacheError> {
         let mut entries = self.entries();
         let mut used: u64 = entries.iter().map(|e| e.bytes).sum();
         if used + need <= self.limit {
-            return Ok(());
+            return Ok(used);
         }
         entries.sort_by_key(|e| e.used);
         for e in entries {
@@ -556,7 +586,7 @@ impl PieceStore {
         if used + need > self.limit {
             return Err(CacheError::Full { used, limit: self.limit });
         }
-        Ok(())
+        Ok(used)
     }
 }
 

@@ -9,6 +9,9 @@
 //! chunks must add up to it, so a truncated or foreign file is refused instead of served.
 //! Network sources (HTTP, peers) implement the same [`RangeRead`] trait in later layers.
 
+pub mod http;
+pub mod remote;
+
 use crate::annex::remotes::Location;
 use std::fs::File;
 use std::io;

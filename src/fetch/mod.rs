@@ -1,0 +1,778 @@
+//! The fetcher: turns "a reader needs bytes [a, b) of key K" into pieces in the cache, fetched
+//! by ranges from every source of K at once, the bytes a reader waits on first.
+//!
+//! Per key, a [`KeyFetch`] keeps each piece in one of the states
+//! `Missing → InFlight(request) → Present` (or `Elsewhere` while another process holds the
+//! piece's claim in the shared cache). Which pieces are wanted, in order:
+//! 1. pieces readers are blocked on (`demand`), lowest first;
+//! 2. the readahead window after the last read, which doubles while reading is sequential (up
+//!    to [`MAX_WINDOW_BYTES`]) and shrinks back to [`INITIAL_WINDOW_BYTES`] on a seek.
+//!
+//! Scheduling (`schedule`, run whenever something changes and every [`TICK`]): each source
+//! that is not dead, not backing off and has fewer than [`MAX_INFLIGHT`] requests gets the
+//! first wanted missing run, of a length sized to its measured throughput (one piece for a
+//! source not yet measured, for a fast first byte). An idle source with nothing missing to
+//! take **steals** the back half of the largest unstarted remainder of another source's
+//! request, and, when nothing is left to steal, **hedges** a demanded piece that has been in
+//! flight for long (end game): whichever copy lands first is kept. A failed request returns
+//! its pieces to `Missing`; the source backs off exponentially and is given up for this key
+//! after [`MAX_FAILS`] failures in a row or a permanent error. Readers fail (EIO) only when no
+//! source is left, or when nothing lands for [`READ_DEADLINE`].
+//!
+//! Memory: a request holds one piece in memory at a time; requests are bounded by sources ×
+//! [`MAX_INFLIGHT`], so memory does not grow with the file size.
+//!
+//! When the last piece lands the whole key is verified with its backend hash
+//! ([`verify`]); on a mismatch the cached data is quarantined and every later read fails.
+//!
+//! Lock order: `KeyFetch::state` → `SourceSlot::stats` → `CachedKey` state (`crate::pieces`).
+
+pub mod verify;
+
+use crate::annex::Key;
+use crate::pieces::{CacheError, CachedKey, PieceClaim, PieceStore};
+use crate::source::remote::{FetchError, RangeSource};
+use futures_util::StreamExt;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Readahead when reading starts or after a seek.
+pub const INITIAL_WINDOW_BYTES: u64 = 1 << 20;
+/// Largest readahead window.
+pub const MAX_WINDOW_BYTES: u64 = 256 << 20;
+/// Requests per source at once.
+pub const MAX_INFLIGHT: u32 = 2;
+/// A request should take about this long at the source's measured speed.
+const TARGET_REQUEST_SECS: f64 = 0.5;
+/// Longest run of pieces in one request.
+const MAX_RUN_BYTES: u64 = 32 << 20;
+/// Failures in a row before a source is given up for a key.
+pub const MAX_FAILS: u32 = 5;
+/// A demanded piece in flight longer than this may be hedged on an idle source.
+const HEDGE_AFTER: Duration = Duration::from_millis(500);
+/// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
+const TICK: Duration = Duration::from_millis(100);
+/// A reader waits at most this long without any piece of the key landing.
+pub const READ_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Tunables of the fetcher (tests shorten the timeouts).
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// A request that delivers no byte for this long is dropped (its pieces go elsewhere).
+    pub stall_timeout: Duration,
+    /// A reader fails when nothing of its key lands for this long.
+    pub read_deadline: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig { stall_timeout: crate::source::http::STALL_TIMEOUT, read_deadline: READ_DEADLINE }
+    }
+}
+
+/// Counters of the whole fetcher, for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_fetched: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    pub stalls: AtomicU64,
+    pub steals: AtomicU64,
+    pub hedges: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub verified: AtomicU64,
+    pub verify_failures: AtomicU64,
+}
+
+/// Errors a reader sees.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("no source could serve {key}: {why}")]
+    NoSource { key: String, why: String },
+    #[error("nothing of {key} arrived for {secs} s (sources: {why})")]
+    Deadline { key: String, secs: u64, why: String },
+    #[error("cache: {0}")]
+    Cache(String),
+    #[error("{0}")]
+    Poisoned(String),
+}
+
+impl ReadError {
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, ReadError::Cache(m) if m.contains("No space") || m.contains("cache is full"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Missing,
+    InFlight(u64),
+    /// Claimed by another process; looked at again on the next tick.
+    Elsewhere,
+    Present,
+}
+
+struct SourceStats {
+    inflight: u32,
+    /// Measured throughput (bytes/s), exponentially averaged; 0 until measured.
+    bps: f64,
+    fails_in_row: u32,
+    backoff_until: Option<Instant>,
+    dead: Option<FetchError>,
+    last_error: Option<FetchError>,
+    bytes: u64,
+    requests: u64,
+}
+
+struct SourceSlot {
+    src: Arc<dyn RangeSource>,
+    stats: Mutex<SourceStats>,
+}
+
+struct Request {
+    source: usize,
+    /// Next piece this request will deliver.
+    next: Arc<AtomicUsize>,
+    /// One past the last piece it may deliver (lowered by stealing).
+    end: Arc<AtomicUsize>,
+    started: Instant,
+    hedge: bool,
+}
+
+struct State {
+    pieces: Vec<Piece>,
+    demand: BTreeSet<usize>,
+    window_start: usize,
+    window_pieces: usize,
+    last_read_end: u64,
+    requests: HashMap<u64, Request>,
+    next_req: u64,
+    hedged: BTreeSet<usize>,
+    claims: HashMap<usize, PieceClaim>,
+    last_landing: Instant,
+    verify_started: bool,
+}
+
+/// One key being read, shared by every handle of this process.
+pub struct KeyFetch {
+    pub key: Key,
+    cache: Arc<CachedKey>,
+    store: Arc<PieceStore>,
+    sources: Vec<SourceSlot>,
+    state: Mutex<State>,
+    landed: tokio::sync::Notify,
+    stats: Arc<Stats>,
+    rt: tokio::runtime::Handle,
+    cfg: FetchConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fetcher of a process: one [`KeyFetch`] per key being read.
+pub struct Fetcher {
+    store: Arc<PieceStore>,
+    rt: tokio::runtime::Handle,
+    keys: Mutex<HashMap<Vec<u8>, Weak<KeyFetch>>>,
+    pub stats: Arc<Stats>,
+    cfg: FetchConfig,
+}
+
+impl Fetcher {
+    pub fn new(store: Arc<PieceStore>, rt: tokio::runtime::Handle, cfg: FetchConfig) -> Fetcher {
+        Fetcher { store, rt, keys: Mutex::new(HashMap::new()), stats: Arc::new(Stats::default()), cfg }
+    }
+
+    pub fn store(&self) -> &Arc<PieceStore> {
+        &self.store
+    }
+
+    /// The fetch of `key` with these sources (the sources of a fetch already running are
+    /// kept). Starts its housekeeping task.
+    pub fn key(&self, key: &Key, sources: Vec<Arc<dyn RangeSource>>) -> Result<Arc<KeyFetch>, ReadError> {
+        let kb = key.to_bytes();
+        let mut keys = lock(&self.keys);
+        if let Some(k) = keys.get(&kb).and_then(Weak::upgrade) {
+            return Ok(k);
+        }
+        let cache = self.store.open_key(key).map_err(|e| ReadError::Cache(e.to_string()))?;
+        let n = cache.piece_count();
+        let pieces = (0..n).map(|i| if cache.has(i) { Piece::Present } else { Piece::Missing }).collect();
+        let window_pieces = usize::try_from(INITIAL_WINDOW_BYTES / cache.piece_size).unwrap_or(1).max(1);
+        let kf = Arc::new(KeyFetch {
+            key: key.clone(),
+            cache,
+            store: self.store.clone(),
+            sources: sources
+                .into_iter()
+                .map(|src| SourceSlot {
+                    src,
+                    stats: Mutex::new(SourceStats {
+                        inflight: 0,
+                        bps: 0.0,
+                        fails_in_row: 0,
+                        backoff_until: None,
+                        dead: None,
+                        last_error: None,
+                        bytes: 0,
+                        requests: 0,
+                    }),
+                })
+                .collect(),
+            state: Mutex::new(State {
+                pieces,
+                demand: BTreeSet::new(),
+                window_start: 0,
+                window_pieces,
+                last_read_end: u64::MAX,
+                requests: HashMap::new(),
+                next_req: 1,
+                hedged: BTreeSet::new(),
+                claims: HashMap::new(),
+                last_landing: Instant::now(),
+                verify_started: false,
+            }),
+            landed: tokio::sync::Notify::new(),
+            stats: self.stats.clone(),
+            rt: self.rt.clone(),
+            cfg: self.cfg.clone(),
+        });
+        let weak = Arc::downgrade(&kf);
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let Some(kf) = weak.upgrade() else { break };
+                kf.tick();
+            }
+        });
+        keys.insert(kb, Arc::downgrade(&kf));
+        keys.retain(|_, w| w.strong_count() > 0);
+        Ok(kf)
+    }
+}
+
+impl KeyFetch {
+    pub fn size(&self) -> u64 {
+        self.cache.size
+    }
+
+    /// Bytes of the key present in the cache.
+    pub fn present_bytes(&self) -> u64 {
+        self.cache.present().1
+    }
+
+    fn piece_len(&self, i: usize) -> u64 {
+        let (a, b) = self.cache.piece_range(i);
+        b - a
+    }
+
+    /// What each source did, for error messages.
+    fn sources_report(&self) -> String {
+        if self.sources.is_empty() {
+            return "no source serves byte ranges of it".into();
+        }
+        self.sources
+            .iter()
+            .map(|s| {
+                let st = lock(&s.stats);
+                let what = match (&st.dead, &st.last_error) {
+                    (Some(e), _) => format!("gave up: {e}"),
+                    (None, Some(e)) => format!("{} bytes, last error: {e}", st.bytes),
+                    (None, None) => format!("{} bytes", st.bytes),
+                };
+                format!("{} ({what})", s.src.name())
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Reads `len` bytes at `offset` (clamped to the key's size), fetching what is missing.
+    pub async fn read(self: &Arc<Self>, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        let size = self.cache.size;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let ps = self.cache.piece_size;
+        let first = usize::try_from(offset / ps).unwrap_or(usize::MAX);
+        let last = usize::try_from((end - 1) / ps).unwrap_or(usize::MAX);
+        let mut hit = true;
+        let read_started = Instant::now();
+        {
+            let mut st = lock(&self.state);
+            // Sequential reading grows the readahead window; a seek resets it.
+            let max_window = usize::try_from(MAX_WINDOW_BYTES / ps).unwrap_or(1).max(1);
+            let initial = usize::try_from(INITIAL_WINDOW_BYTES / ps).unwrap_or(1).max(1);
+            st.window_pieces =
+                if offset == st.last_read_end { (st.window_pieces * 2).min(max_window) } else { initial };
+            st.last_read_end = end;
+            st.window_start = last + 1;
+        }
+        loop {
+            let notified = self.landed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                if let Some(p) = self.cache.poisoned() {
+                    return Err(ReadError::Poisoned(p));
+                }
+                let missing: Vec<usize> = (first..=last).filter(|&i| st.pieces[i] != Piece::Present).collect();
+                if missing.is_empty() {
+                    for i in first..=last {
+                        st.demand.remove(&i);
+                    }
+                    break;
+                }
+                hit = false;
+                st.demand.extend(missing.iter().copied());
+                if st.last_landing.max(read_started).elapsed() > self.cfg.read_deadline {
+                    for i in &missing {
+                        st.demand.remove(i);
+                    }
+                    return Err(ReadError::Deadline {
+                        key: self.key.to_string_lossy(),
+                        secs: self.cfg.read_deadline.as_secs(),
+                        why: self.sources_report(),
+                    });
+                }
+            }
+            self.schedule();
+            if self.all_sources_gone() && !self.anything_in_flight() {
+                let mut st = lock(&self.state);
+                for i in first..=last {
+                    st.demand.remove(&i);
+                }
+                return Err(ReadError::NoSource { key: self.key.to_string_lossy(), why: self.sources_report() });
+            }
+            let _ = tokio::time::timeout(TICK * 5, notified).await;
+        }
+        if hit {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        // Schedule readahead even when this read was a hit.
+        self.schedule();
+        let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        let cache = self.cache.clone();
+        let res = tokio::task::block_in_place(|| cache.read(offset, &mut buf));
+        match res {
+            Ok(()) => Ok(buf),
+            Err(e) => {
+                // A piece that failed its check was dropped from the cache: fetch it again.
+                let mut st = lock(&self.state);
+                for i in first..=last {
+                    if !self.cache.has(i) && st.pieces[i] == Piece::Present {
+                        st.pieces[i] = Piece::Missing;
+                    }
+                }
+                Err(ReadError::Cache(e.to_string()))
+            }
+        }
+    }
+
+    fn all_sources_gone(&self) -> bool {
+        self.sources.iter().all(|s| lock(&s.stats).dead.is_some())
+    }
+
+    fn anything_in_flight(&self) -> bool {
+        let st = lock(&self.state);
+        !st.requests.is_empty() || st.pieces.contains(&Piece::Elsewhere)
+    }
+
+    fn tick(self: &Arc<Self>) {
+        // Pieces another process was fetching: landed (reload) or free to claim again.
+        let elsewhere = lock(&self.state).pieces.contains(&Piece::Elsewhere);
+        if elsewhere {
+            self.cache.reload();
+            let mut st = lock(&self.state);
+            let mut landed = false;
+            for i in 0..st.pieces.len() {
+                if st.pieces[i] == Piece::Elsewhere {
+                    st.pieces[i] = if self.cache.has(i) {
+                        landed = true;
+                        Piece::Present
+                    } else {
+                        Piece::Missing
+                    };
+                }
+            }
+            if landed {
+                st.last_landing = Instant::now();
+                drop(st);
+                self.landed.notify_waiters();
+            }
+        }
+        self.schedule();
+    }
+
+    /// Pieces wanted now, in priority order.
+    fn wanted(st: &State) -> Vec<usize> {
+        let n = st.pieces.len();
+        let mut out: Vec<usize> = st.demand.iter().copied().collect();
+        let from = st.window_start.min(n);
+        let to = from.saturating_add(st.window_pieces).min(n);
+        out.extend((from..to).filter(|i| !st.demand.contains(i)));
+        out
+    }
+
+    /// Hands work to idle sources; see the module doc.
+    fn schedule(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        if st.pieces.iter().all(|p| *p == Piece::Present) {
+            self.maybe_verify(&mut st);
+            return;
+        }
+        let wanted = Self::wanted(&st);
+        if wanted.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // Faster sources choose first.
+        let mut order: Vec<usize> = (0..self.sources.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (lock(&self.sources[a].stats).bps, lock(&self.sources[b].stats).bps);
+            y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
+        });
+        for s in order {
+            loop {
+                let (eligible, bps) = {
+                    let ss = lock(&self.sources[s].stats);
+                    let backing_off = ss.backoff_until.is_some_and(|t| t > now);
+                    (ss.dead.is_none() && !backing_off && ss.inflight < MAX_INFLIGHT, ss.bps)
+                };
+                if !eligible {
+                    break;
+                }
+                let ranges = self.sources[s].src.supports_ranges();
+                let start = wanted.iter().copied().find(|&i| st.pieces[i] == Piece::Missing && (ranges || i == 0));
+                let assigned = match start {
+                    Some(p) => self.assign_run(&mut st, s, p, bps, &wanted),
+                    None => self.steal(&mut st, s) || self.hedge(&mut st, s, now),
+                };
+                if !assigned {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts a request on source `s` for a run of wanted missing pieces from `p`.
+    fn assign_run(self: &Arc<Self>, st: &mut State, s: usize, p: usize, bps: f64, wanted: &[usize]) -> bool {
+        let ps = self.cache.piece_size;
+        let max_run = if bps <= 0.0 {
+            1
+        } else {
+            // A float of pieces, clamped just below: the cast saturates, nothing is lost.
+            #[allow(clippy::cast_possible_truncation)]
+            let by_speed = (bps * TARGET_REQUEST_SECS / ps as f64).min(1e9) as usize;
+            by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
+        };
+        let wanted_set: BTreeSet<usize> = wanted.iter().copied().collect();
+        let mut end = p;
+        while end < st.pieces.len()
+            && end - p < max_run
+            && st.pieces[end] == Piece::Missing
+            && wanted_set.contains(&end)
+        {
+            match self.cache.claim(end) {
+                Ok(Some(c)) => {
+                    st.claims.insert(end, c);
+                }
+                Ok(None) => {
+                    st.pieces[end] = Piece::Elsewhere;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("claim piece {end} of {}: {e}", self.key);
+                    break;
+                }
+            }
+            end += 1;
+        }
+        if end == p {
+            // The first piece was taken elsewhere: try the next wanted piece.
+            return st.pieces[p] == Piece::Elsewhere;
+        }
+        self.start_request(st, s, p, end, false);
+        true
+    }
+
+    fn start_request(self: &Arc<Self>, st: &mut State, s: usize, from: usize, to: usize, hedge: bool) {
+        let id = st.next_req;
+        st.next_req += 1;
+        if !hedge {
+            for i in from..to {
+                st.pieces[i] = Piece::InFlight(id);
+            }
+        }
+        let next = Arc::new(AtomicUsize::new(from));
+        let end = Arc::new(AtomicUsize::new(to));
+        st.requests
+            .insert(id, Request { source: s, next: next.clone(), end: end.clone(), started: Instant::now(), hedge });
+        {
+            let mut ss = lock(&self.sources[s].stats);
+            ss.inflight += 1;
+            ss.requests += 1;
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        self.rt.spawn(async move { this.run_request(id, s, next, end).await });
+    }
+
+    /// Idle source `s` takes the back half of the largest unstarted remainder of another
+    /// source's request.
+    fn steal(self: &Arc<Self>, st: &mut State, s: usize) -> bool {
+        let victim = st
+            .requests
+            .iter()
+            .filter(|(_, r)| r.source != s && !r.hedge)
+            .map(|(&id, r)| {
+                let next = r.next.load(Ordering::Relaxed);
+                let end = r.end.load(Ordering::Relaxed);
+                // The piece being received now stays with its request.
+                (id, next + 1, end)
+            })
+            .filter(|&(_, from, end)| end > from + 1)
+            .max_by_key(|&(_, from, end)| end - from);
+        let Some((id, from, end)) = victim else { return false };
+        let split = from + (end - from) / 2;
+        if let Some(r) = st.requests.get(&id) {
+            r.end.store(split, Ordering::Relaxed);
+        }
+        for i in split..end {
+            if st.pieces[i] == Piece::InFlight(id) {
+                st.pieces[i] = Piece::Missing;
+            }
+        }
+        self.stats.steals.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("{}: {} steals pieces {split}..{end}", self.key, self.sources[s].src.name());
+        let mut to = split;
+        while to < end && st.pieces[to] == Piece::Missing {
+            to += 1;
+        }
+        // Claims are per process and already held by this process for these pieces.
+        self.start_request(st, s, split, to, false);
+        true
+    }
+
+    /// End game: duplicate a demanded piece that has been in flight for long on another source.
+    fn hedge(self: &Arc<Self>, st: &mut State, s: usize, now: Instant) -> bool {
+        let candidate = st.demand.iter().copied().find(|&i| {
+            if st.hedged.contains(&i) {
+                return false;
+            }
+            match st.pieces[i] {
+                Piece::InFlight(id) => {
+                    st.requests.get(&id).is_some_and(|r| r.source != s && now.duration_since(r.started) > HEDGE_AFTER)
+                }
+                _ => false,
+            }
+        });
+        let Some(i) = candidate else { return false };
+        st.hedged.insert(i);
+        self.stats.hedges.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("{}: hedging piece {i} on {}", self.key, self.sources[s].src.name());
+        self.start_request(st, s, i, i + 1, true);
+        true
+    }
+
+    async fn run_request(self: Arc<Self>, id: u64, s: usize, next: Arc<AtomicUsize>, end: Arc<AtomicUsize>) {
+        let src = self.sources[s].src.clone();
+        let from = next.load(Ordering::Relaxed);
+        let to = end.load(Ordering::Relaxed);
+        let (off, _) = self.cache.piece_range(from);
+        let (_, stop) = self.cache.piece_range(to - 1);
+        let started = Instant::now();
+        let mut received = 0u64;
+        let result: Result<(), FetchError> = async {
+            let mut stream = tokio::time::timeout(self.cfg.stall_timeout, src.get(off, stop - off))
+                .await
+                .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))??;
+            let mut piece = from;
+            let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(self.cache.piece_size).unwrap_or(0));
+            while piece < end.load(Ordering::Relaxed) {
+                let want = self.piece_len(piece);
+                while (buf.len() as u64) < want {
+                    let next_chunk = tokio::time::timeout(self.cfg.stall_timeout, stream.next())
+                        .await
+                        .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))?;
+                    match next_chunk {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => return Err(e),
+                        None => {
+                            return Err(FetchError::ShortBody { got: received + buf.len() as u64, want: stop - off });
+                        }
+                    }
+                }
+                // A chunk may straddle pieces: keep what belongs to the next one.
+                let rest = buf.split_off(usize::try_from(want).unwrap_or(0));
+                received += want;
+                self.land(piece, &buf, s).map_err(|e| FetchError::Transport(format!("store: {e}")))?;
+                buf = rest;
+                piece += 1;
+                next.store(piece, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        .await;
+        let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+        {
+            let mut ss = lock(&self.sources[s].stats);
+            ss.inflight = ss.inflight.saturating_sub(1);
+            ss.bytes += received;
+            if received > 0 {
+                let rate = received as f64 / elapsed;
+                ss.bps = if ss.bps == 0.0 { rate } else { 0.7 * ss.bps + 0.3 * rate };
+            }
+            match &result {
+                Ok(()) => {
+                    ss.fails_in_row = 0;
+                    ss.backoff_until = None;
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, FetchError::Stalled(_)) {
+                        self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ss.fails_in_row += 1;
+                    ss.last_error = Some(e.clone());
+                    let backoff = Duration::from_millis(250u64 << ss.fails_in_row.min(6));
+                    ss.backoff_until = Some(Instant::now() + backoff);
+                    if e.is_permanent()
+                        || ss.fails_in_row >= MAX_FAILS
+                        || matches!(e, FetchError::NoRanges) && from != 0
+                    {
+                        tracing::warn!("{}: giving up on {} for this key: {e}", self.key, src.name());
+                        ss.dead = Some(e.clone());
+                    } else {
+                        tracing::info!("{}: {} failed ({e}); retrying elsewhere", self.key, src.name());
+                    }
+                }
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            st.requests.remove(&id);
+            let last = end.load(Ordering::Relaxed);
+            for i in from..last.max(from) {
+                if st.pieces[i] == Piece::InFlight(id) {
+                    st.pieces[i] = Piece::Missing;
+                    st.claims.remove(&i);
+                }
+            }
+        }
+        // Wake readers so that they notice a source that gave up.
+        self.landed.notify_waiters();
+        self.schedule();
+    }
+
+    /// Stores a piece that arrived (unless another copy landed first) and wakes readers.
+    fn land(&self, i: usize, data: &[u8], s: usize) -> Result<(), CacheError> {
+        if lock(&self.state).pieces[i] == Piece::Present {
+            return Ok(());
+        }
+        let need = data.len() as u64;
+        tokio::task::block_in_place(|| {
+            self.store.reserve(need)?;
+            self.cache.write_piece(i, data)
+        })?;
+        self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
+        {
+            let mut st = lock(&self.state);
+            st.pieces[i] = Piece::Present;
+            st.claims.remove(&i);
+            st.last_landing = Instant::now();
+        }
+        let _ = s;
+        self.landed.notify_waiters();
+        Ok(())
+    }
+
+    fn maybe_verify(self: &Arc<Self>, st: &mut State) {
+        if st.verify_started || self.cache.is_verified() {
+            return;
+        }
+        st.verify_started = true;
+        let this = self.clone();
+        self.rt.spawn_blocking(move || {
+            let _ = this.cache.persist();
+            match verify::verify_file(&this.key, this.cache.data_file()) {
+                verify::Outcome::Match => {
+                    this.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = this.cache.mark_verified() {
+                        tracing::warn!("{}: record the verification: {e}", this.key);
+                    }
+                    tracing::info!("{}: complete and verified", this.key);
+                }
+                verify::Outcome::Unverifiable(why) => {
+                    tracing::info!("{}: complete; not verifiable ({why})", this.key);
+                }
+                verify::Outcome::Mismatch(got) => {
+                    this.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                    let names: Vec<&str> = this.sources.iter().map(|s| s.src.name()).collect();
+                    let why = format!(
+                        "content of {} does not match its key (hash {got}); fetched from {}; quarantined",
+                        this.key,
+                        names.join(", ")
+                    );
+                    tracing::error!("{why}");
+                    this.cache.quarantine(&why);
+                    this.landed.notify_waiters();
+                }
+                verify::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", this.key),
+            }
+        });
+    }
+}
+
+/// A snapshot of a source's figures (for `status` and tests).
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    pub name: String,
+    pub bytes: u64,
+    pub requests: u64,
+    pub bps: f64,
+    pub dead: Option<String>,
+}
+
+impl KeyFetch {
+    pub fn source_reports(&self) -> Vec<SourceReport> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let st = lock(&s.stats);
+                SourceReport {
+                    name: s.src.name().to_string(),
+                    bytes: st.bytes,
+                    requests: st.requests,
+                    bps: st.bps,
+                    dead: st.dead.as_ref().map(ToString::to_string),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every piece is in the cache.
+    pub fn is_complete(&self) -> bool {
+        self.cache.is_complete()
+    }
+
+    /// Waits until the whole-key verification (if any) has run.
+    pub async fn wait_verified(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.cache.is_verified() || self.cache.poisoned().is_some() {
+                return self.cache.is_verified();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.cache.poisoned()
+    }
+}

@@ -1,0 +1,275 @@
+//! HTTP(S) range sources: web URLs, http git remotes, httpalso remotes.
+//!
+//! One [`HttpClient`] (reqwest with rustls) is shared by every source of a process, so
+//! connections to a mirror are reused. Every response is checked before a byte of it is
+//! used:
+//! - `206` must carry `Content-Range: bytes A-B/TOTAL` for exactly the range asked (and the
+//!   key's size), and the body must be exactly that long: a short body, a longer body, or a
+//!   stall (no byte for [`STALL_TIMEOUT`]) is an error;
+//! - `200` is a whole-object answer: it is used only for a range starting at 0 (its first bytes
+//!   are the range), and marks the source as not serving ranges;
+//! - `404`/`410` moves to the next candidate URL (git remotes and httpalso have several layouts);
+//! - `Content-Encoding` other than identity is refused (no decoding is ever done);
+//! - redirects are followed at most [`MAX_REDIRECTS`] times, each hop checked against
+//!   `annex.security.allowed-ip-addresses`; host names are checked on the addresses they
+//!   resolve to, by the client's resolver.
+
+use super::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
+use crate::annex::policy::AddressPolicy;
+use futures_util::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// No byte for this long: the request is dropped and its pieces go to other sources.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting (TCP and TLS) must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response headers must arrive within this after the request is sent.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_REDIRECTS: usize = 5;
+
+/// Resolves host names and keeps only the addresses the policy allows.
+struct PolicyResolver {
+    policy: AddressPolicy,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| policy.allows(a.ip())).collect();
+            if allowed.is_empty() {
+                let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "{host} resolves to {} which annex.security.allowed-ip-addresses does not allow",
+                    shown.join(", ")
+                )
+                .into());
+            }
+            let it: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(it)
+        })
+    }
+}
+
+/// The HTTP client shared by all sources of a process.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    policy: AddressPolicy,
+}
+
+impl HttpClient {
+    pub fn new(policy: AddressPolicy) -> Result<HttpClient, FetchError> {
+        let redirect_policy = policy.clone();
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone() }))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error("too many redirects");
+                }
+                match redirect_policy.check_url(attempt.url().as_str()) {
+                    Ok(()) => attempt.follow(),
+                    Err(e) => attempt.error(e),
+                }
+            }))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(STALL_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("annexfs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Transport(format!("build the HTTP client: {e}")))?;
+        Ok(HttpClient { client, policy })
+    }
+
+    /// Fetches a small document whole (e.g. a git remote's `config`), at most `limit` bytes.
+    pub async fn get_small(&self, url: &str, limit: usize) -> Result<Vec<u8>, FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)?;
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, self.client.get(url).send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status(resp.status().as_u16()));
+        }
+        let mut out = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.map_err(transport)?);
+            if out.len() > limit {
+                return Err(FetchError::LongBody(limit as u64));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn transport(e: reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        return FetchError::Stalled(STALL_TIMEOUT);
+    }
+    // The error chain carries the interesting part (refused connection, policy, TLS).
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    FetchError::Transport(msg)
+}
+
+/// One key's content at one or more candidate URLs (tried in order until one is not 404).
+pub struct HttpSource {
+    name: String,
+    client: HttpClient,
+    candidates: Vec<String>,
+    /// Index of the candidate that answered, once known.
+    found: AtomicUsize,
+    size: u64,
+    ranges: AtomicBool,
+}
+
+impl HttpSource {
+    /// `name` is for logs (remote name); `size` is the key's size.
+    pub fn new(name: String, client: HttpClient, candidates: Vec<String>, size: u64) -> HttpSource {
+        HttpSource { name, client, candidates, found: AtomicUsize::new(0), size, ranges: AtomicBool::new(true) }
+    }
+
+    async fn fetch(&self, offset: u64, len: u64) -> Result<ByteStream, FetchError> {
+        let end = offset + len - 1;
+        let first = self.found.load(Ordering::Relaxed);
+        for i in first..self.candidates.len() {
+            let url = &self.candidates[i];
+            self.client.policy.check_url(url).map_err(FetchError::Policy)?;
+            let req = self
+                .client
+                .client
+                .get(url)
+                .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"))
+                .header(reqwest::header::ACCEPT_ENCODING, "identity");
+            let resp = tokio::time::timeout(HEADER_TIMEOUT, req.send())
+                .await
+                .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+                .map_err(transport)?;
+            let status = resp.status().as_u16();
+            if status == 404 || status == 410 {
+                continue;
+            }
+            self.found.store(i, Ordering::Relaxed);
+            if let Some(enc) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
+                let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+                if enc != "identity" {
+                    return Err(FetchError::Encoding(enc));
+                }
+            }
+            let declared = resp.content_length();
+            match status {
+                206 => {
+                    let cr = resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .ok_or_else(|| FetchError::BadRange("206 without Content-Range".into()))?;
+                    check_content_range(cr, offset, end, self.size)?;
+                    if declared.is_some_and(|l| l != len) {
+                        return Err(FetchError::BadRange(format!("Content-Length {declared:?} for {len} bytes")));
+                    }
+                }
+                200 => {
+                    self.ranges.store(false, Ordering::Relaxed);
+                    if offset != 0 {
+                        return Err(FetchError::NoRanges);
+                    }
+                    if declared.is_some_and(|l| l != self.size) {
+                        return Err(FetchError::BadRange(format!(
+                            "whole object of {} bytes for a key of {}",
+                            declared.unwrap_or(0),
+                            self.size
+                        )));
+                    }
+                }
+                416 => return Err(FetchError::BadRange(format!("416 for bytes {offset}-{end} of {}", self.size))),
+                s => return Err(FetchError::Status(s)),
+            }
+            return Ok(exact_body(resp, len, status == 200));
+        }
+        Err(FetchError::NotFound)
+    }
+}
+
+/// Checks `bytes A-B/TOTAL` against the range asked and the key's size.
+fn check_content_range(v: &str, start: u64, end: u64, size: u64) -> Result<(), FetchError> {
+    let bad = || FetchError::BadRange(format!("Content-Range {v:?} for bytes {start}-{end}/{size}"));
+    let rest = v.trim().strip_prefix("bytes ").ok_or_else(bad)?;
+    let (range, total) = rest.split_once('/').ok_or_else(bad)?;
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a != start || b != end {
+        return Err(bad());
+    }
+    if total.trim() != "*" && total.trim().parse::<u64>().map_err(|_| bad())? != size {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The response body, cut or checked to be exactly `len` bytes. A whole-object answer
+/// (`truncate_ok`) is cut after `len`; a range answer that sends more is an error.
+fn exact_body(resp: reqwest::Response, len: u64, truncate_ok: bool) -> ByteStream {
+    let body = resp.bytes_stream();
+    let s = futures_util::stream::unfold((body, 0u64, false), move |(mut body, got, done)| async move {
+        if done {
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                let n = chunk.len() as u64;
+                if got + n > len {
+                    if truncate_ok {
+                        let keep = usize::try_from(len - got).unwrap_or(0);
+                        return Some((Ok(chunk.slice(..keep)), (body, len, true)));
+                    }
+                    return Some((Err(FetchError::LongBody(len)), (body, got, true)));
+                }
+                let done = got + n == len && truncate_ok;
+                Some((Ok(chunk), (body, got + n, done)))
+            }
+            Some(Err(e)) => Some((Err(transport(e)), (body, got, true))),
+            None if got < len => Some((Err(FetchError::ShortBody { got, want: len }), (body, got, true))),
+            None => None,
+        }
+    });
+    Box::pin(s)
+}
+
+impl RangeSource for HttpSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
+        Box::pin(self.fetch(offset, len))
+    }
+    fn supports_ranges(&self) -> bool {
+        self.ranges.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_checks() {
+        assert!(check_content_range("bytes 0-9/100", 0, 9, 100).is_ok());
+        assert!(check_content_range("bytes 0-9/*", 0, 9, 100).is_ok());
+        assert!(check_content_range("bytes 1-9/100", 0, 9, 100).is_err());
+        assert!(check_content_range("bytes 0-9/101", 0, 9, 100).is_err());
+        assert!(check_content_range("items 0-9/100", 0, 9, 100).is_err());
+        assert!(check_content_range("bytes 0-x/100", 0, 9, 100).is_err());
+    }
+}
