@@ -57,6 +57,14 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_passthrough: bool,
 
+    /// The piece cache (default: $XDG_CACHE_HOME/annexfs, shared by every mount of the user).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound of the piece cache, e.g. 50G or 500MiB (default 10 GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+
     /// Log file of the background daemon (default: $XDG_STATE_HOME/annexfs/annexfs.log).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::mnt::{Mount, is_mounted, mount, xattr};
 use common::{Sandbox, pseudo_random};
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -14,65 +15,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A mount made by `annexfs mount`; unmounted (lazily) when dropped, even on panic.
-struct Mount {
-    mp: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ =
-            std::process::Command::new(env!("CARGO_BIN_EXE_annexfs")).args(["umount", "--lazy"]).arg(&self.mp).output();
-    }
-}
-
-impl Mount {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.mp.join(rel)
-    }
-}
-
-fn mount(sb: &Sandbox, repo: &Path, name: &str, extra: &[&str]) -> Mount {
-    let mp = sb.path(name);
-    std::fs::create_dir_all(&mp).unwrap();
-    let log = sb.path(&format!("{name}.log"));
-    let mut cmd = sb.cmd(env!("CARGO_BIN_EXE_annexfs"), sb.dir.path());
-    cmd.arg("mount").arg("--log-file").arg(&log).args(extra).arg(repo).arg(&mp);
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "annexfs mount failed: {}\nlog: {}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    Mount { mp, log }
-}
-
-fn is_mounted(mp: &Path) -> bool {
-    let canon = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(canon.as_path()))
-}
-
-fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
-}
 
 /// A repository whose content is spread over itself, a non-bare clone, a bare repository and
 /// three directory remotes (plain, chunked, legacy-chunked), plus one file nobody has.

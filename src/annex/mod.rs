@@ -81,7 +81,12 @@ pub struct Annex {
     pub policy: AddressPolicy,
     pub branch: branch::Branch,
     meta: Mutex<Option<Arc<Meta>>>,
+    /// What was learnt about http git remotes from their `config` (remote name → uuid, bare).
+    learned: Mutex<HashMap<String, Learned>>,
 }
+
+/// What an http git remote's `config` said: its UUID and whether it is bare.
+type Learned = (Option<String>, Option<bool>);
 
 fn uuid_from_bytes(b: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(b).ok()?;
@@ -113,7 +118,18 @@ impl Annex {
         }
         let layout = ObjectLayout::for_repo(&gitdir, bare, &config);
         let policy = AddressPolicy::from_config(config.get("annex.security.allowed-ip-addresses"));
-        Ok(Annex { gitdir, workdir, bare, config, uuid, layout, policy, branch, meta: Mutex::new(None) })
+        Ok(Annex {
+            gitdir,
+            workdir,
+            bare,
+            config,
+            uuid,
+            layout,
+            policy,
+            branch,
+            meta: Mutex::new(None),
+            learned: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The directory relative remote paths are resolved against.
@@ -152,7 +168,19 @@ impl Annex {
                 .into_iter()
                 .filter_map(|(u, (_, v))| Some((uuid_from_bytes(&u)?, logs::parse_remote_config(&v))))
                 .collect();
-        let remotes = remotes::load_remotes(&self.config, &remote_log);
+        let mut remotes = remotes::load_remotes(&self.config, &remote_log);
+        for r in &mut remotes {
+            let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((uuid, bare_learned)) = learned.get(&r.name) else { continue };
+            if r.uuid.is_none() {
+                r.uuid = uuid.clone();
+            }
+            if let remotes::RemoteKind::GitHttp { bare, .. } = &mut r.kind
+                && bare.is_none()
+            {
+                *bare = *bare_learned;
+            }
+        }
         for r in &remotes {
             if let (Some(u), Some(t)) = (&r.uuid, r.trust_override) {
                 trust.insert(u.clone(), t);
@@ -163,6 +191,13 @@ impl Annex {
             || difference.iter().any(|c| c.windows(18).any(|w| w == b"OneLevelBranchHash"));
         let numcopies = logs::single_value_u64(chunks("numcopies.log")?.iter().map(Vec::as_slice));
         Ok(Meta { generation, descriptions, trust, remote_log, remotes, branch_hash1, numcopies })
+    }
+
+    /// Records what an http git remote's `config` says (its UUID and bareness), as git-annex
+    /// caches it in `.git/config`; annexfs keeps it in memory only.
+    pub fn learn_remote(&self, name: &str, uuid: Option<String>, bare: Option<bool>) {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (uuid, bare));
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The branch path of a per-key log, e.g. `e7d/d01/<keyFile>.log`.

@@ -88,8 +88,11 @@ pub enum Location {
     Path(PathBuf),
     /// Chunk files on a local path, in order; each holds `len` bytes of the key.
     Chunks(Vec<(PathBuf, u64)>),
-    /// An http(s) URL for the whole object (ranges may be asked).
+    /// An http(s) URL for the whole object (ranges may be asked): one mirror.
     Url(String),
+    /// Candidate URLs of one source, tried in order until one is not 404 (the hash-directory
+    /// layouts of an http git remote or an httpalso remote).
+    Urls(Vec<String>),
 }
 
 impl Location {
@@ -99,6 +102,7 @@ impl Location {
             Location::Path(p) => vec![p.display().to_string()],
             Location::Chunks(c) => c.iter().map(|(p, _)| p.display().to_string()).collect(),
             Location::Url(u) => vec![u.clone()],
+            Location::Urls(u) => u.clone(),
         }
     }
 }
@@ -296,10 +300,11 @@ impl Remote {
                     [HashDirKind::Lower, HashDirKind::Mixed]
                 };
                 let kf = url_escape_key_file(&key.key_file());
-                for kind in order {
-                    let h = hashdir(key, kind, false);
-                    acc.locations.push(Location::Url(format!("{url}/annex/objects/{h}{kf}/{kf}")));
-                }
+                let urls = order
+                    .iter()
+                    .map(|&kind| format!("{url}/annex/objects/{}{kf}/{kf}", hashdir(key, kind, false)))
+                    .collect();
+                acc.locations.push(Location::Urls(urls));
             }
             RemoteKind::GitOther { url } => {
                 acc.readable = Err(format!("git remote {url} is not on a local path or http(s)"));
@@ -333,7 +338,7 @@ impl Remote {
                     acc.readable = Err(e);
                     return acc;
                 }
-                acc.locations.extend(httpalso_urls(url, key).into_iter().map(Location::Url));
+                acc.locations.push(Location::Urls(httpalso_urls(url, key)));
             }
             RemoteKind::Web => {
                 let mut why = Vec::new();

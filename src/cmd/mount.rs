@@ -12,8 +12,11 @@
 use crate::annex::Annex;
 use crate::annex::repo::clean_path;
 use crate::cli::{MountArgs, UmountArgs};
-use crate::fs::{AnnexFs, FsConfig, View};
+use crate::fetch::{FetchConfig, Fetcher};
+use crate::fs::{AnnexFs, FsConfig, RemoteParts, View};
 use crate::fuse::FuseAdapter;
+use crate::pieces::PieceStore;
+use crate::source::http::HttpClient;
 use anyhow::{Context, anyhow, bail};
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -49,6 +52,8 @@ pub struct MountPlan {
     extra: Vec<fuser::MountOption>,
     fsname: Option<String>,
     passthrough: bool,
+    cache_dir: PathBuf,
+    cache_size: u64,
 }
 
 fn euid() -> u32 {
@@ -85,6 +90,8 @@ fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
             ("fsname", Some(v)) => plan.fsname = Some(v.to_string()),
             ("subtype", Some(_)) => {}
             ("ref", Some(v)) => plan.rev = Some(v.to_string()),
+            ("cache_dir", Some(v)) => plan.cache_dir = absolute(Path::new(v))?,
+            ("cache_size", Some(v)) => plan.cache_size = parse_size(v)?,
             _ => bail!("unknown mount option `{opt}`"),
         }
     }
@@ -124,6 +131,18 @@ fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+fn parse_size(v: &str) -> anyhow::Result<u64> {
+    // Also accept the short forms people write in fstab: 50G, 500M.
+    let v = v.trim();
+    let with_unit = match v.chars().last() {
+        Some(c) if "kKmMgGtT".contains(c) => format!("{v}iB"),
+        _ => v.to_string(),
+    };
+    crate::annex::remotes::parse_byte_size(&with_unit)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| anyhow!("cache size `{v}` is not a size (e.g. 10G, 500MiB)"))
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
@@ -193,6 +212,14 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         extra: Vec::new(),
         fsname: None,
         passthrough: !args.no_passthrough && euid() == 0,
+        cache_dir: match &args.cache_dir {
+            Some(d) => absolute(d)?,
+            None => crate::pieces::PieceStore::default_dir(),
+        },
+        cache_size: match &args.cache_size {
+            Some(s) => parse_size(s)?,
+            None => crate::pieces::DEFAULT_CACHE_SIZE,
+        },
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
@@ -333,16 +360,24 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         (None, Some(_)) => View::Worktree,
     };
     let live = view == View::Worktree;
-    // SAFETY: getuid/getgid have no preconditions.
-    let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
-    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
         .thread_name("annexfs-io")
-        .enable_time()
+        .enable_all()
         .build()
         .context("start the I/O thread pool")?;
+    let store = Arc::new(
+        PieceStore::open(&plan.cache_dir, plan.cache_size)
+            .with_context(|| format!("open the piece cache in {}", plan.cache_dir.display()))?,
+    );
+    let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), FetchConfig::default()));
+    let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
+    rt.block_on(crate::source::http::learn_http_remotes(&annex, &http));
+    // SAFETY: getuid/getgid have no preconditions.
+    let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
+    let remote = RemoteParts { fetcher, http, rt: rt.handle().clone() };
+    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_remote(remote));
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 
     let mut config = fuser::Config::default();
@@ -509,6 +544,8 @@ mod tests {
             extra: vec![],
             fsname: None,
             passthrough: false,
+            cache_dir: "/c".into(),
+            cache_size: 1,
         }
     }
 
@@ -521,6 +558,11 @@ mod tests {
         assert_eq!(p.rev.as_deref(), Some("v1"));
         assert!(parse_options(&mut base(), &["rw".into()]).is_err());
         assert!(parse_options(&mut base(), &["bogus".into()]).is_err());
+        let mut p = base();
+        parse_options(&mut p, &["cache_size=50G,cache_dir=/var/cache/x".into()]).unwrap();
+        assert_eq!(p.cache_size, 50 << 30);
+        assert_eq!(p.cache_dir, Path::new("/var/cache/x"));
+        assert!(parse_options(&mut base(), &["cache_size=lots".into()]).is_err());
     }
 
     #[test]

@@ -20,7 +20,11 @@ pub mod error;
 pub use error::FsError;
 
 use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent, ROOT};
+use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
+use crate::fetch::{Fetcher, KeyFetch};
+use crate::source::http::{HttpClient, HttpSource};
+use crate::source::remote::RangeSource;
 use crate::source::{LocalFile, Memory, RangeRead, open_location};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -156,6 +160,42 @@ pub struct AnnexFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     cfg: FsConfig,
+    /// Network sources and the piece cache; without it only local holders are read.
+    remote: Option<RemoteParts>,
+}
+
+/// What reading from network sources needs.
+#[derive(Clone)]
+pub struct RemoteParts {
+    pub fetcher: Arc<Fetcher>,
+    pub http: HttpClient,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Reads a key through the fetcher and the piece cache.
+struct CachedReader {
+    kf: Arc<KeyFetch>,
+    rt: tokio::runtime::Handle,
+    what: String,
+}
+
+impl RangeRead for CachedReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self.rt.block_on(self.kf.read(offset, buf.len() as u64)) {
+            Ok(data) => {
+                buf[..data.len()].copy_from_slice(&data);
+                Ok(data.len())
+            }
+            Err(e) if e.is_no_space() => Err(std::io::Error::other(format!("ENOSPC: {e}"))),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+    fn len(&self) -> u64 {
+        self.kf.size()
+    }
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,10 +230,17 @@ impl AnnexFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cfg,
+            remote: None,
         };
         let ns = fs.build_namespace()?;
         *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
         Ok(fs)
+    }
+
+    /// Lets the filesystem read network holders through the fetcher and the piece cache.
+    pub fn with_remote(mut self, parts: RemoteParts) -> AnnexFs {
+        self.remote = Some(parts);
+        self
     }
 
     /// The view this filesystem shows.
@@ -429,6 +476,7 @@ impl AnnexFs {
     /// the order of [`Annex::holders`].
     fn open_annexed(&self, file: &str, key: &Key, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
         let mut tried: Vec<String> = Vec::new();
+        let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
         if let Some(p) = self.annex.local_object(key) {
             match LocalFile::open(&p, key.size()) {
                 Ok(f) if !skip.contains(&f.describe()) => return Ok(Arc::new(f)),
@@ -448,6 +496,26 @@ impl AnnexFs {
                 continue;
             }
             for loc in &h.locations {
+                let urls = match loc {
+                    Location::Url(u) => vec![u.clone()],
+                    Location::Urls(u) => u.clone(),
+                    _ => Vec::new(),
+                };
+                if !urls.is_empty() {
+                    match (&self.remote, key.size()) {
+                        (Some(parts), Some(size)) => {
+                            let label = format!("{name} {}", urls[0]);
+                            sources.push(Arc::new(HttpSource::new(label, parts.http.clone(), urls, size)));
+                        }
+                        (None, _) => {
+                            tried.push(format!("{name} ({}): network remotes are not read by this mount", h.uuid))
+                        }
+                        (Some(_), None) => {
+                            tried.push(format!("{name} ({}): the key has no size to fetch ranges of", h.uuid))
+                        }
+                    }
+                    continue;
+                }
                 match open_location(loc, key.size()) {
                     Ok(r) if skip.contains(&r.describe()) => {}
                     Ok(r) => {
@@ -456,6 +524,24 @@ impl AnnexFs {
                     }
                     Err(e) => tried.push(format!("{name} ({}): {e}", h.uuid)),
                 }
+            }
+        }
+        if let Some(parts) = &self.remote
+            && key.size().is_some()
+            && (!sources.is_empty() || parts.fetcher.store().present_bytes(key) > 0)
+        {
+            let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+            let what = format!(
+                "piece cache of {key} (sources: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            );
+            if !skip.contains(&what) {
+                let kf = parts
+                    .fetcher
+                    .key(key, sources)
+                    .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                tracing::debug!("{file}: reading from the {what}");
+                return Ok(Arc::new(CachedReader { kf, rt: parts.rt.clone(), what }));
             }
         }
         if holders.is_empty() {
@@ -477,7 +563,10 @@ impl AnnexFs {
         };
         match name.to_str() {
             Some(XATTR_KEY) => Ok(key.to_bytes()),
-            Some(XATTR_PRESENT) => Ok(self.local_size(key).unwrap_or(0).to_string().into_bytes()),
+            Some(XATTR_PRESENT) => {
+                let cached = self.remote.as_ref().map_or(0, |r| r.fetcher.store().present_bytes(key));
+                Ok(self.local_size(key).unwrap_or(cached).to_string().into_bytes())
+            }
             _ => Err(FsError::NoAttr),
         }
     }

@@ -513,6 +513,30 @@ impl PieceStore {
         Ok(ck)
     }
 
+    /// Bytes of `key` present in the cache, from its record (without opening or creating
+    /// anything).
+    pub fn present_bytes(&self, key: &Key) -> u64 {
+        if let Some(k) = lock(&self.inner).open.get(&key.to_bytes()).and_then(Weak::upgrade) {
+            return k.present().1;
+        }
+        let Some(size) = key.size() else { return 0 };
+        let (dir, h) = self.paths(key);
+        let path = dir.join(format!("{h}.rec"));
+        if !path.exists() {
+            return 0;
+        }
+        let ps = piece_size_for(size);
+        read_record(&path, key, size, ps).map_or(0, |r| {
+            (0..r.pieces.len())
+                .filter(|&i| r.pieces[i].is_some())
+                .map(|i| {
+                    let start = i as u64 * ps;
+                    (start + ps).min(size) - start
+                })
+                .sum()
+        })
+    }
+
     /// Bytes the cache uses on disk.
     pub fn used(&self) -> u64 {
         self.entries().iter().map(|e| e.bytes).sum()

@@ -199,6 +199,7 @@ pub fn open_location(loc: &Location, expected: Option<u64>) -> Result<Box<dyn Ra
         Location::Path(p) => Ok(Box::new(LocalFile::open(p, expected)?)),
         Location::Chunks(c) => Ok(Box::new(Chunked::open(c, expected)?)),
         Location::Url(u) => Err(SourceError::Remote(u.clone())),
+        Location::Urls(u) => Err(SourceError::Remote(u.join(" "))),
     }
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod mnt;
+pub mod nginx;
 pub mod slowfs;
 
 use std::collections::BTreeMap;
