@@ -215,3 +215,24 @@ fn pieces_survive_in_the_cache_for_the_next_fetcher() {
         "served from the cache with no source"
     );
 }
+
+#[test]
+fn a_key_larger_than_the_cache_streams_through_it() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 MiB cache and a 16 MiB key: pieces behind the reader make room for the ones ahead.
+    let store = Arc::new(PieceStore::open(dir.path(), 4 << 20).unwrap());
+    let f = Fetcher::new(store.clone(), rt.handle().clone(), fast_cfg());
+    let data = content(19, 16 << 20);
+    let key = sha256_key(&data);
+    let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())])).unwrap();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let got = rt.block_on(kf.read(off, 256 << 10)).unwrap_or_else(|e| panic!("read at {off}: {e}"));
+        assert!(got[..] == data[off as usize..off as usize + got.len()], "bytes at {off}");
+        off += got.len() as u64;
+    }
+    assert!(store.used() <= (4 << 20) + (1 << 20), "the cache stays near its bound: {}", store.used());
+    // Bytes read long ago were dropped and come back on demand, exact.
+    assert!(rt.block_on(kf.read(0, 1 << 20)).unwrap() == data[..1 << 20]);
+}

@@ -151,6 +151,8 @@ struct State {
     next_req: u64,
     hedged: BTreeSet<usize>,
     claims: HashMap<usize, PieceClaim>,
+    /// Pieces a reader is reading now (count of readers).
+    pins: HashMap<usize, u32>,
     last_landing: Instant,
     verify_started: bool,
 }
@@ -232,6 +234,7 @@ impl Fetcher {
                 next_req: 1,
                 hedged: BTreeSet::new(),
                 claims: HashMap::new(),
+                pins: HashMap::new(),
                 last_landing: Instant::now(),
                 verify_started: false,
             }),
@@ -299,8 +302,6 @@ impl KeyFetch {
         let ps = self.cache.piece_size;
         let first = usize::try_from(offset / ps).unwrap_or(usize::MAX);
         let last = usize::try_from((end - 1) / ps).unwrap_or(usize::MAX);
-        let mut hit = true;
-        let read_started = Instant::now();
         {
             let mut st = lock(&self.state);
             // Sequential reading grows the readahead window; a seek resets it.
@@ -310,67 +311,86 @@ impl KeyFetch {
                 if offset == st.last_read_end { (st.window_pieces * 2).min(max_window) } else { initial };
             st.last_read_end = end;
             st.window_start = last + 1;
-        }
-        loop {
-            let notified = self.landed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = lock(&self.state);
-                if let Some(p) = self.cache.poisoned() {
-                    return Err(ReadError::Poisoned(p));
-                }
-                let missing: Vec<usize> = (first..=last).filter(|&i| st.pieces[i] != Piece::Present).collect();
-                if missing.is_empty() {
-                    for i in first..=last {
-                        st.demand.remove(&i);
-                    }
-                    break;
-                }
-                hit = false;
-                st.demand.extend(missing.iter().copied());
-                if st.last_landing.max(read_started).elapsed() > self.cfg.read_deadline {
-                    for i in &missing {
-                        st.demand.remove(i);
-                    }
-                    return Err(ReadError::Deadline {
-                        key: self.key.to_string_lossy(),
-                        secs: self.cfg.read_deadline.as_secs(),
-                        why: self.sources_report(),
-                    });
-                }
+            // Pinned pieces are never dropped to make room while this read needs them.
+            for i in first..=last {
+                *st.pins.entry(i).or_insert(0) += 1;
             }
-            self.schedule();
-            if self.all_sources_gone() && !self.anything_in_flight() {
-                let mut st = lock(&self.state);
-                for i in first..=last {
+        }
+        let result = self.read_pinned(offset, end, first, last).await;
+        let mut st = lock(&self.state);
+        for i in first..=last {
+            if let Some(n) = st.pins.get_mut(&i) {
+                *n -= 1;
+                if *n == 0 {
+                    st.pins.remove(&i);
                     st.demand.remove(&i);
                 }
-                return Err(ReadError::NoSource { key: self.key.to_string_lossy(), why: self.sources_report() });
             }
-            let _ = tokio::time::timeout(TICK * 5, notified).await;
         }
-        if hit {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        // Schedule readahead even when this read was a hit.
-        self.schedule();
-        let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
-        let cache = self.cache.clone();
-        let res = tokio::task::block_in_place(|| cache.read(offset, &mut buf));
-        match res {
-            Ok(()) => Ok(buf),
-            Err(e) => {
-                // A piece that failed its check was dropped from the cache: fetch it again.
-                let mut st = lock(&self.state);
-                for i in first..=last {
-                    if !self.cache.has(i) && st.pieces[i] == Piece::Present {
-                        st.pieces[i] = Piece::Missing;
+        result
+    }
+
+    async fn read_pinned(
+        self: &Arc<Self>,
+        offset: u64,
+        end: u64,
+        first: usize,
+        last: usize,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut hit = true;
+        let read_started = Instant::now();
+        // A piece that fails its check in the cache is dropped and fetched again, a few times.
+        for _attempt in 0..3 {
+            loop {
+                let notified = self.landed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut st = lock(&self.state);
+                    if let Some(p) = self.cache.poisoned() {
+                        return Err(ReadError::Poisoned(p));
+                    }
+                    let missing: Vec<usize> = (first..=last).filter(|&i| st.pieces[i] != Piece::Present).collect();
+                    if missing.is_empty() {
+                        break;
+                    }
+                    hit = false;
+                    st.demand.extend(missing.iter().copied());
+                    if st.last_landing.max(read_started).elapsed() > self.cfg.read_deadline {
+                        return Err(ReadError::Deadline {
+                            key: self.key.to_string_lossy(),
+                            secs: self.cfg.read_deadline.as_secs(),
+                            why: self.sources_report(),
+                        });
                     }
                 }
-                Err(ReadError::Cache(e.to_string()))
+                self.schedule();
+                if self.all_sources_gone() && !self.anything_in_flight() {
+                    return Err(ReadError::NoSource { key: self.key.to_string_lossy(), why: self.sources_report() });
+                }
+                let _ = tokio::time::timeout(TICK * 5, notified).await;
+            }
+            if hit {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            // Schedule readahead even when this read was a hit.
+            self.schedule();
+            let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+            let cache = self.cache.clone();
+            match tokio::task::block_in_place(|| cache.read(offset, &mut buf)) {
+                Ok(()) => return Ok(buf),
+                Err(e) => {
+                    tracing::warn!("{}: {e}; fetching again", self.key);
+                    let mut st = lock(&self.state);
+                    for i in first..=last {
+                        if !self.cache.has(i) && st.pieces[i] == Piece::Present {
+                            st.pieces[i] = Piece::Missing;
+                        }
+                    }
+                }
             }
         }
+        Err(ReadError::Cache(format!("pieces of {} keep failing their check in the cache", self.key)))
     }
 
     fn all_sources_gone(&self) -> bool {
@@ -676,7 +696,12 @@ impl KeyFetch {
         }
         let need = data.len() as u64;
         tokio::task::block_in_place(|| {
-            self.store.reserve(need)?;
+            if let Err(e) = self.store.reserve(need) {
+                if !e.is_no_space() || !self.evict_pieces(i, need.max(MAX_RUN_BYTES)) {
+                    return Err(e);
+                }
+                self.store.reserve(need)?;
+            }
             self.cache.write_piece(i, data)
         })?;
         self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
@@ -689,6 +714,41 @@ impl KeyFetch {
         let _ = s;
         self.landed.notify_waiters();
         Ok(())
+    }
+
+    /// Frees room in a full cache from this key itself: drops present pieces no reader waits
+    /// on and outside the readahead window, farthest from piece `near` first. Returns whether
+    /// anything was freed. (Keys not open anywhere are evicted whole by the store first.)
+    fn evict_pieces(&self, near: usize, want: u64) -> bool {
+        let mut st = lock(&self.state);
+        let from = st.window_start;
+        let to = from.saturating_add(st.window_pieces);
+        let mut victims: Vec<usize> = (0..st.pieces.len())
+            .filter(|&i| {
+                st.pieces[i] == Piece::Present
+                    && !st.demand.contains(&i)
+                    && !st.pins.contains_key(&i)
+                    && !(from..to).contains(&i)
+                    && i != near
+            })
+            .collect();
+        victims.sort_by_key(|&i| std::cmp::Reverse(i.abs_diff(near)));
+        let mut freed = 0u64;
+        for i in victims {
+            if freed >= want {
+                break;
+            }
+            if self.cache.drop_piece(i).is_ok() {
+                st.pieces[i] = Piece::Missing;
+                freed += self.piece_len(i);
+            }
+        }
+        drop(st);
+        if freed > 0 {
+            self.store.released(freed);
+            tracing::debug!("{}: cache full; dropped {freed} bytes of pieces far from the readers", self.key);
+        }
+        freed > 0
     }
 
     fn maybe_verify(self: &Arc<Self>, st: &mut State) {

@@ -330,6 +330,31 @@ impl CachedKey {
         }
     }
 
+    /// Drops piece `i` to free space: forgotten by the record first, then its bytes are
+    /// punched out of the data file (so the record never names a hole).
+    pub fn drop_piece(&self, i: usize) -> Result<(), CacheError> {
+        {
+            let mut st = lock(&self.state);
+            if st.pieces.get(i).is_none_or(Option::is_none) {
+                return Ok(());
+            }
+            st.pieces[i] = None;
+            // Known absent here: a merge with the record on disk must not bring it back.
+            st.checked[i] = true;
+        }
+        self.persist()?;
+        let (a, b) = self.piece_range(i);
+        let (off, len) = (i64::try_from(a).unwrap_or(i64::MAX), i64::try_from(b - a).unwrap_or(0));
+        // SAFETY: a valid descriptor; punching a hole only frees blocks of this file.
+        let r = unsafe {
+            libc::fallocate(self.data.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
+        };
+        if r != 0 {
+            tracing::debug!("punch piece {i} of {}: {}", self.key, io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Marks the key verified (whole-key hash matched) and persists that.
     pub fn mark_verified(&self) -> Result<(), CacheError> {
         lock(&self.state).flags |= FLAG_VERIFIED;
@@ -565,6 +590,12 @@ impl PieceStore {
             out.extend(by_stem.into_values());
         }
         out
+    }
+
+    /// Notes that `bytes` were freed by dropping pieces of an open key.
+    pub fn released(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.used.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(bytes)));
     }
 
     /// Accounts for `need` more bytes about to be written, evicting if the cache would grow
