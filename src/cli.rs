@@ -27,6 +27,33 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount an annexfs mount (also clears a mount left by a crashed daemon).
     Umount(UmountArgs),
+    /// Fetch files completely into the piece cache (all sources at once), with progress;
+    /// `--into-annex` then hands verified content to git-annex.
+    Get(GetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Run as if started in this directory (like `git -C`).
+    #[arg(short = 'C', value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// Hand the verified content to git-annex (`git annex reinject`), so that it becomes
+    /// present in the repository.
+    #[arg(long)]
+    pub into_annex: bool,
+
+    /// The piece cache (default: $XDG_CACHE_HOME/annexfs).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound of the piece cache (default 10 GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+
+    /// Files or directories (directories are searched recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

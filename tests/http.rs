@@ -122,3 +122,28 @@ fn loopback_mirrors_are_refused_unless_allowed() {
     assert!((0..3).all(|i| !w.nginx.access_log(i).contains("web.bin")), "no request left the machine's policy");
     let _ = Path::new("");
 }
+
+#[test]
+fn annexfs_get_fills_the_cache_and_hands_content_to_git_annex() {
+    let w = world(true);
+    let cache = w.sb.path("cache");
+    let out = w.sb.annexfs(&w.r, &["get", "--cache-dir", cache.to_str().unwrap(), "media/web.bin", "bare.bin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("media/web.bin: 9000000 bytes, verified"), "{stderr}");
+    assert!(!stderr.contains('\r'), "no progress bar when stderr is not a terminal");
+    // The repository is untouched by a plain get; a mount now reads without any request.
+    assert!(w.sb.annex(&w.r, &["find", "--format=${file}\n"]).trim().is_empty(), "nothing present in the annex");
+    let before = w.nginx.access_log(2).lines().count();
+    let m = mount(&w.sb, &w.r, "mnt", &["--cache-dir", cache.to_str().unwrap()]);
+    assert!(std::fs::read(m.p("bare.bin")).unwrap() == w.bare);
+    assert_eq!(w.nginx.access_log(2).lines().count(), before);
+    drop(m);
+
+    let out = w.sb.annexfs(&w.r, &["get", "--into-annex", "--cache-dir", cache.to_str().unwrap(), "media/nonbare.bin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(w.r.join("media/nonbare.bin")).unwrap() == w.nonbare, "content present in the repository");
+    w.sb.annex(&w.r, &["fsck", "-q", "media/nonbare.bin"]);
+    let found = w.sb.annex(&w.r, &["find", "--format=${file}\n"]);
+    assert_eq!(found.trim(), "media/nonbare.bin");
+}

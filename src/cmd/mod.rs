@@ -1,5 +1,6 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
+pub mod get;
 pub mod ls;
 pub mod mount;
 pub mod sources;
@@ -13,5 +14,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls(args) => ls::run(&args),
         Command::Mount(args) => mount::run(&args),
         Command::Umount(args) => mount::umount(&args),
+        Command::Get(args) => get::run(&args),
     }
 }

@@ -133,7 +133,7 @@ fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
     out
 }
 
-fn parse_size(v: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(v: &str) -> anyhow::Result<u64> {
     // Also accept the short forms people write in fstab: 50G, 500M.
     let v = v.trim();
     let with_unit = match v.chars().last() {

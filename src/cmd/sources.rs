@@ -216,25 +216,20 @@ fn print_human(out: &mut impl Write, file: &str, key: &Key, holders: &[Holder]) 
     Ok(())
 }
 
-/// Runs the command; returns the exit code.
-pub fn run(args: &SourcesArgs) -> anyhow::Result<i32> {
-    let cwd = std::env::current_dir().context("find the current directory")?;
-    let base = match &args.repo {
-        Some(r) => cwd.join(r),
-        None => cwd,
-    };
-    let annex = Annex::open(&base)?;
-    let mut resolver = Resolver::new(&annex)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut failed = false;
-    let mut fail = |msg: String| {
-        eprintln!("annexfs sources: {msg}");
-        failed = true;
-    };
-    for given in &args.paths {
+/// The annexed files named by `paths` (directories searched recursively), as (the file as
+/// shown to the user, its key), in the order given. Each bad path is reported through `fail`
+/// with one line naming it, and skipped.
+pub(crate) fn annexed_files(
+    annex: &Annex,
+    base: &Path,
+    paths: &[PathBuf],
+    fail: &mut dyn FnMut(String),
+) -> anyhow::Result<Vec<(String, Key)>> {
+    let mut resolver = Resolver::new(annex)?;
+    let mut out = Vec::new();
+    for given in paths {
         let shown = given.display().to_string();
-        let rel = match resolver.relative(&base, given) {
+        let rel = match resolver.relative(base, given) {
             Ok(r) => r,
             Err(e) => {
                 fail(format!("{shown}: {e}"));
@@ -266,37 +261,63 @@ pub fn run(args: &SourcesArgs) -> anyhow::Result<i32> {
                 let below = below.strip_prefix(b"/").unwrap_or(below);
                 crate::annex::repo::clean_path(&given.join(OsStr::from_bytes(below))).display().to_string()
             };
-            let Some(key) = key else {
-                if single {
-                    fail(format!("{file}: not an annexed file"));
-                }
-                continue;
-            };
-            let holders = match annex.holders(&key) {
-                Ok(h) => h,
-                Err(e) => {
-                    fail(format!("{file}: {e}"));
-                    continue;
-                }
-            };
-            let written = if args.json {
-                let j = JsonFile {
-                    file: &file,
-                    key: key.to_string_lossy(),
-                    size: key.size(),
-                    holders: holders.iter().map(holder_json).collect(),
-                };
-                serde_json::to_writer(&mut out, &j).map_err(std::io::Error::other).and_then(|()| writeln!(out))
-            } else {
-                print_human(&mut out, &file, &key, &holders)
-            };
-            if let Err(e) = written {
-                // Stdout closed (e.g. piped into `head`): stop quietly.
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(if failed { 1 } else { 0 });
-                }
-                return Err(e).context("write to standard output");
+            match key {
+                Some(key) => out.push((file, key)),
+                None if single => fail(format!("{file}: not an annexed file")),
+                None => {}
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The repository to work on: `-C REPO` or the current directory; returns (base, annex).
+pub(crate) fn open_base(repo: Option<&Path>) -> anyhow::Result<(PathBuf, Annex)> {
+    let cwd = std::env::current_dir().context("find the current directory")?;
+    let base = match repo {
+        Some(r) => cwd.join(r),
+        None => cwd,
+    };
+    let annex = Annex::open(&base)?;
+    Ok((base, annex))
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: &SourcesArgs) -> anyhow::Result<i32> {
+    let (base, annex) = open_base(args.repo.as_deref())?;
+    let mut failed = false;
+    let mut fail = |msg: String| {
+        eprintln!("annexfs sources: {msg}");
+        failed = true;
+    };
+    let files = annexed_files(&annex, &base, &args.paths, &mut fail)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (file, key) in files {
+        let holders = match annex.holders(&key) {
+            Ok(h) => h,
+            Err(e) => {
+                fail(format!("{file}: {e}"));
+                continue;
+            }
+        };
+        let written = if args.json {
+            let j = JsonFile {
+                file: &file,
+                key: key.to_string_lossy(),
+                size: key.size(),
+                holders: holders.iter().map(holder_json).collect(),
+            };
+            serde_json::to_writer(&mut out, &j).map_err(std::io::Error::other).and_then(|()| writeln!(out))
+        } else {
+            print_human(&mut out, &file, &key, &holders)
+        };
+        if let Err(e) = written {
+            // Stdout closed (e.g. piped into `head`): stop quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(if failed { 1 } else { 0 });
+            }
+            return Err(e).context("write to standard output");
         }
     }
     out.flush().ok();

@@ -835,4 +835,21 @@ impl KeyFetch {
     pub fn poisoned(&self) -> Option<String> {
         self.cache.poisoned()
     }
+
+    /// Copies the complete content out of the cache (after verification).
+    pub fn copy_to(&self, out: &mut impl std::io::Write) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        while off < self.cache.size {
+            let n = self.cache.data_file().read_at(&mut buf, off)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cache data file is short"));
+            }
+            let n = usize::try_from((self.cache.size - off).min(n as u64)).unwrap_or(n);
+            out.write_all(&buf[..n])?;
+            off += n as u64;
+        }
+        Ok(off)
+    }
 }

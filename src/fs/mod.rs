@@ -20,11 +20,10 @@ pub mod error;
 pub use error::FsError;
 
 use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent, ROOT};
-use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
 use crate::fetch::{Fetcher, KeyFetch};
-use crate::source::http::{HttpClient, HttpSource};
-use crate::source::remote::RangeSource;
+use crate::source::discover::discover;
+use crate::source::http::HttpClient;
 use crate::source::{LocalFile, Memory, RangeRead, open_location};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -475,81 +474,43 @@ impl AnnexFs {
     /// Finds a readable copy of `key`: the repository's own annex first, then every holder in
     /// the order of [`Annex::holders`].
     fn open_annexed(&self, file: &str, key: &Key, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
-        let mut tried: Vec<String> = Vec::new();
-        let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
-        if let Some(p) = self.annex.local_object(key) {
-            match LocalFile::open(&p, key.size()) {
-                Ok(f) if !skip.contains(&f.describe()) => return Ok(Arc::new(f)),
-                Ok(_) => {}
-                Err(e) => tried.push(format!("this repository: {e}")),
+        let unavailable = |why: String| FsError::Unavailable { key: key.to_string_lossy(), why };
+        let found = discover(&self.annex, key, self.remote.as_ref().map(|r| &r.http)).map_err(unavailable)?;
+        let mut tried = found.unusable;
+        // Local copies are read in place.
+        for (name, loc) in &found.local {
+            match open_location(loc, key.size()) {
+                Ok(r) if skip.contains(&r.describe()) => {}
+                Ok(r) => {
+                    tracing::debug!("{file}: reading from {name} ({}), key {key}", r.describe());
+                    return Ok(Arc::from(r));
+                }
+                Err(e) => tried.push(format!("{name}: {e}")),
             }
         }
-        let holders = self.annex.holders(key).map_err(|e| FsError::Unavailable {
-            key: key.to_string_lossy(),
-            why: format!("read the git-annex branch: {e}"),
-        })?;
-        for h in &holders {
-            let name =
-                if h.here { "this repository".to_string() } else { h.remote.clone().unwrap_or_else(|| h.uuid.clone()) };
-            if let Err(why) = &h.readable {
-                tried.push(format!("{name} ({}): {why}", h.uuid));
-                continue;
-            }
-            for loc in &h.locations {
-                let urls = match loc {
-                    Location::Url(u) => vec![u.clone()],
-                    Location::Urls(u) => u.clone(),
-                    _ => Vec::new(),
-                };
-                if !urls.is_empty() {
-                    match (&self.remote, key.size()) {
-                        (Some(parts), Some(size)) => {
-                            let label = format!("{name} {}", urls[0]);
-                            sources.push(Arc::new(HttpSource::new(label, parts.http.clone(), urls, size)));
-                        }
-                        (None, _) => {
-                            tried.push(format!("{name} ({}): network remotes are not read by this mount", h.uuid))
-                        }
-                        (Some(_), None) => {
-                            tried.push(format!("{name} ({}): the key has no size to fetch ranges of", h.uuid))
-                        }
-                    }
-                    continue;
-                }
-                match open_location(loc, key.size()) {
-                    Ok(r) if skip.contains(&r.describe()) => {}
-                    Ok(r) => {
-                        tracing::debug!("{file}: reading from {name} ({}), key {key}", r.describe());
-                        return Ok(Arc::from(r));
-                    }
-                    Err(e) => tried.push(format!("{name} ({}): {e}", h.uuid)),
-                }
-            }
-        }
+        // Network holders go through the fetcher and the piece cache (which may also hold
+        // the key already, from an earlier mount).
         if let Some(parts) = &self.remote
             && key.size().is_some()
-            && (!sources.is_empty() || parts.fetcher.store().present_bytes(key) > 0)
+            && (!found.remote.is_empty() || parts.fetcher.store().present_bytes(key) > 0)
         {
-            let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+            let names: Vec<String> = found.remote.iter().map(|s| s.name().to_string()).collect();
             let what = format!(
                 "piece cache of {key} (sources: {})",
                 if names.is_empty() { "none".into() } else { names.join(", ") }
             );
             if !skip.contains(&what) {
-                let kf = parts
-                    .fetcher
-                    .key(key, sources)
-                    .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                let kf = parts.fetcher.key(key, found.remote).map_err(|e| unavailable(e.to_string()))?;
                 tracing::debug!("{file}: reading from the {what}");
                 return Ok(Arc::new(CachedReader { kf, rt: parts.rt.clone(), what }));
             }
         }
-        if holders.is_empty() {
+        if !found.any_holder {
             tried.push("no repository is known to hold it".into());
         }
         let why = tried.join("; ");
         tracing::error!("{file}: cannot read {key}: {why}");
-        Err(FsError::Unavailable { key: key.to_string_lossy(), why })
+        Err(unavailable(why))
     }
 
     /// An extended attribute's value.

@@ -1,0 +1,155 @@
+//! `annexfs get`: fetch files completely into the piece cache from all their sources at once,
+//! with a progress bar on a terminal; `--into-annex` then hands verified content to git-annex
+//! with `git annex reinject`, so that it becomes present in the repository through
+//! git-annex's own rules (annexfs never writes the repository itself).
+
+use super::mount::parse_size;
+use super::sources::{annexed_files, open_base};
+use crate::annex::Key;
+use crate::cli::GetArgs;
+use crate::fetch::{FetchConfig, Fetcher, KeyFetch};
+use crate::pieces::{DEFAULT_CACHE_SIZE, PieceStore};
+use crate::source::discover::{LocalSource, discover};
+use crate::source::http::{HttpClient, learn_http_remotes};
+use crate::source::remote::RangeSource;
+use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes asked of the fetcher at a time (sequential, so its readahead grows).
+const STEP: u64 = 8 << 20;
+
+pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
+    let (base, annex) = open_base(args.repo.as_deref())?;
+    let mut failed = false;
+    let mut fail = |msg: String| {
+        eprintln!("annexfs get: {msg}");
+        failed = true;
+    };
+    let files = annexed_files(&annex, &base, &args.paths, &mut fail)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the I/O runtime")?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(PieceStore::default_dir);
+    let cache_size = match &args.cache_size {
+        Some(s) => parse_size(s)?,
+        None => DEFAULT_CACHE_SIZE,
+    };
+    let store = Arc::new(PieceStore::open(&cache_dir, cache_size)?);
+    let fetcher = Fetcher::new(store, rt.handle().clone(), FetchConfig::default());
+    let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
+    rt.block_on(learn_http_remotes(&annex, &http));
+    let tty = std::io::stderr().is_terminal();
+
+    for (file, key) in files {
+        let local_ok = annex
+            .local_object(&key)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| key.size().is_none_or(|s| m.len() == s));
+        if local_ok {
+            eprintln!("{file}: already present in the repository");
+            continue;
+        }
+        match get_one(&rt, &fetcher, &annex, &http, &file, &key, tty) {
+            Ok(kf) => {
+                if args.into_annex
+                    && let Err(e) = reinject(&base, &cache_dir, &file, &kf)
+                {
+                    fail(format!("{file}: hand to git-annex: {e:#}"));
+                }
+            }
+            Err(e) => fail(format!("{file}: {e:#}")),
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn get_one(
+    rt: &tokio::runtime::Runtime,
+    fetcher: &Fetcher,
+    annex: &crate::annex::Annex,
+    http: &HttpClient,
+    file: &str,
+    key: &Key,
+    tty: bool,
+) -> anyhow::Result<Arc<KeyFetch>> {
+    let size = key.size().ok_or_else(|| anyhow!("{key} has no size: it cannot be fetched by ranges"))?;
+    let found = discover(annex, key, Some(http)).map_err(|e| anyhow!(e))?;
+    let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
+    let mut why = found.unusable;
+    // Local copies join the same scheduler as network sources.
+    for (name, loc) in &found.local {
+        match LocalSource::open(name, loc, Some(size)) {
+            Ok(s) => sources.push(Arc::new(s)),
+            Err(e) => why.push(format!("{name}: {e}")),
+        }
+    }
+    sources.extend(found.remote);
+    let kf = fetcher.key(key, sources).map_err(|e| anyhow!("{e}"))?;
+    let pb = if tty {
+        ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} ETA {eta}")
+            .map_err(|e| anyhow!("{e}"))?,
+    );
+    pb.set_message(file.to_string());
+    let mut off = 0;
+    while off < size {
+        let got = rt.block_on(kf.read(off, STEP)).map_err(|e| {
+            let extra = if why.is_empty() { String::new() } else { format!(" (also unusable: {})", why.join("; ")) };
+            anyhow!("{e}{extra}")
+        })?;
+        if got.is_empty() {
+            break;
+        }
+        off += got.len() as u64;
+        pb.set_position(off);
+    }
+    pb.finish_and_clear();
+    let verified = rt.block_on(kf.wait_verified(Duration::from_secs(600)));
+    if let Some(p) = kf.poisoned() {
+        return Err(anyhow!(p));
+    }
+    if verified {
+        eprintln!("{file}: {size} bytes, verified");
+    } else if crate::fetch::verify::hasher_for(key.variety()).is_some() {
+        return Err(anyhow!("{key}: complete but not verified"));
+    } else {
+        eprintln!("{file}: {size} bytes (its backend has no hash to verify)");
+    }
+    Ok(kf)
+}
+
+/// Copies the cached content next to the cache and lets `git annex reinject` move it into
+/// the annex (git-annex checks it and records the new location itself).
+fn reinject(base: &Path, cache_dir: &Path, file: &str, kf: &KeyFetch) -> anyhow::Result<()> {
+    let tmp_dir = cache_dir.join("v1").join("tmp");
+    std::fs::create_dir_all(&tmp_dir)?;
+    let tmp = tmp_dir.join(format!("reinject-{}", std::process::id()));
+    {
+        let mut out = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        kf.copy_to(&mut out).context("copy the content out of the cache")?;
+        out.sync_all()?;
+    }
+    let out = std::process::Command::new("git")
+        .args(["annex", "reinject"])
+        .arg(&tmp)
+        .arg(file)
+        .current_dir(base)
+        .output()
+        .context("run git annex reinject")?;
+    let _ = std::fs::remove_file(&tmp);
+    if !out.status.success() {
+        return Err(anyhow!("git annex reinject: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    eprintln!("{file}: now present in the repository");
+    Ok(())
+}
