@@ -44,6 +44,8 @@ pub const INITIAL_WINDOW_BYTES: u64 = 1 << 20;
 pub const MAX_WINDOW_BYTES: u64 = 256 << 20;
 /// Requests per source at once.
 pub const MAX_INFLIGHT: u32 = 2;
+/// Extra requests per source for pieces readers are blocked on.
+pub const DEMAND_EXTRA: u32 = 2;
 /// A request should take about this long at the source's measured speed.
 const TARGET_REQUEST_SECS: f64 = 0.5;
 /// Longest run of pieces in one request.
@@ -456,12 +458,24 @@ impl KeyFetch {
             let (x, y) = (lock(&self.sources[a].stats).bps, lock(&self.sources[b].stats).bps);
             y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
         });
+        let usable = order
+            .iter()
+            .filter(|&&s| {
+                let ss = lock(&self.sources[s].stats);
+                ss.dead.is_none() && ss.backoff_until.is_none_or(|t| t <= now)
+            })
+            .count()
+            .max(1);
         for s in order {
             loop {
+                // A piece a reader waits on may use a source beyond its usual number of
+                // requests: it must not queue behind long readahead runs.
+                let demand_missing = st.demand.iter().filter(|&&i| st.pieces[i] == Piece::Missing).count();
+                let limit = if demand_missing > 0 { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
                 let (eligible, bps) = {
                     let ss = lock(&self.sources[s].stats);
                     let backing_off = ss.backoff_until.is_some_and(|t| t > now);
-                    (ss.dead.is_none() && !backing_off && ss.inflight < MAX_INFLIGHT, ss.bps)
+                    (ss.dead.is_none() && !backing_off && ss.inflight < limit, ss.bps)
                 };
                 if !eligible {
                     break;
@@ -469,7 +483,13 @@ impl KeyFetch {
                 let ranges = self.sources[s].src.supports_ranges();
                 let start = wanted.iter().copied().find(|&i| st.pieces[i] == Piece::Missing && (ranges || i == 0));
                 let assigned = match start {
-                    Some(p) => self.assign_run(&mut st, s, p, bps, &wanted),
+                    Some(p) if st.demand.contains(&p) => {
+                        // Spread the demanded pieces over the sources, for the earliest finish.
+                        let share = demand_missing.div_ceil(usable).max(1);
+                        self.assign_run(&mut st, s, p, bps, &wanted, Some(share))
+                    }
+                    Some(_) if lock(&self.sources[s].stats).inflight >= MAX_INFLIGHT => false,
+                    Some(p) => self.assign_run(&mut st, s, p, bps, &wanted, None),
                     None => self.steal(&mut st, s) || self.hedge(&mut st, s, now),
                 };
                 if !assigned {
@@ -480,7 +500,15 @@ impl KeyFetch {
     }
 
     /// Starts a request on source `s` for a run of wanted missing pieces from `p`.
-    fn assign_run(self: &Arc<Self>, st: &mut State, s: usize, p: usize, bps: f64, wanted: &[usize]) -> bool {
+    fn assign_run(
+        self: &Arc<Self>,
+        st: &mut State,
+        s: usize,
+        p: usize,
+        bps: f64,
+        wanted: &[usize],
+        cap: Option<usize>,
+    ) -> bool {
         let ps = self.cache.piece_size;
         let max_run = if bps <= 0.0 {
             1
@@ -490,6 +518,7 @@ impl KeyFetch {
             let by_speed = (bps * TARGET_REQUEST_SECS / ps as f64).min(1e9) as usize;
             by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
         };
+        let max_run = cap.map_or(max_run, |c| max_run.min(c));
         let wanted_set: BTreeSet<usize> = wanted.iter().copied().collect();
         let mut end = p;
         while end < st.pieces.len()
@@ -785,6 +814,22 @@ impl KeyFetch {
                 verify::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", this.key),
             }
         });
+    }
+}
+
+impl Drop for KeyFetch {
+    fn drop(&mut self) {
+        for r in self.source_reports() {
+            tracing::debug!(
+                "{}: {} sent {} bytes in {} requests ({:.1} MB/s measured){}",
+                self.key,
+                r.name,
+                r.bytes,
+                r.requests,
+                r.bps / 1e6,
+                r.dead.map(|d| format!(", gave up: {d}")).unwrap_or_default()
+            );
+        }
     }
 }
 

@@ -124,6 +124,9 @@ pub struct CachedKey {
     rec_path: PathBuf,
     quarantine: PathBuf,
     state: Mutex<KeyState>,
+    /// Serialises record rewrites within this process (the OFD lock only excludes other
+    /// processes: every thread here shares one open file description).
+    persisting: Mutex<()>,
 }
 
 /// Errors of the cache.
@@ -294,6 +297,7 @@ impl CachedKey {
 
     /// Makes landed pieces durable: fdatasync the data, then merge and rewrite the record.
     pub fn persist(&self) -> Result<(), CacheError> {
+        let _one_at_a_time = lock(&self.persisting);
         self.data.sync_data().map_err(io_err(&self.data_path))?;
         ofd_lock(&self.lockfile, RECORD_LOCK_BYTE, libc::F_WRLCK, true).map_err(io_err(&self.rec_path))?;
         let result = self.merge_and_write();
@@ -400,7 +404,9 @@ fn read_record(path: &Path, key: &Key, size: u64, piece_size: u64) -> Option<Rec
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    let tmp = path.with_extension(format!("rec.tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("rec.tmp{}-{n}", std::process::id()));
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
@@ -532,6 +538,7 @@ impl PieceStore {
                 flags: rec.flags,
                 poisoned: None,
             }),
+            persisting: Mutex::new(()),
         });
         inner.open.insert(kb, Arc::downgrade(&ck));
         inner.open.retain(|_, w| w.strong_count() > 0);
@@ -720,6 +727,29 @@ mod tests {
         k2.persist().unwrap();
         k1.reload();
         assert!(k1.has(0), "pieces landed by another process are seen after reload");
+    }
+
+    #[test]
+    fn concurrent_persists_in_one_process_never_fail() {
+        // Regression: threads share one open file description, so the record lock did not
+        // exclude them and two renames of the same temporary file raced (ENOENT).
+        let dir = tempfile::tempdir().unwrap();
+        let store = PieceStore::open(dir.path(), 1 << 30).unwrap();
+        let k = key(64 * 1024 * 8);
+        let ck = store.open_key(&k).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                let ck = ck.clone();
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        ck.persist().unwrap();
+                    }
+                    let (a, b) = ck.piece_range(t % ck.piece_count());
+                    ck.write_piece(t % ck.piece_count(), &vec![t as u8; (b - a) as usize]).unwrap();
+                    ck.persist().unwrap();
+                });
+            }
+        });
     }
 
     #[test]
