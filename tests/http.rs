@@ -147,3 +147,31 @@ fn annexfs_get_fills_the_cache_and_hands_content_to_git_annex() {
     let found = w.sb.annex(&w.r, &["find", "--format=${file}\n"]);
     assert_eq!(found.trim(), "media/nonbare.bin");
 }
+
+#[test]
+fn two_mounts_sharing_a_cache_download_each_byte_once() {
+    let w = world(true);
+    let cache = w.sb.path("cache");
+    let c = cache.to_str().unwrap();
+    let m1 = mount(&w.sb, &w.r, "mnt1", &["--cache-dir", c]);
+    let m2 = mount(&w.sb, &w.r, "mnt2", &["--cache-dir", c]);
+    let (p1, p2) = (m1.p("media/web.bin"), m2.p("media/web.bin"));
+    let t1 = std::thread::spawn(move || std::fs::read(p1).unwrap());
+    let t2 = std::thread::spawn(move || std::fs::read(p2).unwrap());
+    let (a, b) = (t1.join().unwrap(), t2.join().unwrap());
+    assert!(a == w.web && b == w.web, "both mounts read the exact bytes");
+    let sent: u64 = (0..3)
+        .flat_map(|i| w.nginx.access_log(i).lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| l.contains("/files/web.bin"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    let size = w.web.len() as u64;
+    // Hedged duplicates may fetch a few pieces twice; a second download would double it.
+    let logs: Vec<String> = (0..3).map(|i| w.nginx.access_log(i)).collect();
+    assert!(
+        sent < size + size / 4,
+        "{sent} bytes sent for a {size}-byte file read by two mounts: {logs:#?}\n{}\n{}",
+        m1.log(),
+        m2.log()
+    );
+}

@@ -52,6 +52,8 @@ const TARGET_REQUEST_SECS: f64 = 0.5;
 const MAX_RUN_BYTES: u64 = 32 << 20;
 /// Failures in a row before a source is given up for a key.
 pub const MAX_FAILS: u32 = 5;
+/// An idle source steals only work that would take longer than this at its current source.
+const STEAL_IF_LEFT_SECS: f64 = 0.25;
 /// A demanded piece in flight longer than this may be hedged on an idle source.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
@@ -404,7 +406,28 @@ impl KeyFetch {
         !st.requests.is_empty() || st.pieces.contains(&Piece::Elsewhere)
     }
 
+    /// Drops the claims of pieces the record on disk names.
+    fn release_landed_claims(&self, st: &mut State) {
+        let pieces = &st.pieces;
+        st.claims.retain(|&i, _| !(pieces[i] == Piece::Present && self.cache.is_durable(i)));
+    }
+
     fn tick(self: &Arc<Self>) {
+        // Landed pieces are made durable and visible to other processes at least every tick
+        // while anything waits on them.
+        let holding = {
+            let st = lock(&self.state);
+            st.claims.keys().any(|&i| st.pieces[i] == Piece::Present)
+        };
+        if holding && self.cache.unpersisted() > 0 {
+            let cache = self.cache.clone();
+            if let Err(e) = tokio::task::block_in_place(|| cache.persist()) {
+                tracing::warn!("{}: persist the cache record: {e}", self.key);
+            }
+        }
+        if holding {
+            self.release_landed_claims(&mut lock(&self.state));
+        }
         // Pieces another process was fetching: landed (reload) or free to claim again.
         let elsewhere = lock(&self.state).pieces.contains(&Piece::Elsewhere);
         if elsewhere {
@@ -526,17 +549,34 @@ impl KeyFetch {
             && st.pieces[end] == Piece::Missing
             && wanted_set.contains(&end)
         {
-            match self.cache.claim(end) {
-                Ok(Some(c)) => {
-                    st.claims.insert(end, c);
-                }
-                Ok(None) => {
-                    st.pieces[end] = Piece::Elsewhere;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("claim piece {end} of {}: {e}", self.key);
-                    break;
+            // This process may hold the claim already (pieces returned by a steal or a failed
+            // request): claiming again would be a no-op, and replacing the held claim would
+            // drop it, and dropping a claim unlocks the piece for everyone.
+            if !st.claims.contains_key(&end) {
+                match self.cache.claim(end) {
+                    Ok(Some(c)) => {
+                        // Another process may have landed the piece and released its claim
+                        // since this one last read the record.
+                        self.cache.reload_if_changed();
+                        if self.cache.has(end) {
+                            drop(c);
+                            st.pieces[end] = Piece::Present;
+                            self.landed.notify_waiters();
+                            if end == p {
+                                return true;
+                            }
+                            break;
+                        }
+                        st.claims.insert(end, c);
+                    }
+                    Ok(None) => {
+                        st.pieces[end] = Piece::Elsewhere;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("claim piece {end} of {}: {e}", self.key);
+                        break;
+                    }
                 }
             }
             end += 1;
@@ -567,6 +607,12 @@ impl KeyFetch {
             ss.requests += 1;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            "{}: request {id}: pieces {from}..{to} from {}{}",
+            self.key,
+            self.sources[s].src.name(),
+            if hedge { " (hedge)" } else { "" }
+        );
         let this = self.clone();
         self.rt.spawn(async move { this.run_request(id, s, next, end).await });
     }
@@ -574,6 +620,8 @@ impl KeyFetch {
     /// Idle source `s` takes the back half of the largest unstarted remainder of another
     /// source's request.
     fn steal(self: &Arc<Self>, st: &mut State, s: usize) -> bool {
+        let ps = self.cache.piece_size as f64;
+        let now = Instant::now();
         let victim = st
             .requests
             .iter()
@@ -582,9 +630,18 @@ impl KeyFetch {
                 let next = r.next.load(Ordering::Relaxed);
                 let end = r.end.load(Ordering::Relaxed);
                 // The piece being received now stays with its request.
-                (id, next + 1, end)
+                (id, r, next + 1, end)
             })
-            .filter(|&(_, from, end)| end > from + 1)
+            .filter(|&(_, _, from, end)| end > from + 1)
+            // Only work that would take long where it is: splitting a request that is about to
+            // finish anyway wastes what its connection already has in flight.
+            .filter(|&(_, r, from, end)| {
+                let bps = lock(&self.sources[r.source].stats).bps;
+                let left = (end - from) as f64 * ps;
+                let slow_start = bps <= 0.0 && now.duration_since(r.started) > HEDGE_AFTER;
+                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS)
+            })
+            .map(|(id, _, from, end)| (id, from, end))
             .max_by_key(|&(_, from, end)| end - from);
         let Some((id, from, end)) = victim else { return false };
         let split = from + (end - from) / 2;
@@ -724,7 +781,7 @@ impl KeyFetch {
             return Ok(());
         }
         let need = data.len() as u64;
-        tokio::task::block_in_place(|| {
+        let persisted = tokio::task::block_in_place(|| {
             if let Err(e) = self.store.reserve(need) {
                 if !e.is_no_space() || !self.evict_pieces(i, need.max(MAX_RUN_BYTES)) {
                     return Err(e);
@@ -737,8 +794,12 @@ impl KeyFetch {
         {
             let mut st = lock(&self.state);
             st.pieces[i] = Piece::Present;
-            st.claims.remove(&i);
             st.last_landing = Instant::now();
+            // A claim is kept until the record names the piece: released earlier, another
+            // process could claim a piece that is on disk but not yet in the record.
+            if persisted {
+                self.release_landed_claims(&mut st);
+            }
         }
         let _ = s;
         self.landed.notify_waiters();

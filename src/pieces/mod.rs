@@ -107,6 +107,8 @@ struct KeyState {
     checked: Vec<bool>,
     /// Pieces landed since the record was last written.
     unpersisted: usize,
+    /// Pieces the record on disk named when this process last wrote or read it.
+    durable: Vec<bool>,
     last_persist: Instant,
     flags: u32,
     /// Set when the whole key failed verification: nothing is served any more.
@@ -127,7 +129,11 @@ pub struct CachedKey {
     /// Serialises record rewrites within this process (the OFD lock only excludes other
     /// processes: every thread here shares one open file description).
     persisting: Mutex<()>,
+    /// (mtime, length, inode) of the record file when last read or written here.
+    record_seen: Mutex<Option<RecordStamp>>,
 }
+
+type RecordStamp = (Option<std::time::SystemTime>, u64, u64);
 
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +214,10 @@ impl CachedKey {
         }
     }
 
-    /// Stores piece `i`. The bytes must be exactly the piece's length.
-    pub fn write_piece(&self, i: usize, data: &[u8]) -> Result<(), CacheError> {
+    /// Stores piece `i`. The bytes must be exactly the piece's length. Returns whether the
+    /// record was rewritten (every landed piece is then durable and visible to other
+    /// processes).
+    pub fn write_piece(&self, i: usize, data: &[u8]) -> Result<bool, CacheError> {
         let (start, end) = self.piece_range(i);
         if data.len() as u64 != end - start {
             return Err(CacheError::Io {
@@ -231,7 +239,15 @@ impl CachedKey {
             }
             st.unpersisted >= PERSIST_PIECES || st.last_persist.elapsed() >= PERSIST_EVERY
         };
-        if persist { self.persist() } else { Ok(()) }
+        if persist {
+            self.persist()?;
+        }
+        Ok(persist)
+    }
+
+    /// Pieces landed here that the record on disk does not name yet.
+    pub fn unpersisted(&self) -> usize {
+        lock(&self.state).unpersisted
     }
 
     /// Reads `buf.len()` bytes at `offset`, all of which must be in present pieces. Each piece
@@ -283,6 +299,19 @@ impl CachedKey {
         }
     }
 
+    /// [`CachedKey::reload`] if the record file changed since this process last looked.
+    pub fn reload_if_changed(&self) {
+        let stamp = std::fs::metadata(&self.rec_path).ok().map(|m| (m.modified().ok(), m.len(), m.ino()));
+        {
+            let mut seen = lock(&self.record_seen);
+            if *seen == stamp {
+                return;
+            }
+            *seen = stamp;
+        }
+        self.reload();
+    }
+
     /// Reads the record on disk and adds the pieces other processes landed.
     pub fn reload(&self) {
         let Some(rec) = read_record(&self.rec_path, &self.key, self.size, self.piece_size) else { return };
@@ -307,6 +336,7 @@ impl CachedKey {
 
     /// Merges the record on disk into this view and writes the result (record lock held).
     fn merge_and_write(&self) -> Result<(), CacheError> {
+        let written: Vec<bool>;
         {
             let disk = read_record(&self.rec_path, &self.key, self.size, self.piece_size);
             let rec = {
@@ -330,8 +360,16 @@ impl CachedKey {
                     pieces: st.pieces.clone(),
                 }
             };
-            write_atomic(&self.rec_path, &rec.encode())
+            written = rec.pieces.iter().map(Option::is_some).collect();
+            write_atomic(&self.rec_path, &rec.encode())?;
         }
+        lock(&self.state).durable = written;
+        Ok(())
+    }
+
+    /// Whether the record on disk names piece `i` (so other processes can see it).
+    pub fn is_durable(&self, i: usize) -> bool {
+        lock(&self.state).durable.get(i).copied().unwrap_or(false)
     }
 
     /// Drops piece `i` to free space: forgotten by the record first, then its bytes are
@@ -519,6 +557,7 @@ impl PieceStore {
             rec
         };
         let n = rec.pieces.len();
+        let rec_durable: Vec<bool> = rec.pieces.iter().map(Option::is_some).collect();
         // Touch the record: the cache evicts least recently opened keys first.
         let _ = File::open(&rec_path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         let ck = Arc::new(CachedKey {
@@ -533,12 +572,14 @@ impl PieceStore {
             state: Mutex::new(KeyState {
                 pieces: rec.pieces,
                 checked: vec![false; n],
+                durable: rec_durable,
                 unpersisted: 0,
                 last_persist: Instant::now(),
                 flags: rec.flags,
                 poisoned: None,
             }),
             persisting: Mutex::new(()),
+            record_seen: Mutex::new(None),
         });
         inner.open.insert(kb, Arc::downgrade(&ck));
         inner.open.retain(|_, w| w.strong_count() > 0);
