@@ -236,3 +236,19 @@ fn a_key_larger_than_the_cache_streams_through_it() {
     // Bytes read long ago were dropped and come back on demand, exact.
     assert!(rt.block_on(kf.read(0, 1 << 20)).unwrap() == data[..1 << 20]);
 }
+
+#[test]
+fn a_small_read_is_served_before_its_whole_piece_arrives() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(21, 4 << 20);
+    let key = sha256_key(&data);
+    // 512 KiB/s: a whole 256 KiB piece takes 500 ms, its first 16 KiB about 31 ms.
+    let s = src("slow", &data, Faults { bytes_per_sec: Some(512 << 10), ..Faults::default() });
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s))).unwrap();
+    let start = Instant::now();
+    let got = rt.block_on(kf.read(1 << 20, 16 << 10)).unwrap();
+    let took = start.elapsed();
+    assert!(got[..] == data[1 << 20..(1 << 20) + (16 << 10)]);
+    assert!(took < Duration::from_millis(300), "first bytes took {took:?}");
+}

@@ -86,6 +86,8 @@ pub struct Stats {
     pub steals: AtomicU64,
     pub hedges: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Pieces dropped from a full cache to make room.
+    pub evicted_pieces: AtomicU64,
     pub verified: AtomicU64,
     pub verify_failures: AtomicU64,
 }
@@ -157,6 +159,9 @@ struct State {
     claims: HashMap<usize, PieceClaim>,
     /// Pieces a reader is reading now (count of readers).
     pins: HashMap<usize, u32>,
+    /// Bytes at the start of an in-flight piece already in the data file (stream mode: a
+    /// reader blocked on them is served before the whole piece is in).
+    partial: HashMap<usize, u64>,
     last_landing: Instant,
     verify_started: bool,
 }
@@ -239,6 +244,7 @@ impl Fetcher {
                 hedged: BTreeSet::new(),
                 claims: HashMap::new(),
                 pins: HashMap::new(),
+                partial: HashMap::new(),
                 last_landing: Instant::now(),
                 verify_started: false,
             }),
@@ -297,6 +303,7 @@ impl KeyFetch {
     }
 
     /// Reads `len` bytes at `offset` (clamped to the key's size), fetching what is missing.
+    #[tracing::instrument(level = "trace", skip(self), fields(key = %self.key))]
     pub async fn read(self: &Arc<Self>, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         let size = self.cache.size;
         let end = offset.saturating_add(len).min(size);
@@ -309,7 +316,10 @@ impl KeyFetch {
         {
             let mut st = lock(&self.state);
             // Sequential reading grows the readahead window; a seek resets it.
-            let max_window = usize::try_from(MAX_WINDOW_BYTES / ps).unwrap_or(1).max(1);
+            // Readahead never takes more than a quarter of the cache, so it cannot crowd out
+            // the pieces being read (a cache smaller than the window would evict its own
+            // readahead).
+            let max_window = usize::try_from(MAX_WINDOW_BYTES.min(self.store.limit() / 4) / ps).unwrap_or(1).max(1);
             let initial = usize::try_from(INITIAL_WINDOW_BYTES / ps).unwrap_or(1).max(1);
             st.window_pieces =
                 if offset == st.last_read_end { (st.window_pieces * 2).min(max_window) } else { initial };
@@ -354,7 +364,16 @@ impl KeyFetch {
                     if let Some(p) = self.cache.poisoned() {
                         return Err(ReadError::Poisoned(p));
                     }
-                    let missing: Vec<usize> = (first..=last).filter(|&i| st.pieces[i] != Piece::Present).collect();
+                    let ps = self.cache.piece_size;
+                    // A piece still arriving serves a reader whose bytes are already in.
+                    let ready = |i: usize| {
+                        st.pieces[i] == Piece::Present
+                            || st
+                                .partial
+                                .get(&i)
+                                .is_some_and(|&have| (end.min((i as u64 + 1) * ps)) - i as u64 * ps <= have)
+                    };
+                    let missing: Vec<usize> = (first..=last).filter(|&i| !ready(i)).collect();
                     if missing.is_empty() {
                         break;
                     }
@@ -381,7 +400,26 @@ impl KeyFetch {
             self.schedule();
             let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
             let cache = self.cache.clone();
-            match tokio::task::block_in_place(|| cache.read(offset, &mut buf)) {
+            let partial: Vec<usize> = {
+                let st = lock(&self.state);
+                (first..=last).filter(|&i| st.pieces[i] != Piece::Present).collect()
+            };
+            let res = tokio::task::block_in_place(|| {
+                if partial.is_empty() {
+                    return cache.read(offset, &mut buf);
+                }
+                // Piece by piece: checked pieces through the cache, arriving ones raw.
+                let ps = cache.piece_size;
+                for i in first..=last {
+                    let a = offset.max(i as u64 * ps);
+                    let b = end.min((i as u64 + 1) * ps);
+                    let dst =
+                        &mut buf[usize::try_from(a - offset).unwrap_or(0)..usize::try_from(b - offset).unwrap_or(0)];
+                    if partial.contains(&i) { cache.read_raw(a, dst)? } else { cache.read(a, dst)? }
+                }
+                Ok(())
+            });
+            match res {
                 Ok(()) => return Ok(buf),
                 Err(e) => {
                     tracing::warn!("{}: {e}; fetching again", self.key);
@@ -614,7 +652,9 @@ impl KeyFetch {
             if hedge { " (hedge)" } else { "" }
         );
         let this = self.clone();
-        self.rt.spawn(async move { this.run_request(id, s, next, end).await });
+        let span =
+            tracing::debug_span!("fetch", key = %self.key, source = %self.sources[s].src.name(), from, to, hedge);
+        self.rt.spawn(tracing::Instrument::instrument(async move { this.run_request(id, s, next, end).await }, span));
     }
 
     /// Idle source `s` takes the back half of the largest unstarted remainder of another
@@ -699,9 +739,11 @@ impl KeyFetch {
                 .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))??;
             let mut piece = from;
             let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(self.cache.piece_size).unwrap_or(0));
+            // Bytes of the current piece already written to the data file.
+            let mut written = 0usize;
             while piece < end.load(Ordering::Relaxed) {
-                let want = self.piece_len(piece);
-                while (buf.len() as u64) < want {
+                let want = usize::try_from(self.piece_len(piece)).unwrap_or(0);
+                while buf.len() < want {
                     let next_chunk = tokio::time::timeout(self.cfg.stall_timeout, stream.next())
                         .await
                         .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))?;
@@ -712,12 +754,17 @@ impl KeyFetch {
                             return Err(FetchError::ShortBody { got: received + buf.len() as u64, want: stop - off });
                         }
                     }
+                    let upto = buf.len().min(want);
+                    if upto > written && self.write_partial(id, piece, written, &buf[written..upto]) {
+                        written = upto;
+                    }
                 }
                 // A chunk may straddle pieces: keep what belongs to the next one.
-                let rest = buf.split_off(usize::try_from(want).unwrap_or(0));
-                received += want;
-                self.land(piece, &buf, s).map_err(|e| FetchError::Transport(format!("store: {e}")))?;
+                let rest = buf.split_off(want);
+                received += want as u64;
+                self.land(piece, &buf, written == want).map_err(|e| FetchError::Transport(format!("store: {e}")))?;
                 buf = rest;
+                written = 0;
                 piece += 1;
                 next.store(piece, Ordering::Relaxed);
             }
@@ -767,6 +814,8 @@ impl KeyFetch {
                 if st.pieces[i] == Piece::InFlight(id) {
                     st.pieces[i] = Piece::Missing;
                     st.claims.remove(&i);
+                    // What had arrived of it is no longer vouched for by a running request.
+                    st.partial.remove(&i);
                 }
             }
         }
@@ -776,32 +825,65 @@ impl KeyFetch {
     }
 
     /// Stores a piece that arrived (unless another copy landed first) and wakes readers.
-    fn land(&self, i: usize, data: &[u8], s: usize) -> Result<(), CacheError> {
+    /// Writes bytes that arrived for piece `i` of request `id` at `at` within the piece, if a
+    /// reader waits on that piece and the request still owns it. Returns whether it wrote.
+    fn write_partial(&self, id: u64, i: usize, at: usize, bytes: &[u8]) -> bool {
+        let mut st = lock(&self.state);
+        if st.pieces[i] != Piece::InFlight(id) || !st.demand.contains(&i) {
+            return false;
+        }
+        let (start, _) = self.cache.piece_range(i);
+        // Written under the state lock, so a copy landing from another request (a hedge)
+        // can never be overwritten after it is committed.
+        if self.cache.write_at(start + at as u64, bytes).is_err() {
+            return false;
+        }
+        st.partial.insert(i, (at + bytes.len()) as u64);
+        drop(st);
+        self.landed.notify_waiters();
+        true
+    }
+
+    /// Stores a piece that arrived (unless another copy landed first) and wakes readers.
+    /// `written`: the bytes are already in the data file (written as they arrived).
+    fn land(&self, i: usize, data: &[u8], written: bool) -> Result<(), CacheError> {
         if lock(&self.state).pieces[i] == Piece::Present {
             return Ok(());
         }
         let need = data.len() as u64;
-        let persisted = tokio::task::block_in_place(|| {
+        tokio::task::block_in_place(|| {
             if let Err(e) = self.store.reserve(need) {
                 if !e.is_no_space() || !self.evict_pieces(i, need.max(MAX_RUN_BYTES)) {
                     return Err(e);
                 }
                 self.store.reserve(need)?;
             }
-            self.cache.write_piece(i, data)
+            Ok(())
         })?;
-        self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
-        {
+        let persist_due = {
             let mut st = lock(&self.state);
+            if st.pieces[i] == Piece::Present {
+                return Ok(());
+            }
+            // The partial bytes of this piece are this request's only if it still owns it.
+            let own_partial = written && matches!(st.pieces[i], Piece::InFlight(_)) && st.partial.contains_key(&i);
+            if !own_partial {
+                let (start, _) = self.cache.piece_range(i);
+                self.cache.write_at(start, data)?;
+            }
+            let due = self.cache.commit_piece(i, data)?;
             st.pieces[i] = Piece::Present;
+            st.partial.remove(&i);
             st.last_landing = Instant::now();
+            due
+        };
+        self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
+        if persist_due {
+            tokio::task::block_in_place(|| self.cache.persist())?;
             // A claim is kept until the record names the piece: released earlier, another
             // process could claim a piece that is on disk but not yet in the record.
-            if persisted {
-                self.release_landed_claims(&mut st);
-            }
+            self.release_landed_claims(&mut lock(&self.state));
         }
-        let _ = s;
         self.landed.notify_waiters();
         Ok(())
     }
@@ -831,6 +913,7 @@ impl KeyFetch {
             if self.cache.drop_piece(i).is_ok() {
                 st.pieces[i] = Piece::Missing;
                 freed += self.piece_len(i);
+                self.stats.evicted_pieces.fetch_add(1, Ordering::Relaxed);
             }
         }
         drop(st);

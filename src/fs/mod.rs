@@ -428,6 +428,7 @@ impl AnnexFs {
     }
 
     /// Reads up to `size` bytes at `offset`. Blocking: call it off the FUSE threads.
+    #[tracing::instrument(level = "trace", skip(self))]
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
         let mut buf = vec![0u8; size as usize];

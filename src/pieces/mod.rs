@@ -218,6 +218,33 @@ impl CachedKey {
     /// record was rewritten (every landed piece is then durable and visible to other
     /// processes).
     pub fn write_piece(&self, i: usize, data: &[u8]) -> Result<bool, CacheError> {
+        let (start, _) = self.piece_range(i);
+        self.write_at(start, data)?;
+        let persist = self.commit_piece(i, data)?;
+        if persist {
+            self.persist()?;
+        }
+        Ok(persist)
+    }
+
+    /// Writes bytes of the data file (part of a piece still arriving, or a whole piece) without
+    /// claiming anything: nothing is present until [`CachedKey::commit_piece`].
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), CacheError> {
+        if let Some(p) = self.poisoned() {
+            return Err(CacheError::Poisoned(p));
+        }
+        if offset + data.len() as u64 > self.size {
+            return Err(CacheError::Io {
+                path: self.data_path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "write past the end of the key"),
+            });
+        }
+        self.data.write_all_at(data, offset).map_err(io_err(&self.data_path))
+    }
+
+    /// Marks piece `i` present once its bytes (`data`, exactly the piece) are in the data file.
+    /// Returns whether the record is due to be rewritten (call [`CachedKey::persist`]).
+    pub fn commit_piece(&self, i: usize, data: &[u8]) -> Result<bool, CacheError> {
         let (start, end) = self.piece_range(i);
         if data.len() as u64 != end - start {
             return Err(CacheError::Io {
@@ -225,24 +252,20 @@ impl CachedKey {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "piece of the wrong length"),
             });
         }
-        if let Some(p) = self.poisoned() {
-            return Err(CacheError::Poisoned(p));
-        }
-        self.data.write_all_at(data, start).map_err(io_err(&self.data_path))?;
         let h = piece_hash(data);
-        let persist = {
-            let mut st = lock(&self.state);
-            if st.pieces[i].is_none() {
-                st.pieces[i] = Some(h);
-                st.checked[i] = true;
-                st.unpersisted += 1;
-            }
-            st.unpersisted >= PERSIST_PIECES || st.last_persist.elapsed() >= PERSIST_EVERY
-        };
-        if persist {
-            self.persist()?;
+        let mut st = lock(&self.state);
+        if st.pieces[i].is_none() {
+            st.pieces[i] = Some(h);
+            st.checked[i] = true;
+            st.unpersisted += 1;
         }
-        Ok(persist)
+        Ok(st.unpersisted >= PERSIST_PIECES || st.last_persist.elapsed() >= PERSIST_EVERY)
+    }
+
+    /// Reads bytes of the data file with no check: only for bytes of a piece still arriving,
+    /// which this process wrote itself moments ago (stream mode).
+    pub fn read_raw(&self, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
+        self.data.read_exact_at(buf, offset).map_err(io_err(&self.data_path))
     }
 
     /// Pieces landed here that the record on disk does not name yet.
