@@ -6,7 +6,9 @@
 //! cli / cmd    command line, wiring, mounting and daemonizing
 //!   fuse       thin fuser adapter
 //!   fs         filesystem semantics without FUSE: inodes, attributes, handles, reads
-//!   source     byte-range readers for the places content lives
+//!   fetch      parallel range fetching into the piece cache, whole-key verification
+//!   pieces     the on-disk piece cache
+//!   source     byte-range readers and sources (local files, chunks, HTTP)
 //!   annex      pure git-annex knowledge: keys, branch logs, remotes, namespace
 //! ```
 //!

@@ -54,6 +54,8 @@ const MAX_RUN_BYTES: u64 = 32 << 20;
 pub const MAX_FAILS: u32 = 5;
 /// An idle source steals only work that would take longer than this at its current source.
 const STEAL_IF_LEFT_SECS: f64 = 0.25;
+/// A piece whose source has not sent a byte yet may be hedged after this.
+const SILENT_HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// A demanded piece in flight longer than this may be hedged on an idle source.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
@@ -145,6 +147,17 @@ struct Request {
     end: Arc<AtomicUsize>,
     started: Instant,
     hedge: bool,
+    /// Bytes received so far.
+    got: Arc<AtomicU64>,
+    /// Milliseconds after `started` when the last bytes arrived.
+    progress_ms: Arc<AtomicU64>,
+}
+
+/// How far a running request got, shared with the scheduler.
+struct Progress {
+    got: Arc<AtomicU64>,
+    progress_ms: Arc<AtomicU64>,
+    started: Instant,
 }
 
 struct State {
@@ -532,11 +545,12 @@ impl KeyFetch {
                 // A piece a reader waits on may use a source beyond its usual number of
                 // requests: it must not queue behind long readahead runs.
                 let demand_missing = st.demand.iter().filter(|&&i| st.pieces[i] == Piece::Missing).count();
-                let limit = if demand_missing > 0 { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
-                let (eligible, bps) = {
+                let stuck = self.overdue_demand(&st, s, now).is_some();
+                let limit = if demand_missing > 0 || stuck { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
+                let (eligible, bps, busy) = {
                     let ss = lock(&self.sources[s].stats);
                     let backing_off = ss.backoff_until.is_some_and(|t| t > now);
-                    (ss.dead.is_none() && !backing_off && ss.inflight < limit, ss.bps)
+                    (ss.dead.is_none() && !backing_off && ss.inflight < limit, ss.bps, ss.inflight >= MAX_INFLIGHT)
                 };
                 if !eligible {
                     break;
@@ -549,7 +563,10 @@ impl KeyFetch {
                         let share = demand_missing.div_ceil(usable).max(1);
                         self.assign_run(&mut st, s, p, bps, &wanted, Some(share))
                     }
-                    Some(_) if lock(&self.sources[s].stats).inflight >= MAX_INFLIGHT => false,
+                    // The extra requests are only for pieces readers wait on.
+                    _ if busy => stuck && self.hedge(&mut st, s, now),
+                    // A reader stuck on a piece held by a silent source comes before readahead.
+                    _ if stuck => self.hedge(&mut st, s, now),
                     Some(p) => self.assign_run(&mut st, s, p, bps, &wanted, None),
                     None => self.steal(&mut st, s) || self.hedge(&mut st, s, now),
                 };
@@ -637,8 +654,21 @@ impl KeyFetch {
         }
         let next = Arc::new(AtomicUsize::new(from));
         let end = Arc::new(AtomicUsize::new(to));
-        st.requests
-            .insert(id, Request { source: s, next: next.clone(), end: end.clone(), started: Instant::now(), hedge });
+        let got = Arc::new(AtomicU64::new(0));
+        let progress_ms = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        st.requests.insert(
+            id,
+            Request {
+                source: s,
+                next: next.clone(),
+                end: end.clone(),
+                started,
+                hedge,
+                got: got.clone(),
+                progress_ms: progress_ms.clone(),
+            },
+        );
         {
             let mut ss = lock(&self.sources[s].stats);
             ss.inflight += 1;
@@ -654,7 +684,11 @@ impl KeyFetch {
         let this = self.clone();
         let span =
             tracing::debug_span!("fetch", key = %self.key, source = %self.sources[s].src.name(), from, to, hedge);
-        self.rt.spawn(tracing::Instrument::instrument(async move { this.run_request(id, s, next, end).await }, span));
+        let progress = Progress { got, progress_ms, started };
+        self.rt.spawn(tracing::Instrument::instrument(
+            async move { this.run_request(id, s, next, end, progress).await },
+            span,
+        ));
     }
 
     /// Idle source `s` takes the back half of the largest unstarted remainder of another
@@ -704,19 +738,29 @@ impl KeyFetch {
         true
     }
 
-    /// End game: duplicate a demanded piece that has been in flight for long on another source.
-    fn hedge(self: &Arc<Self>, st: &mut State, s: usize, now: Instant) -> bool {
-        let candidate = st.demand.iter().copied().find(|&i| {
+    /// A demanded piece in flight on another source for too long, not yet hedged: a request
+    /// that has not delivered a byte (maybe a mirror that accepts connections and never
+    /// answers) gets less patience than one that is sending.
+    fn overdue_demand(&self, st: &State, s: usize, now: Instant) -> Option<usize> {
+        st.demand.iter().copied().find(|&i| {
             if st.hedged.contains(&i) {
                 return false;
             }
-            match st.pieces[i] {
-                Piece::InFlight(id) => {
-                    st.requests.get(&id).is_some_and(|r| r.source != s && now.duration_since(r.started) > HEDGE_AFTER)
-                }
-                _ => false,
-            }
-        });
+            let Piece::InFlight(id) = st.pieces[i] else { return false };
+            // Only a request that stopped delivering: one that is sending, however slowly, is
+            // relieved by stealing instead.
+            st.requests.get(&id).is_some_and(|r| {
+                let last = r.started + Duration::from_millis(r.progress_ms.load(Ordering::Relaxed));
+                let silent = r.got.load(Ordering::Relaxed) == 0;
+                r.source != s
+                    && now.saturating_duration_since(last) > if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER }
+            })
+        })
+    }
+
+    /// End game: duplicate a demanded piece that has been in flight for long on another source.
+    fn hedge(self: &Arc<Self>, st: &mut State, s: usize, now: Instant) -> bool {
+        let candidate = self.overdue_demand(st, s, now);
         let Some(i) = candidate else { return false };
         st.hedged.insert(i);
         self.stats.hedges.fetch_add(1, Ordering::Relaxed);
@@ -725,7 +769,14 @@ impl KeyFetch {
         true
     }
 
-    async fn run_request(self: Arc<Self>, id: u64, s: usize, next: Arc<AtomicUsize>, end: Arc<AtomicUsize>) {
+    async fn run_request(
+        self: Arc<Self>,
+        id: u64,
+        s: usize,
+        next: Arc<AtomicUsize>,
+        end: Arc<AtomicUsize>,
+        progress: Progress,
+    ) {
         let src = self.sources[s].src.clone();
         let from = next.load(Ordering::Relaxed);
         let to = end.load(Ordering::Relaxed);
@@ -748,7 +799,12 @@ impl KeyFetch {
                         .await
                         .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))?;
                     match next_chunk {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Ok(chunk)) => {
+                            progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            let ms = u64::try_from(progress.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                            progress.progress_ms.store(ms, Ordering::Relaxed);
+                            buf.extend_from_slice(&chunk);
+                        }
                         Some(Err(e)) => return Err(e),
                         None => {
                             return Err(FetchError::ShortBody { got: received + buf.len() as u64, want: stop - off });

@@ -131,6 +131,9 @@ pub struct CachedKey {
     persisting: Mutex<()>,
     /// (mtime, length, inode) of the record file when last read or written here.
     record_seen: Mutex<Option<RecordStamp>>,
+    /// Inode of the data file this process has open: if the path names another file (the
+    /// cache was cleared and refilled meanwhile), records there are not about this data.
+    data_ino: u64,
 }
 
 type RecordStamp = (Option<std::time::SystemTime>, u64, u64);
@@ -335,8 +338,16 @@ impl CachedKey {
         self.reload();
     }
 
+    /// Whether the data file at the key's path is still the one this process has open.
+    fn same_data_file(&self) -> bool {
+        std::fs::metadata(&self.data_path).is_ok_and(|m| m.ino() == self.data_ino)
+    }
+
     /// Reads the record on disk and adds the pieces other processes landed.
     pub fn reload(&self) {
+        if !self.same_data_file() {
+            return;
+        }
         let Some(rec) = read_record(&self.rec_path, &self.key, self.size, self.piece_size) else { return };
         let mut st = lock(&self.state);
         for (i, p) in rec.pieces.into_iter().enumerate() {
@@ -350,6 +361,14 @@ impl CachedKey {
     /// Makes landed pieces durable: fdatasync the data, then merge and rewrite the record.
     pub fn persist(&self) -> Result<(), CacheError> {
         let _one_at_a_time = lock(&self.persisting);
+        if !self.same_data_file() {
+            // The cache was cleared under this process: its pieces are in a deleted file, and
+            // a record written now would claim them for a file that does not have them.
+            return Err(CacheError::Io {
+                path: self.data_path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "the cache was cleared while this key was open"),
+            });
+        }
         self.data.sync_data().map_err(io_err(&self.data_path))?;
         ofd_lock(&self.lockfile, RECORD_LOCK_BYTE, libc::F_WRLCK, true).map_err(io_err(&self.rec_path))?;
         let result = self.merge_and_write();
@@ -579,6 +598,7 @@ impl PieceStore {
         } else {
             rec
         };
+        let data_ino = data.metadata().map_err(io_err(&data_path))?.ino();
         let n = rec.pieces.len();
         let rec_durable: Vec<bool> = rec.pieces.iter().map(Option::is_some).collect();
         // Touch the record: the cache evicts least recently opened keys first.
@@ -603,6 +623,7 @@ impl PieceStore {
             }),
             persisting: Mutex::new(()),
             record_seen: Mutex::new(None),
+            data_ino,
         });
         inner.open.insert(kb, Arc::downgrade(&ck));
         inner.open.retain(|_, w| w.strong_count() > 0);
@@ -814,6 +835,21 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_process_whose_cache_was_cleared_never_writes_records_into_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(300_000);
+        let old = PieceStore::open(dir.path(), 1 << 30).unwrap();
+        let old_key = old.open_key(&k).unwrap();
+        old_key.write_piece(0, &vec![5u8; 262_144]).unwrap();
+        std::fs::remove_dir_all(dir.path().join("v1")).unwrap();
+        let new = PieceStore::open(dir.path(), 1 << 30).unwrap();
+        let new_key = new.open_key(&k).unwrap();
+        assert!(old_key.persist().is_err(), "the old process refuses to write a record");
+        new_key.reload();
+        assert!(!new_key.has(0), "nothing claimed for the new, empty data file");
     }
 
     #[test]
