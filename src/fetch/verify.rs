@@ -28,50 +28,27 @@ impl<T: digest::Digest + Send> Hasher for Digest<T> {
     }
 }
 
-impl Hasher for blake2b_simd::State {
-    fn update(&mut self, data: &[u8]) {
-        blake2b_simd::State::update(self, data);
-    }
-    fn finish(self: Box<Self>) -> Vec<u8> {
-        self.finalize().as_bytes().to_vec()
-    }
+/// The BLAKE2/BLAKE3 states share one shape: `update`, then `finalize()` to bytes.
+macro_rules! hasher_for_state {
+    ($($t:ty),*) => {$(
+        impl Hasher for $t {
+            fn update(&mut self, data: &[u8]) {
+                <$t>::update(self, data);
+            }
+            fn finish(self: Box<Self>) -> Vec<u8> {
+                self.finalize().as_bytes().to_vec()
+            }
+        }
+    )*};
 }
 
-impl Hasher for blake2b_simd::blake2bp::State {
-    fn update(&mut self, data: &[u8]) {
-        blake2b_simd::blake2bp::State::update(self, data);
-    }
-    fn finish(self: Box<Self>) -> Vec<u8> {
-        self.finalize().as_bytes().to_vec()
-    }
-}
-
-impl Hasher for blake2s_simd::State {
-    fn update(&mut self, data: &[u8]) {
-        blake2s_simd::State::update(self, data);
-    }
-    fn finish(self: Box<Self>) -> Vec<u8> {
-        self.finalize().as_bytes().to_vec()
-    }
-}
-
-impl Hasher for blake2s_simd::blake2sp::State {
-    fn update(&mut self, data: &[u8]) {
-        blake2s_simd::blake2sp::State::update(self, data);
-    }
-    fn finish(self: Box<Self>) -> Vec<u8> {
-        self.finalize().as_bytes().to_vec()
-    }
-}
-
-impl Hasher for blake3::Hasher {
-    fn update(&mut self, data: &[u8]) {
-        blake3::Hasher::update(self, data);
-    }
-    fn finish(self: Box<Self>) -> Vec<u8> {
-        self.finalize().as_bytes().to_vec()
-    }
-}
+hasher_for_state!(
+    blake2b_simd::State,
+    blake2b_simd::blake2bp::State,
+    blake2s_simd::State,
+    blake2s_simd::blake2sp::State,
+    blake3::Hasher
+);
 
 /// The hash backend of a key variety (without its `E`), if git-annex hashes content with it.
 pub fn hasher_for(variety: &[u8]) -> Option<Box<dyn Hasher>> {

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 struct SlowFs {
-    root: PathBuf,
     delay: Duration,
     inodes: Mutex<(Vec<PathBuf>, HashMap<PathBuf, u64>)>,
 }
@@ -103,9 +102,8 @@ impl Filesystem for SlowFs {
 
 /// Mounts `root` at `mountpoint` with every read delayed by `delay`; unmounted when dropped.
 pub fn mount_slow(root: &Path, mountpoint: &Path, delay: Duration) -> fuser::BackgroundSession {
-    let fs = SlowFs { root: root.to_path_buf(), delay, inodes: Mutex::new((vec![root.to_path_buf()], HashMap::new())) };
+    let fs = SlowFs { delay, inodes: Mutex::new((vec![root.to_path_buf()], HashMap::new())) };
     fs.inodes.lock().unwrap().1.insert(root.to_path_buf(), 1);
-    let _ = &fs.root;
     let mut cfg = fuser::Config::default();
     cfg.mount_options.push(fuser::MountOption::RO);
     cfg.mount_options.push(fuser::MountOption::FSName("slowfs".into()));
