@@ -561,7 +561,11 @@ impl KeyFetch {
                     Some(p) if st.demand.contains(&p) => {
                         // Spread the demanded pieces over the sources, for the earliest finish.
                         let share = demand_missing.div_ceil(usable).max(1);
-                        self.assign_run(&mut st, s, p, bps, &wanted, Some(share))
+                        let started = self.assign_run(&mut st, s, p, bps, &wanted, Some(share));
+                        if started {
+                            self.preempt_readahead(&mut st, s);
+                        }
+                        started
                     }
                     // The extra requests are only for pieces readers wait on.
                     _ if busy => stuck && self.hedge(&mut st, s, now),
@@ -689,6 +693,37 @@ impl KeyFetch {
             async move { this.run_request(id, s, next, end, progress).await },
             span,
         ));
+    }
+
+    /// A reader blocked on a piece from source `s` gets its bandwidth: the readahead requests
+    /// on `s` finish the piece they are receiving and give the rest back (it is requested again
+    /// later), instead of sharing the source's link with the blocked read.
+    fn preempt_readahead(&self, st: &mut State, s: usize) {
+        let ids: Vec<u64> = st
+            .requests
+            .iter()
+            .filter(|(_, r)| r.source == s && !r.hedge)
+            .filter(|(_, r)| {
+                let next = r.next.load(Ordering::Relaxed);
+                // Requests for pieces readers wait on keep going.
+                !(next..r.end.load(Ordering::Relaxed)).any(|i| st.demand.contains(&i))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let Some(r) = st.requests.get(&id) else { continue };
+            let keep = r.next.load(Ordering::Relaxed) + 1;
+            let end = r.end.load(Ordering::Relaxed);
+            if end <= keep {
+                continue;
+            }
+            r.end.store(keep, Ordering::Relaxed);
+            for i in keep..end {
+                if st.pieces[i] == Piece::InFlight(id) {
+                    st.pieces[i] = Piece::Missing;
+                }
+            }
+        }
     }
 
     /// Idle source `s` takes the back half of the largest unstarted remainder of another
