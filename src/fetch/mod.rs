@@ -162,6 +162,8 @@ struct Progress {
 
 struct State {
     pieces: Vec<Piece>,
+    /// How many pieces are `Present` (kept by [`State::set`], so completeness is O(1)).
+    present: usize,
     demand: BTreeSet<usize>,
     window_start: usize,
     window_pieces: usize,
@@ -177,6 +179,18 @@ struct State {
     partial: HashMap<usize, u64>,
     last_landing: Instant,
     verify_started: bool,
+}
+
+impl State {
+    /// Changes a piece's state, keeping the count of present pieces.
+    fn set(&mut self, i: usize, new: Piece) {
+        let old = std::mem::replace(&mut self.pieces[i], new);
+        match (old == Piece::Present, new == Piece::Present) {
+            (false, true) => self.present += 1,
+            (true, false) => self.present -= 1,
+            _ => {}
+        }
+    }
 }
 
 /// One key being read, shared by every handle of this process.
@@ -224,7 +238,7 @@ impl Fetcher {
         }
         let cache = self.store.open_key(key).map_err(|e| ReadError::Cache(e.to_string()))?;
         let n = cache.piece_count();
-        let pieces = (0..n).map(|i| if cache.has(i) { Piece::Present } else { Piece::Missing }).collect();
+        let pieces: Vec<Piece> = (0..n).map(|i| if cache.has(i) { Piece::Present } else { Piece::Missing }).collect();
         let window_pieces = usize::try_from(INITIAL_WINDOW_BYTES / cache.piece_size).unwrap_or(1).max(1);
         let kf = Arc::new(KeyFetch {
             key: key.clone(),
@@ -247,6 +261,7 @@ impl Fetcher {
                 })
                 .collect(),
             state: Mutex::new(State {
+                present: pieces.iter().filter(|p| **p == Piece::Present).count(),
                 pieces,
                 demand: BTreeSet::new(),
                 window_start: 0,
@@ -439,7 +454,7 @@ impl KeyFetch {
                     let mut st = lock(&self.state);
                     for i in first..=last {
                         if !self.cache.has(i) && st.pieces[i] == Piece::Present {
-                            st.pieces[i] = Piece::Missing;
+                            st.set(i, Piece::Missing);
                         }
                     }
                 }
@@ -487,12 +502,13 @@ impl KeyFetch {
             let mut landed = false;
             for i in 0..st.pieces.len() {
                 if st.pieces[i] == Piece::Elsewhere {
-                    st.pieces[i] = if self.cache.has(i) {
+                    let new = if self.cache.has(i) {
                         landed = true;
                         Piece::Present
                     } else {
                         Piece::Missing
                     };
+                    st.set(i, new);
                 }
             }
             if landed {
@@ -517,7 +533,7 @@ impl KeyFetch {
     /// Hands work to idle sources; see the module doc.
     fn schedule(self: &Arc<Self>) {
         let mut st = lock(&self.state);
-        if st.pieces.iter().all(|p| *p == Piece::Present) {
+        if st.present == st.pieces.len() {
             self.maybe_verify(&mut st);
             return;
         }
@@ -619,7 +635,7 @@ impl KeyFetch {
                         self.cache.reload_if_changed();
                         if self.cache.has(end) {
                             drop(c);
-                            st.pieces[end] = Piece::Present;
+                            st.set(end, Piece::Present);
                             self.landed.notify_waiters();
                             if end == p {
                                 return true;
@@ -629,7 +645,7 @@ impl KeyFetch {
                         st.claims.insert(end, c);
                     }
                     Ok(None) => {
-                        st.pieces[end] = Piece::Elsewhere;
+                        st.set(end, Piece::Elsewhere);
                         break;
                     }
                     Err(e) => {
@@ -653,7 +669,7 @@ impl KeyFetch {
         st.next_req += 1;
         if !hedge {
             for i in from..to {
-                st.pieces[i] = Piece::InFlight(id);
+                st.set(i, Piece::InFlight(id));
             }
         }
         let next = Arc::new(AtomicUsize::new(from));
@@ -720,7 +736,7 @@ impl KeyFetch {
             r.end.store(keep, Ordering::Relaxed);
             for i in keep..end {
                 if st.pieces[i] == Piece::InFlight(id) {
-                    st.pieces[i] = Piece::Missing;
+                    st.set(i, Piece::Missing);
                 }
             }
         }
@@ -759,7 +775,7 @@ impl KeyFetch {
         }
         for i in split..end {
             if st.pieces[i] == Piece::InFlight(id) {
-                st.pieces[i] = Piece::Missing;
+                st.set(i, Piece::Missing);
             }
         }
         self.stats.steals.fetch_add(1, Ordering::Relaxed);
@@ -903,7 +919,7 @@ impl KeyFetch {
             let last = end.load(Ordering::Relaxed);
             for i in from..last.max(from) {
                 if st.pieces[i] == Piece::InFlight(id) {
-                    st.pieces[i] = Piece::Missing;
+                    st.set(i, Piece::Missing);
                     st.claims.remove(&i);
                     // What had arrived of it is no longer vouched for by a running request.
                     st.partial.remove(&i);
@@ -963,7 +979,7 @@ impl KeyFetch {
                 self.cache.write_at(start, data)?;
             }
             let due = self.cache.commit_piece(i, data)?;
-            st.pieces[i] = Piece::Present;
+            st.set(i, Piece::Present);
             st.partial.remove(&i);
             st.last_landing = Instant::now();
             due
@@ -1002,7 +1018,7 @@ impl KeyFetch {
                 break;
             }
             if self.cache.drop_piece(i).is_ok() {
-                st.pieces[i] = Piece::Missing;
+                st.set(i, Piece::Missing);
                 freed += self.piece_len(i);
                 self.stats.evicted_pieces.fetch_add(1, Ordering::Relaxed);
             }
