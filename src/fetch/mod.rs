@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 
 /// Readahead when reading starts or after a seek.
 pub const INITIAL_WINDOW_BYTES: u64 = 1 << 20;
+/// How far before the last read position a read may start and still count as sequential.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
 /// Largest readahead window.
 pub const MAX_WINDOW_BYTES: u64 = 256 << 20;
 /// Requests per source at once.
@@ -349,10 +351,21 @@ impl KeyFetch {
             // readahead).
             let max_window = usize::try_from(MAX_WINDOW_BYTES.min(self.store.limit() / 4) / ps).unwrap_or(1).max(1);
             let initial = usize::try_from(INITIAL_WINDOW_BYTES / ps).unwrap_or(1).max(1);
-            st.window_pieces =
-                if offset == st.last_read_end { (st.window_pieces * 2).min(max_window) } else { initial };
-            st.last_read_end = end;
-            st.window_start = last + 1;
+            // The kernel sends several reads of one stream at once (async reads, readahead),
+            // and they reach here out of order: a read near the last position still counts as
+            // sequential, and the position never moves backwards within a stream.
+            let window_bytes = st.window_pieces as u64 * ps;
+            let sequential = st.last_read_end != u64::MAX
+                && offset + SEQUENTIAL_SLACK >= st.last_read_end
+                && offset <= st.last_read_end.saturating_add(window_bytes);
+            if sequential {
+                st.window_pieces = (st.window_pieces * 2).min(max_window);
+                st.last_read_end = st.last_read_end.max(end);
+            } else {
+                st.window_pieces = initial;
+                st.last_read_end = end;
+            }
+            st.window_start = usize::try_from(st.last_read_end.div_ceil(ps)).unwrap_or(usize::MAX).max(last + 1);
             // Pinned pieces are never dropped to make room while this read needs them.
             for i in first..=last {
                 *st.pins.entry(i).or_insert(0) += 1;
@@ -609,6 +622,8 @@ impl KeyFetch {
     ) -> bool {
         let ps = self.cache.piece_size;
         let max_run = if bps <= 0.0 {
+            // Not measured yet: one piece, so that the first bytes come soonest and the source
+            // is measured before it is given more (longer first runs measured slower here).
             1
         } else {
             // A float of pieces, clamped just below: the cast saturates, nothing is lost.
