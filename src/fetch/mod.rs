@@ -600,7 +600,13 @@ impl KeyFetch {
                     _ if busy => stuck && self.hedge(&mut st, s, now),
                     // A reader stuck on a piece held by a silent source comes before readahead.
                     _ if stuck => self.hedge(&mut st, s, now),
-                    Some(p) => self.assign_run(&mut st, s, p, bps, &wanted, None),
+                    Some(p) => {
+                        // Near the end of what is wanted, split it over every source instead of
+                        // leaving one long run to one of them (the end game).
+                        let missing = wanted.iter().filter(|&&i| st.pieces[i] == Piece::Missing).count();
+                        let share = missing.div_ceil(usable).max(1);
+                        self.assign_run(&mut st, s, p, bps, &wanted, Some(share))
+                    }
                     None => self.steal(&mut st, s) || self.hedge(&mut st, s, now),
                 };
                 if !assigned {
