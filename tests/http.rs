@@ -173,3 +173,128 @@ fn two_mounts_sharing_a_cache_download_each_byte_once() {
         m2.log()
     );
 }
+
+#[test]
+fn an_httpalso_remote_serves_a_directory_remote_over_http() {
+    let sb = Sandbox::new();
+    let r = sb.init_repo("r", "main");
+    sb.git(&r, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+    let data = pseudo_random(41, 700_000);
+    sb.write(&r.join("h.bin"), &data);
+    sb.annex(&r, &["add", "-q", "h.bin"]);
+    sb.git(&r, &["commit", "-q", "-m", "h"]);
+    let www = sb.path("www");
+    let dir = www.join("dsr");
+    std::fs::create_dir_all(&dir).unwrap();
+    sb.annex(
+        &r,
+        &["initremote", "-q", "dsr", "type=directory", &format!("directory={}", dir.display()), "encryption=none"],
+    );
+    sb.annex(&r, &["copy", "-q", "--to", "dsr", "h.bin"]);
+    sb.annex(&r, &["drop", "-q", "h.bin"]);
+    let nginx = Nginx::start(&www, &sb.path("nginx"), 1, None);
+    sb.annex(
+        &r,
+        &["initremote", "-q", "dsrhttp", "--sameas=dsr", "type=httpalso", &format!("url={}", nginx.url(0, "dsr"))],
+    );
+    // The directory itself is not usable from here: only its HTTP face is.
+    sb.git(&r, &["config", "remote.dsr.annex-ignore", "true"]);
+    let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
+    let got = std::fs::read(m.p("h.bin")).unwrap_or_else(|e| panic!("{e}\nlog: {}", m.log()));
+    assert!(got == data, "content through httpalso");
+    let log = nginx.access_log(0);
+    assert!(log.contains("GET /dsr/") && count_206(&log) > 0, "{log}");
+}
+
+/// The daemon of the mount at `mp`.
+fn daemon_pid(mp: &std::path::Path) -> Option<i32> {
+    let out =
+        std::process::Command::new("pgrep").arg("-f").arg(format!("annexfs mount .*{}", mp.display())).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+}
+
+#[test]
+fn killing_the_daemon_mid_fetch_leaves_no_piece_claimed_that_is_not_on_disk() {
+    let sb = Sandbox::new();
+    let r = sb.init_repo("r", "main");
+    sb.git(&r, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+    let data = pseudo_random(42, 6_000_000);
+    sb.write(&r.join("slow.bin"), &data);
+    sb.annex(&r, &["add", "-q", "slow.bin"]);
+    sb.git(&r, &["commit", "-q", "-m", "s"]);
+    let www = sb.path("www");
+    sb.write(&www.join("slow.bin"), &data);
+    // 1 MB/s per connection: the fetch is still running when the daemon is killed.
+    let nginx = Nginx::start(&www, &sb.path("nginx"), 2, Some(1_000_000));
+    let key = sb.annex(&r, &["lookupkey", "slow.bin"]).trim().to_string();
+    for i in 0..2 {
+        sb.annex(&r, &["registerurl", &key, &nginx.url(i, "slow.bin")]);
+    }
+    sb.annex(&r, &["drop", "-q", "--force", "slow.bin"]);
+    let cache = sb.path("cache");
+    let c = cache.to_str().unwrap();
+    for cycle in 0..3 {
+        let m = mount(&sb, &r, &format!("mnt{cycle}"), &["--cache-dir", c]);
+        let p = m.p("slow.bin");
+        let reader = std::thread::spawn(move || std::fs::read(p));
+        std::thread::sleep(std::time::Duration::from_millis(700 + 300 * cycle));
+        let pid = daemon_pid(&m.mp).expect("the daemon is running");
+        // SAFETY: sending a signal to a process of this test.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = reader.join();
+        drop(m); // clears the dead mount
+        // Every piece the record claims is on disk with the bytes its hash says.
+        let store = annexfs::pieces::PieceStore::open(&cache, 1 << 30).unwrap();
+        let k = annexfs::annex::Key::parse_str(&key).unwrap();
+        let ck = store.open_key(&k).unwrap();
+        let mut claimed = 0;
+        for i in 0..ck.piece_count() {
+            if ck.has(i) {
+                let (a, b) = ck.piece_range(i);
+                let mut buf = vec![0u8; (b - a) as usize];
+                ck.read(a, &mut buf).unwrap_or_else(|e| panic!("cycle {cycle}: claimed piece {i} is not on disk: {e}"));
+                assert!(buf == data[a as usize..b as usize], "cycle {cycle}: piece {i}");
+                claimed += 1;
+            }
+        }
+        assert!(claimed < ck.piece_count() || cycle > 0, "the kill came before the fetch ended");
+    }
+    // A last mount finishes the file from what survived.
+    let m = mount(&sb, &r, "mnt-final", &["--cache-dir", c]);
+    assert!(std::fs::read(m.p("slow.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_full_cache_disk_fails_the_read_with_eio_and_serves_no_wrong_byte() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let w = world(true);
+    // A 2 MiB filesystem for the cache; the cache's own bound is much larger.
+    let cache = w.sb.path("tiny");
+    std::fs::create_dir_all(&cache).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(cache.clone());
+    let m = mount(&w.sb, &w.r, "mnt", &["--cache-dir", cache.to_str().unwrap(), "--cache-size", "1G"]);
+    let mut f = std::fs::File::open(m.p("media/web.bin")).unwrap();
+    let mut got = Vec::new();
+    let err = std::io::Read::read_to_end(&mut f, &mut got).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(got.len() < w.web.len());
+    assert!(got[..] == w.web[..got.len()], "every byte served before the error is right");
+    let log = m.log();
+    assert!(log.contains("media/web.bin") && log.contains("No space left on device"), "log: {log}");
+}

@@ -176,6 +176,8 @@ struct State {
     claims: HashMap<usize, PieceClaim>,
     /// Pieces a reader is reading now (count of readers).
     pins: HashMap<usize, u32>,
+    /// Why the cache could not store a piece (e.g. a full disk), until one is stored again.
+    cache_error: Option<String>,
     /// Bytes at the start of an in-flight piece already in the data file (stream mode: a
     /// reader blocked on them is served before the whole piece is in).
     partial: HashMap<usize, u64>,
@@ -274,6 +276,7 @@ impl Fetcher {
                 hedged: BTreeSet::new(),
                 claims: HashMap::new(),
                 pins: HashMap::new(),
+                cache_error: None,
                 partial: HashMap::new(),
                 last_landing: Instant::now(),
                 verify_started: false,
@@ -366,6 +369,8 @@ impl KeyFetch {
                 st.last_read_end = end;
             }
             st.window_start = usize::try_from(st.last_read_end.div_ceil(ps)).unwrap_or(usize::MAX).max(last + 1);
+            // A new read tries the cache again (space may have been freed since).
+            st.cache_error = None;
             // Pinned pieces are never dropped to make room while this read needs them.
             for i in first..=last {
                 *st.pins.entry(i).or_insert(0) += 1;
@@ -404,6 +409,11 @@ impl KeyFetch {
                     let mut st = lock(&self.state);
                     if let Some(p) = self.cache.poisoned() {
                         return Err(ReadError::Poisoned(p));
+                    }
+                    if let Some(e) = &st.cache_error
+                        && !(first..=last).all(|i| st.pieces[i] == Piece::Present)
+                    {
+                        return Err(ReadError::Cache(e.clone()));
                     }
                     let ps = self.cache.piece_size;
                     // A piece still arriving serves a reader whose bytes are already in.
@@ -856,6 +866,7 @@ impl KeyFetch {
         let (_, stop) = self.cache.piece_range(to - 1);
         let started = Instant::now();
         let mut received = 0u64;
+        let mut store_failed = false;
         let result: Result<(), FetchError> = async {
             let mut stream = tokio::time::timeout(self.cfg.stall_timeout, src.get(off, stop - off))
                 .await
@@ -890,7 +901,14 @@ impl KeyFetch {
                 // A chunk may straddle pieces: keep what belongs to the next one.
                 let rest = buf.split_off(want);
                 received += want as u64;
-                self.land(piece, &buf, written == want).map_err(|e| FetchError::Transport(format!("store: {e}")))?;
+                if let Err(e) = self.land(piece, &buf, written == want) {
+                    // The cache, not the source, failed (a full disk): readers learn it at once
+                    // and the source is not blamed.
+                    tracing::error!("{}: store piece {piece} in the cache: {e}", self.key);
+                    lock(&self.state).cache_error = Some(e.to_string());
+                    store_failed = true;
+                    return Ok(());
+                }
                 buf = rest;
                 written = 0;
                 piece += 1;
@@ -909,6 +927,7 @@ impl KeyFetch {
                 ss.bps = if ss.bps == 0.0 { rate } else { 0.7 * ss.bps + 0.3 * rate };
             }
             match &result {
+                Ok(()) if store_failed => {}
                 Ok(()) => {
                     ss.fails_in_row = 0;
                     ss.backoff_until = None;
@@ -1003,6 +1022,7 @@ impl KeyFetch {
             st.set(i, Piece::Present);
             st.partial.remove(&i);
             st.last_landing = Instant::now();
+            st.cache_error = None;
             due
         };
         self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
