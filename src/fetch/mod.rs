@@ -62,6 +62,8 @@ const SILENT_HEDGE_AFTER: Duration = Duration::from_millis(250);
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
 const TICK: Duration = Duration::from_millis(100);
+/// How long fetching pauses when the cache is at its bound and nothing can be evicted yet.
+const CACHE_FULL_PAUSE: Duration = Duration::from_millis(100);
 /// A reader waits at most this long without any piece of the key landing.
 pub const READ_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -178,6 +180,8 @@ struct State {
     pins: HashMap<usize, u32>,
     /// Why the cache could not store a piece (e.g. a full disk), until one is stored again.
     cache_error: Option<String>,
+    /// No new requests before this (the cache is at its bound with nothing to evict yet).
+    paused_until: Option<Instant>,
     /// Bytes at the start of an in-flight piece already in the data file (stream mode: a
     /// reader blocked on them is served before the whole piece is in).
     partial: HashMap<usize, u64>,
@@ -277,6 +281,7 @@ impl Fetcher {
                 claims: HashMap::new(),
                 pins: HashMap::new(),
                 cache_error: None,
+                paused_until: None,
                 partial: HashMap::new(),
                 last_landing: Instant::now(),
                 verify_started: false,
@@ -561,10 +566,10 @@ impl KeyFetch {
             return;
         }
         let wanted = Self::wanted(&st);
-        if wanted.is_empty() {
+        let now = Instant::now();
+        if wanted.is_empty() || st.paused_until.is_some_and(|t| t > now) {
             return;
         }
-        let now = Instant::now();
         // Faster sources choose first.
         let mut order: Vec<usize> = (0..self.sources.len()).collect();
         order.sort_by(|&a, &b| {
@@ -902,11 +907,18 @@ impl KeyFetch {
                 let rest = buf.split_off(want);
                 received += want as u64;
                 if let Err(e) = self.land(piece, &buf, written == want) {
-                    // The cache, not the source, failed (a full disk): readers learn it at once
-                    // and the source is not blamed.
-                    tracing::error!("{}: store piece {piece} in the cache: {e}", self.key);
-                    lock(&self.state).cache_error = Some(e.to_string());
+                    // The cache, not the source, failed; the source is not blamed. At its
+                    // bound with nothing evictable yet, fetching pauses briefly (readers move
+                    // on and unpin pieces); a failing disk (ENOSPC, I/O) fails readers at once.
                     store_failed = true;
+                    let mut st = lock(&self.state);
+                    if matches!(e, CacheError::Full { .. }) {
+                        tracing::debug!("{}: cache full; pausing fetches: {e}", self.key);
+                        st.paused_until = Some(Instant::now() + CACHE_FULL_PAUSE);
+                    } else {
+                        tracing::error!("{}: store piece {piece} in the cache: {e}", self.key);
+                        st.cache_error = Some(e.to_string());
+                    }
                     return Ok(());
                 }
                 buf = rest;
