@@ -235,6 +235,13 @@ impl Annex {
         self.layout.find(key)
     }
 
+    /// The object file of `key` in this repository if it is a regular file of the key's size
+    /// (an object of another size is not the content, whatever its name).
+    pub fn present_object(&self, key: &Key) -> Option<PathBuf> {
+        self.local_object(key)
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && key.size().is_none_or(|s| m.len() == s)))
+    }
+
     /// Every repository holding `key`, with how annexfs can read from it, in the order annexfs
     /// tries them: this repository, then readable holders by cost, then the rest.
     pub fn holders(&self, key: &Key) -> Result<Vec<Holder>, branch::BranchError> {

@@ -7,10 +7,10 @@ use super::mount::parse_size;
 use super::sources::{annexed_files, open_base};
 use crate::annex::Key;
 use crate::cli::GetArgs;
-use crate::fetch::{FetchConfig, Fetcher, KeyFetch};
+use crate::fetch::{Fetcher, KeyFetch};
 use crate::pieces::{DEFAULT_CACHE_SIZE, PieceStore};
 use crate::source::discover::{LocalSource, discover};
-use crate::source::http::{HttpClient, learn_http_remotes};
+use crate::source::http::HttpClient;
 use crate::source::remote::RangeSource;
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -40,22 +40,16 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
         Some(s) => parse_size(s)?,
         None => DEFAULT_CACHE_SIZE,
     };
-    let store = Arc::new(PieceStore::open(&cache_dir, cache_size)?);
-    let fetcher = Fetcher::new(store, rt.handle().clone(), FetchConfig::default());
-    let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
-    rt.block_on(learn_http_remotes(&annex, &http));
+    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt)?;
+    let (fetcher, http) = (&parts.fetcher, &parts.http);
     let tty = std::io::stderr().is_terminal();
 
     for (file, key) in files {
-        let local_ok = annex
-            .local_object(&key)
-            .and_then(|p| std::fs::metadata(p).ok())
-            .is_some_and(|m| key.size().is_none_or(|s| m.len() == s));
-        if local_ok {
+        if annex.present_object(&key).is_some() {
             eprintln!("{file}: already present in the repository");
             continue;
         }
-        match get_one(&rt, &fetcher, &annex, &http, &file, &key, tty) {
+        match get_one(&rt, fetcher, &annex, http, &file, &key, tty) {
             Ok(kf) => {
                 if args.into_annex
                     && let Err(e) = reinject(&base, &cache_dir, &file, &kf)

@@ -12,11 +12,8 @@
 use crate::annex::Annex;
 use crate::annex::repo::clean_path;
 use crate::cli::{MountArgs, UmountArgs};
-use crate::fetch::{FetchConfig, Fetcher};
-use crate::fs::{AnnexFs, FsConfig, RemoteParts, View};
+use crate::fs::{AnnexFs, FsConfig, View};
 use crate::fuse::FuseAdapter;
-use crate::pieces::PieceStore;
-use crate::source::http::HttpClient;
 use anyhow::{Context, anyhow, bail};
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -367,16 +364,9 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         .enable_all()
         .build()
         .context("start the I/O thread pool")?;
-    let store = Arc::new(
-        PieceStore::open(&plan.cache_dir, plan.cache_size)
-            .with_context(|| format!("open the piece cache in {}", plan.cache_dir.display()))?,
-    );
-    let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), FetchConfig::default()));
-    let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
-    rt.block_on(crate::source::http::learn_http_remotes(&annex, &http));
+    let remote = super::remote_parts(&annex, &plan.cache_dir, plan.cache_size, &rt)?;
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
-    let remote = RemoteParts { fetcher, http, rt: rt.handle().clone() };
     let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_remote(remote));
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 

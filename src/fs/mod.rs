@@ -408,12 +408,7 @@ impl AnnexFs {
         let (content, local) = match &node.kind {
             EntryKind::Dir => return Err(FsError::IsDir),
             EntryKind::Symlink(_) => return Err(FsError::NotFound),
-            EntryKind::Annexed(key) => {
-                let local = self.annex.local_object(key).filter(|p| {
-                    std::fs::metadata(p).is_ok_and(|m| m.is_file() && key.size().is_none_or(|s| m.len() == s))
-                });
-                (Content::Annexed(key.clone()), local)
-            }
+            EntryKind::Annexed(key) => (Content::Annexed(key.clone()), self.annex.present_object(key)),
             EntryKind::Plain { content, .. } => (Content::Plain(content.clone()), None),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
