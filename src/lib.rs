@@ -24,5 +24,6 @@ pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
+pub mod manifest;
 pub mod pieces;
 pub mod source;

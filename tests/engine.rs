@@ -32,7 +32,11 @@ fn sha256_key(data: &[u8]) -> Key {
 }
 
 fn fast_cfg() -> FetchConfig {
-    FetchConfig { stall_timeout: Duration::from_millis(500), read_deadline: Duration::from_secs(20) }
+    FetchConfig {
+        stall_timeout: Duration::from_millis(500),
+        read_deadline: Duration::from_secs(20),
+        ..Default::default()
+    }
 }
 
 struct Rig {
@@ -78,7 +82,7 @@ proptest! {
             src("slow", &data, Faults { latency: Duration::from_millis(5), bytes_per_sec: Some(20 << 20), ..Faults::default() }),
             src("cut", &data, Faults { cut_every: 2, ..Faults::default() }),
         ];
-        let kf = r.fetcher.key(&key, dyns(&sources)).unwrap();
+        let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
         for (at, n) in reads {
             let off = ((len as f64) * at) as u64;
             let got = rt.block_on(kf.read(off, n as u64)).unwrap();
@@ -98,7 +102,7 @@ fn a_whole_read_uses_every_source_and_verifies_the_key() {
     let sources: Vec<_> = (0..3)
         .map(|i| src(&format!("mirror{i}"), &data, Faults { bytes_per_sec: rate, ..Faults::default() }))
         .collect();
-    let kf = r.fetcher.key(&key, dyns(&sources)).unwrap();
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
     let mut off = 0u64;
     let mut out = Vec::new();
     while off < data.len() as u64 {
@@ -123,7 +127,7 @@ fn a_piece_is_never_fetched_twice_at_once_by_concurrent_readers() {
     let data = content(9, 8 << 20);
     let key = sha256_key(&data);
     let s = src("one", &data, Faults { bytes_per_sec: Some(64 << 20), ..Faults::default() });
-    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s))).unwrap();
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let kf = kf.clone();
@@ -147,7 +151,7 @@ fn a_stalled_or_dead_source_does_not_fail_the_reader() {
         src("dead", &data, Faults { dead: true, ..Faults::default() }),
         src("honest", &data, Faults { bytes_per_sec: Some(32 << 20), ..Faults::default() }),
     ];
-    let kf = r.fetcher.key(&key, dyns(&sources)).unwrap();
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
     let start = Instant::now();
     let got = rt.block_on(kf.read(0, data.len() as u64)).unwrap();
     assert!(got == *data);
@@ -164,7 +168,7 @@ fn no_source_left_is_a_clear_error_naming_the_sources() {
         src("deadA", &data, Faults { dead: true, ..Faults::default() }),
         src("deadB", &data, Faults { dead: true, ..Faults::default() }),
     ];
-    let kf = r.fetcher.key(&key, dyns(&sources)).unwrap();
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
     let start = Instant::now();
     let err = rt.block_on(kf.read(0, 100)).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(15));
@@ -181,7 +185,7 @@ fn content_that_does_not_match_its_key_is_quarantined() {
     let key = sha256_key(&data);
     let lies = content(16, 1 << 20);
     let sources = vec![src("liar", &lies, Faults::default())];
-    let kf = r.fetcher.key(&key, dyns(&sources)).unwrap();
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
     // Stream mode serves bytes as they arrive; the whole-key check then catches the lie.
     let _ = rt.block_on(kf.read(0, 1 << 20));
     assert!(!rt.block_on(kf.wait_verified(Duration::from_secs(10))));
@@ -199,14 +203,14 @@ fn pieces_survive_in_the_cache_for_the_next_fetcher() {
     {
         let store = Arc::new(PieceStore::open(dir.path(), 1 << 32).unwrap());
         let f = Fetcher::new(store, rt.handle().clone(), fast_cfg());
-        let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())])).unwrap();
+        let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())]), None).unwrap();
         assert!(rt.block_on(kf.read(0, data.len() as u64)).unwrap() == *data);
         assert!(rt.block_on(kf.wait_verified(Duration::from_secs(10))));
     }
     let store = Arc::new(PieceStore::open(dir.path(), 1 << 32).unwrap());
     let f = Fetcher::new(store, rt.handle().clone(), fast_cfg());
     let none: Vec<Arc<dyn RangeSource>> = Vec::new();
-    let kf = f.key(&key, none).unwrap();
+    let kf = f.key(&key, none, None).unwrap();
     assert!(
         rt.block_on(kf.read(1000, 2 << 20)).unwrap() == data[1000..1000 + (2 << 20)],
         "served from the cache with no source"
@@ -222,7 +226,7 @@ fn a_key_larger_than_the_cache_streams_through_it() {
     let f = Fetcher::new(store.clone(), rt.handle().clone(), fast_cfg());
     let data = content(19, 16 << 20);
     let key = sha256_key(&data);
-    let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())])).unwrap();
+    let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())]), None).unwrap();
     let mut off = 0u64;
     while off < data.len() as u64 {
         let got = rt.block_on(kf.read(off, 256 << 10)).unwrap_or_else(|e| panic!("read at {off}: {e}"));
@@ -242,7 +246,7 @@ fn a_small_read_is_served_before_its_whole_piece_arrives() {
     let key = sha256_key(&data);
     // 512 KiB/s: a whole 256 KiB piece takes 500 ms, its first 16 KiB about 31 ms.
     let s = src("slow", &data, Faults { bytes_per_sec: Some(512 << 10), ..Faults::default() });
-    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s))).unwrap();
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
     let start = Instant::now();
     let got = rt.block_on(kf.read(1 << 20, 16 << 10)).unwrap();
     let took = start.elapsed();

@@ -126,7 +126,11 @@ fn misbehaving_mirrors_are_refused_and_the_honest_one_serves() {
     for mode in [Mode::IgnoresRange, Mode::WrongRange, Mode::Short, Mode::Endless, Mode::Gzip, Mode::Stall] {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
-        let cfg = FetchConfig { stall_timeout: Duration::from_millis(700), read_deadline: Duration::from_secs(30) };
+        let cfg = FetchConfig {
+            stall_timeout: Duration::from_millis(700),
+            read_deadline: Duration::from_secs(30),
+            ..Default::default()
+        };
         let fetcher = Fetcher::new(store, rt.handle().clone(), cfg);
         let client = HttpClient::new(policy.clone()).unwrap();
         let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
@@ -141,7 +145,7 @@ fn misbehaving_mirrors_are_refused_and_the_honest_one_serves() {
                 data.len() as u64,
             )));
         }
-        let kf = fetcher.key(&key, sources).unwrap();
+        let kf = fetcher.key(&key, sources, None).unwrap();
         // Random-ish reads first (ranges not at 0), then the rest.
         for (off, len) in [(1_234_567u64, 70_000u64), (0, 3_000_000)] {
             let got = rt.block_on(kf.read(off, len)).unwrap_or_else(|e| panic!("{mode:?}: {e}"));

@@ -11,7 +11,7 @@
 //!   and on equal timestamps the LATER line wins;
 //! - single-value logs (numcopies): newest wins, on a tie the larger value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A vector clock: exact picoseconds since the epoch. A missing timestamp is the oldest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -287,6 +287,56 @@ pub fn parse_chunk_log<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> ChunkL
     out
 }
 
+/// Metadata of a key (`.log.met`): field → values, after applying every line in timestamp
+/// order (`TS field +value -value field2 +value …`; a value starting with `!` is base64).
+pub type MetaData = BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>;
+
+/// Parses metadata logs (lines of every chunk, applied oldest first; lines with a bad
+/// timestamp are skipped, as git-annex does).
+pub fn parse_metadata_log<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> MetaData {
+    use base64::Engine;
+    let mut entries: Vec<(Timestamp, &[u8])> = Vec::new();
+    for chunk in chunks {
+        for line in lines(chunk) {
+            let mut it = line.splitn(2, |&c| c == b' ');
+            let (Some(ts), Some(rest)) = (it.next(), it.next()) else { continue };
+            let Some(ts) = ts.strip_suffix(b"s").and_then(Timestamp::parse) else { continue };
+            entries.push((ts, rest));
+        }
+    }
+    entries.sort_by_key(|(ts, _)| *ts);
+    let mut out = MetaData::new();
+    for (_, rest) in entries {
+        let mut field: Option<Vec<u8>> = None;
+        for tok in rest.split(|c| c.is_ascii_whitespace()).filter(|t| !t.is_empty()) {
+            let (add, v) = match tok[0] {
+                b'+' => (true, &tok[1..]),
+                b'-' => (false, &tok[1..]),
+                _ => {
+                    field = Some(tok.to_ascii_lowercase());
+                    continue;
+                }
+            };
+            let Some(f) = &field else { continue };
+            let value = match v.strip_prefix(b"!") {
+                Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                None => v.to_vec(),
+            };
+            let set = out.entry(f.clone()).or_default();
+            if add {
+                set.insert(value);
+            } else {
+                set.remove(&value);
+            }
+        }
+    }
+    out.retain(|_, v| !v.is_empty());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +438,19 @@ mod tests {
             let present = !present_infos([log.as_bytes()]).is_empty();
             prop_assert_eq!(present, a >= b);
         }
+    }
+
+    #[test]
+    fn metadata_log() {
+        let a: &[u8] =
+            b"1795317497s annexfs-manifest +SHA256-s14--07 tag +a +b\n1795317499s tag -a +!aGVsbG8gd29ybGQ=\n";
+        let b: &[u8] = b"1795317498s Tag +c\nbad line\nxs tag +zzz\n";
+        let m = parse_metadata_log([a, b]);
+        assert_eq!(m[&b"annexfs-manifest".to_vec()].iter().collect::<Vec<_>>(), vec![&b"SHA256-s14--07".to_vec()]);
+        let tags: Vec<&[u8]> = m[&b"tag".to_vec()].iter().map(Vec::as_slice).collect();
+        assert_eq!(tags, vec![&b"b"[..], b"c", b"hello world"]);
+        // A newer removal wins over an older addition, whatever the chunk order.
+        let m = parse_metadata_log([&b"2s f -x\n"[..], b"1s f +x\n"]);
+        assert!(m.is_empty());
     }
 }

@@ -230,6 +230,13 @@ impl Annex {
         Ok(logs::parse_chunk_log(chunks.iter().map(Vec::as_slice)))
     }
 
+    /// Metadata of `key` (`.log.met`), fields lowercased.
+    pub fn metadata(&self, key: &Key) -> Result<logs::MetaData, branch::BranchError> {
+        let meta = self.meta()?;
+        let chunks = self.branch.file(&self.key_log_path(&meta, key, ".log.met"))?;
+        Ok(logs::parse_metadata_log(chunks.iter().map(Vec::as_slice)))
+    }
+
     /// The object file of `key` in this repository, if its content is present.
     pub fn local_object(&self, key: &Key) -> Option<PathBuf> {
         self.layout.find(key)

@@ -84,7 +84,8 @@ fn get_one(
         }
     }
     sources.extend(found.remote);
-    let kf = fetcher.key(key, sources).map_err(|e| anyhow!("{e}"))?;
+    let manifest = crate::manifest::publish::lookup(annex, key, Some(http), rt.handle(), fetcher.store());
+    let kf = fetcher.key(key, sources, manifest).map_err(|e| anyhow!("{e}"))?;
     let pb = if tty {
         ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr())
     } else {

@@ -27,9 +27,13 @@
 //!
 //! Lock order: `KeyFetch::state` → `SourceSlot::stats` → `CachedKey` state (`crate::pieces`).
 
+pub mod blame;
 pub mod verify;
 
+pub use blame::Reputation;
+
 use crate::annex::Key;
+use crate::manifest::Manifest;
 use crate::pieces::{CacheError, CachedKey, PieceClaim, PieceStore};
 use crate::source::remote::{FetchError, RangeSource};
 use futures_util::StreamExt;
@@ -67,6 +71,39 @@ const CACHE_FULL_PAUSE: Duration = Duration::from_millis(100);
 /// A reader waits at most this long without any piece of the key landing.
 pub const READ_DEADLINE: Duration = Duration::from_secs(60);
 
+/// When bytes fetched from sources may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// As they arrive when no manifest exists (the whole key is verified at the end); piece
+    /// by piece once verified when one does.
+    #[default]
+    Stream,
+    /// Never before they are verified: per piece with a manifest, else after the whole key.
+    Strict,
+}
+
+impl std::str::FromStr for VerifyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stream" => Ok(VerifyMode::Stream),
+            "strict" => Ok(VerifyMode::Strict),
+            _ => Err(format!("verify mode {s:?}: expected stream or strict")),
+        }
+    }
+}
+
+/// Called with the manifest of each key this fetcher verified whole and had no manifest for
+/// (to store and publish it).
+#[derive(Clone)]
+pub struct OnVerified(pub Arc<dyn Fn(&Manifest) + Send + Sync>);
+
+impl std::fmt::Debug for OnVerified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnVerified")
+    }
+}
+
 /// Tunables of the fetcher (tests shorten the timeouts).
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -74,11 +111,18 @@ pub struct FetchConfig {
     pub stall_timeout: Duration,
     /// A reader fails when nothing of its key lands for this long.
     pub read_deadline: Duration,
+    pub verify: VerifyMode,
+    pub on_verified: Option<OnVerified>,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        FetchConfig { stall_timeout: crate::source::http::STALL_TIMEOUT, read_deadline: READ_DEADLINE }
+        FetchConfig {
+            stall_timeout: crate::source::http::STALL_TIMEOUT,
+            read_deadline: READ_DEADLINE,
+            verify: VerifyMode::Stream,
+            on_verified: None,
+        }
     }
 }
 
@@ -96,6 +140,8 @@ pub struct Stats {
     pub evicted_pieces: AtomicU64,
     pub verified: AtomicU64,
     pub verify_failures: AtomicU64,
+    /// Pieces refused or replaced because they failed a check (manifest or comparison).
+    pub bad_pieces: AtomicU64,
 }
 
 /// Errors a reader sees.
@@ -109,6 +155,8 @@ pub enum ReadError {
     Cache(String),
     #[error("{0}")]
     Poisoned(String),
+    #[error("{key} cannot be served in strict mode: {why}")]
+    Strict { key: String, why: String },
 }
 
 impl ReadError {
@@ -187,12 +235,26 @@ struct State {
     partial: HashMap<usize, u64>,
     last_landing: Instant,
     verify_started: bool,
+    /// The piece manifest (regrouped to the cache's piece size), when one is known.
+    manifest: Option<Arc<Manifest>>,
+    /// Pieces checked against the manifest (landed since it was known, or read and checked).
+    manifest_ok: Vec<bool>,
+    /// A reader waits for the whole key (strict mode without a manifest): every piece is
+    /// wanted.
+    want_all: bool,
+    /// Which source sent each piece landed by this process (for blame).
+    origin: HashMap<usize, usize>,
+    /// Sources that sent a piece that failed its check, per piece: not asked for it again.
+    refused: HashMap<usize, Vec<usize>>,
 }
 
 impl State {
     /// Changes a piece's state, keeping the count of present pieces.
     fn set(&mut self, i: usize, new: Piece) {
         let old = std::mem::replace(&mut self.pieces[i], new);
+        if new != Piece::Present {
+            self.manifest_ok[i] = false;
+        }
         match (old == Piece::Present, new == Piece::Present) {
             (false, true) => self.present += 1,
             (true, false) => self.present -= 1,
@@ -210,6 +272,7 @@ pub struct KeyFetch {
     state: Mutex<State>,
     landed: tokio::sync::Notify,
     stats: Arc<Stats>,
+    rep: Arc<Reputation>,
     rt: tokio::runtime::Handle,
     cfg: FetchConfig,
 }
@@ -224,12 +287,35 @@ pub struct Fetcher {
     rt: tokio::runtime::Handle,
     keys: Mutex<HashMap<Vec<u8>, Weak<KeyFetch>>>,
     pub stats: Arc<Stats>,
+    /// Strikes and bans of sources, for every key.
+    pub reputation: Arc<Reputation>,
     cfg: FetchConfig,
 }
 
 impl Fetcher {
     pub fn new(store: Arc<PieceStore>, rt: tokio::runtime::Handle, cfg: FetchConfig) -> Fetcher {
-        Fetcher { store, rt, keys: Mutex::new(HashMap::new()), stats: Arc::new(Stats::default()), cfg }
+        Fetcher {
+            store,
+            rt,
+            keys: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::default()),
+            reputation: Arc::new(Reputation::default()),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &FetchConfig {
+        &self.cfg
+    }
+
+    /// The keys being read now.
+    pub fn open_keys(&self) -> Vec<Arc<KeyFetch>> {
+        lock(&self.keys).values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Whether the fetch of `key` running now knows a manifest.
+    pub fn has_manifest(&self, key: &Key) -> bool {
+        lock(&self.keys).get(&key.to_bytes()).and_then(Weak::upgrade).is_some_and(|k| lock(&k.state).manifest.is_some())
     }
 
     pub fn store(&self) -> &Arc<PieceStore> {
@@ -237,11 +323,19 @@ impl Fetcher {
     }
 
     /// The fetch of `key` with these sources (the sources of a fetch already running are
-    /// kept). Starts its housekeeping task.
-    pub fn key(&self, key: &Key, sources: Vec<Arc<dyn RangeSource>>) -> Result<Arc<KeyFetch>, ReadError> {
+    /// kept) and, when known, its piece manifest. Starts its housekeeping task.
+    pub fn key(
+        &self,
+        key: &Key,
+        sources: Vec<Arc<dyn RangeSource>>,
+        manifest: Option<Manifest>,
+    ) -> Result<Arc<KeyFetch>, ReadError> {
         let kb = key.to_bytes();
         let mut keys = lock(&self.keys);
         if let Some(k) = keys.get(&kb).and_then(Weak::upgrade) {
+            if let Some(m) = manifest {
+                k.set_manifest(m);
+            }
             return Ok(k);
         }
         let cache = self.store.open_key(key).map_err(|e| ReadError::Cache(e.to_string()))?;
@@ -285,9 +379,15 @@ impl Fetcher {
                 partial: HashMap::new(),
                 last_landing: Instant::now(),
                 verify_started: false,
+                manifest: None,
+                manifest_ok: vec![false; n],
+                origin: HashMap::new(),
+                refused: HashMap::new(),
+                want_all: false,
             }),
             landed: tokio::sync::Notify::new(),
             stats: self.stats.clone(),
+            rep: self.reputation.clone(),
             rt: self.rt.clone(),
             cfg: self.cfg.clone(),
         });
@@ -301,6 +401,10 @@ impl Fetcher {
         });
         keys.insert(kb, Arc::downgrade(&kf));
         keys.retain(|_, w| w.strong_count() > 0);
+        drop(keys);
+        if let Some(m) = manifest.or_else(|| self.store.load_manifest(key)) {
+            kf.set_manifest(m);
+        }
         Ok(kf)
     }
 }
@@ -320,6 +424,47 @@ impl KeyFetch {
         b - a
     }
 
+    /// Uses `m` to check pieces from now on (regrouped to the cache's pieces). A manifest that
+    /// does not fit is ignored with a log line.
+    pub fn set_manifest(&self, m: Manifest) {
+        let m = match m.regroup(self.cache.piece_size).and_then(|m| m.trust().map(|_| m)) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("{}: piece manifest not used: {e}", self.key);
+                return;
+            }
+        };
+        let mut st = lock(&self.state);
+        if st.manifest.is_none() {
+            tracing::debug!("{}: checking pieces against its manifest", self.key);
+            st.manifest = Some(Arc::new(m));
+        }
+    }
+
+    /// Whether a piece manifest is known.
+    pub fn has_manifest(&self) -> bool {
+        lock(&self.state).manifest.is_some()
+    }
+
+    /// Whether bytes of a piece still arriving may be served (stream mode, no manifest).
+    fn partial_serving(&self, st: &State) -> bool {
+        self.cfg.verify == VerifyMode::Stream && st.manifest.is_none()
+    }
+
+    /// Whether nothing may be served before the whole key is verified (strict, no manifest).
+    fn whole_key_first(&self, st: &State) -> bool {
+        self.cfg.verify == VerifyMode::Strict && st.manifest.is_none()
+    }
+
+    /// Whether source `s` may be asked for piece `i` (not refused for it, not banned, not
+    /// given up).
+    fn may_ask(&self, st: &State, s: usize, i: usize) -> bool {
+        !st.refused.get(&i).is_some_and(|v| v.contains(&s))
+            && blame::usable(&self.rep, &*self.sources[s].src)
+            && lock(&self.sources[s].stats).dead.is_none()
+            && (i == 0 || self.sources[s].src.supports_ranges())
+    }
+
     /// What each source did, for error messages.
     fn sources_report(&self) -> String {
         if self.sources.is_empty() {
@@ -334,7 +479,8 @@ impl KeyFetch {
                     (None, Some(e)) => format!("{} bytes, last error: {e}", st.bytes),
                     (None, None) => format!("{} bytes", st.bytes),
                 };
-                format!("{} ({what})", s.src.name())
+                let rec = self.rep.snapshot().into_iter().find(|(id, _)| id == s.src.identity()).map(|(_, r)| r);
+                format!("{} ({what}{})", s.src.name(), blame::describe(rec.as_ref()))
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -415,23 +561,40 @@ impl KeyFetch {
                     if let Some(p) = self.cache.poisoned() {
                         return Err(ReadError::Poisoned(p));
                     }
+                    let whole_first = self.whole_key_first(&st) && !self.cache.is_verified();
+                    if whole_first {
+                        self.strict_possible()?;
+                        st.want_all = true;
+                    }
                     if let Some(e) = &st.cache_error
                         && !(first..=last).all(|i| st.pieces[i] == Piece::Present)
                     {
                         return Err(ReadError::Cache(e.clone()));
                     }
                     let ps = self.cache.piece_size;
-                    // A piece still arriving serves a reader whose bytes are already in.
+                    let partial_ok = self.partial_serving(&st);
+                    // A piece still arriving serves a reader whose bytes are already in (stream
+                    // mode without a manifest only).
                     let ready = |i: usize| {
                         st.pieces[i] == Piece::Present
-                            || st
-                                .partial
-                                .get(&i)
-                                .is_some_and(|&have| (end.min((i as u64 + 1) * ps)) - i as u64 * ps <= have)
+                            || partial_ok
+                                && st
+                                    .partial
+                                    .get(&i)
+                                    .is_some_and(|&have| (end.min((i as u64 + 1) * ps)) - i as u64 * ps <= have)
                     };
                     let missing: Vec<usize> = (first..=last).filter(|&i| !ready(i)).collect();
-                    if missing.is_empty() {
+                    if missing.is_empty() && !whole_first {
                         break;
+                    }
+                    if let Some(&i) = missing.iter().find(|&&i| {
+                        st.pieces[i] == Piece::Missing && !(0..self.sources.len()).any(|s| self.may_ask(&st, s, i))
+                    }) && !self.anything_in_flight_locked(&st)
+                    {
+                        return Err(ReadError::NoSource {
+                            key: self.key.to_string_lossy(),
+                            why: format!("no source left for piece {i}: {}", self.sources_report()),
+                        });
                     }
                     hit = false;
                     st.demand.extend(missing.iter().copied());
@@ -454,6 +617,10 @@ impl KeyFetch {
             }
             // Schedule readahead even when this read was a hit.
             self.schedule();
+            // Pieces cached before the manifest was known are checked against it once.
+            if !self.check_against_manifest(first, last) {
+                continue;
+            }
             let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
             let cache = self.cache.clone();
             let partial: Vec<usize> = {
@@ -492,12 +659,65 @@ impl KeyFetch {
     }
 
     fn all_sources_gone(&self) -> bool {
-        self.sources.iter().all(|s| lock(&s.stats).dead.is_some())
+        self.sources.iter().all(|s| lock(&s.stats).dead.is_some() || !blame::usable(&self.rep, &*s.src))
     }
 
     fn anything_in_flight(&self) -> bool {
-        let st = lock(&self.state);
-        !st.requests.is_empty() || st.pieces.contains(&Piece::Elsewhere)
+        self.anything_in_flight_locked(&lock(&self.state))
+    }
+
+    fn anything_in_flight_locked(&self, st: &State) -> bool {
+        !st.requests.is_empty() || st.pieces.contains(&Piece::Elsewhere) || (st.verify_started && st.want_all)
+    }
+
+    /// Strict mode without a manifest serves a key only once it is whole and verified: that
+    /// needs a backend with a hash and room for the whole key in the cache.
+    fn strict_possible(&self) -> Result<(), ReadError> {
+        let fail = |why: String| Err(ReadError::Strict { key: self.key.to_string_lossy(), why });
+        if verify::hasher_for(self.key.variety()).is_none() {
+            return fail(format!(
+                "its backend {} has no hash to verify it with, and it has no piece manifest",
+                String::from_utf8_lossy(self.key.variety())
+            ));
+        }
+        if self.cache.size > self.store.limit() / 2 {
+            return fail(format!(
+                "without a piece manifest the whole key ({} bytes) must be in the cache first, and the cache \
+                 holds {} bytes (raise cache_size, or publish a manifest with `annexfs index`)",
+                self.cache.size,
+                self.store.limit()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the present pieces `first..=last` not yet checked against the manifest (pieces
+    /// cached before it was known); drops those that fail. Returns whether all passed.
+    fn check_against_manifest(&self, first: usize, last: usize) -> bool {
+        let (m, todo) = {
+            let st = lock(&self.state);
+            let Some(m) = st.manifest.clone() else { return true };
+            let todo: Vec<usize> =
+                (first..=last).filter(|&i| st.pieces[i] == Piece::Present && !st.manifest_ok[i]).collect();
+            (m, todo)
+        };
+        let mut all = true;
+        for i in todo {
+            let (a, b) = self.cache.piece_range(i);
+            let mut buf = vec![0u8; usize::try_from(b - a).unwrap_or(0)];
+            let ok = tokio::task::block_in_place(|| self.cache.read(a, &mut buf)).is_ok() && m.check_piece(i, &buf);
+            let mut st = lock(&self.state);
+            if ok {
+                st.manifest_ok[i] = true;
+            } else {
+                tracing::warn!("{}: cached piece {i} fails its manifest hash; fetching it again", self.key);
+                self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                let _ = self.cache.drop_piece(i);
+                st.set(i, Piece::Missing);
+                all = false;
+            }
+        }
+        all
     }
 
     /// Drops the claims of pieces the record on disk names.
@@ -552,8 +772,12 @@ impl KeyFetch {
     fn wanted(st: &State) -> Vec<usize> {
         let n = st.pieces.len();
         let mut out: Vec<usize> = st.demand.iter().copied().collect();
-        let from = st.window_start.min(n);
-        let to = from.saturating_add(st.window_pieces).min(n);
+        let (from, to) = if st.want_all {
+            (0, n)
+        } else {
+            let from = st.window_start.min(n);
+            (from, from.saturating_add(st.window_pieces).min(n))
+        };
         out.extend((from..to).filter(|i| !st.demand.contains(i)));
         out
     }
@@ -591,16 +815,19 @@ impl KeyFetch {
                 let demand_missing = st.demand.iter().filter(|&&i| st.pieces[i] == Piece::Missing).count();
                 let stuck = self.overdue_demand(&st, s, now).is_some();
                 let limit = if demand_missing > 0 || stuck { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
+                let banned = !blame::usable(&self.rep, &*self.sources[s].src);
                 let (eligible, bps, busy) = {
-                    let ss = lock(&self.sources[s].stats);
+                    let mut ss = lock(&self.sources[s].stats);
+                    if banned && ss.dead.is_none() {
+                        ss.dead = Some(FetchError::Banned(self.sources[s].src.identity().to_string()));
+                    }
                     let backing_off = ss.backoff_until.is_some_and(|t| t > now);
                     (ss.dead.is_none() && !backing_off && ss.inflight < limit, ss.bps, ss.inflight >= MAX_INFLIGHT)
                 };
                 if !eligible {
                     break;
                 }
-                let ranges = self.sources[s].src.supports_ranges();
-                let start = wanted.iter().copied().find(|&i| st.pieces[i] == Piece::Missing && (ranges || i == 0));
+                let start = wanted.iter().copied().find(|&i| st.pieces[i] == Piece::Missing && self.may_ask(&st, s, i));
                 let assigned = match start {
                     Some(p) if st.demand.contains(&p) => {
                         // Spread the demanded pieces over the sources, for the earliest finish.
@@ -659,6 +886,7 @@ impl KeyFetch {
             && end - p < max_run
             && st.pieces[end] == Piece::Missing
             && wanted_set.contains(&end)
+            && !st.refused.get(&end).is_some_and(|v| v.contains(&s))
         {
             // This process may hold the claim already (pieces returned by a steal or a failed
             // request): claiming again would be a no-op, and replacing the held claim would
@@ -817,8 +1045,11 @@ impl KeyFetch {
         self.stats.steals.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("{}: {} steals pieces {split}..{end}", self.key, self.sources[s].src.name());
         let mut to = split;
-        while to < end && st.pieces[to] == Piece::Missing {
+        while to < end && st.pieces[to] == Piece::Missing && !st.refused.get(&to).is_some_and(|v| v.contains(&s)) {
             to += 1;
+        }
+        if to == split {
+            return false;
         }
         // Claims are per process and already held by this process for these pieces.
         self.start_request(st, s, split, to, false);
@@ -834,6 +1065,9 @@ impl KeyFetch {
                 return false;
             }
             let Piece::InFlight(id) = st.pieces[i] else { return false };
+            if st.refused.get(&i).is_some_and(|v| v.contains(&s)) {
+                return false;
+            }
             // Only a request that stopped delivering: one that is sending, however slowly, is
             // relieved by stealing instead.
             st.requests.get(&id).is_some_and(|r| {
@@ -872,6 +1106,12 @@ impl KeyFetch {
         let started = Instant::now();
         let mut received = 0u64;
         let mut store_failed = false;
+        let (manifest, partial_ok) = {
+            let st = lock(&self.state);
+            (st.manifest.clone(), self.partial_serving(&st))
+        };
+        // The first piece this request sent that failed its manifest hash.
+        let mut corrupt: Option<usize> = None;
         let result: Result<(), FetchError> = async {
             let mut stream = tokio::time::timeout(self.cfg.stall_timeout, src.get(off, stop - off))
                 .await
@@ -899,14 +1139,30 @@ impl KeyFetch {
                         }
                     }
                     let upto = buf.len().min(want);
-                    if upto > written && self.write_partial(id, piece, written, &buf[written..upto]) {
+                    if partial_ok && upto > written && self.write_partial(id, piece, written, &buf[written..upto]) {
                         written = upto;
                     }
                 }
                 // A chunk may straddle pieces: keep what belongs to the next one.
                 let rest = buf.split_off(want);
                 received += want as u64;
-                if let Err(e) = self.land(piece, &buf, written == want) {
+                if let Some(m) = &manifest
+                    && !m.check_piece(piece, &buf)
+                {
+                    // Refused, and the source is struck; the rest of its run is still checked
+                    // piece by piece (each bad piece is a strike, good ones are kept).
+                    self.refuse(s, piece);
+                    corrupt.get_or_insert(piece);
+                    if self.rep.is_banned(src.identity()) {
+                        return Err(FetchError::Banned(src.identity().to_string()));
+                    }
+                    buf = rest;
+                    written = 0;
+                    piece += 1;
+                    next.store(piece, Ordering::Relaxed);
+                    continue;
+                }
+                if let Err(e) = self.land(piece, &buf, written == want, s, manifest.is_some()) {
                     // The cache, not the source, failed; the source is not blamed. At its
                     // bound with nothing evictable yet, fetching pauses briefly (readers move
                     // on and unpin pieces); a failing disk (ENOSPC, I/O) fails readers at once.
@@ -926,7 +1182,10 @@ impl KeyFetch {
                 piece += 1;
                 next.store(piece, Ordering::Relaxed);
             }
-            Ok(())
+            match corrupt {
+                Some(p) => Err(FetchError::Corrupt(p)),
+                None => Ok(()),
+            }
         }
         .await;
         let elapsed = started.elapsed().as_secs_f64().max(1e-3);
@@ -944,6 +1203,9 @@ impl KeyFetch {
                     ss.fails_in_row = 0;
                     ss.backoff_until = None;
                 }
+                // Lying is dealt with by strikes (a ban), not by backing off: the source is
+                // not asked for the pieces it got wrong, and may serve others meanwhile.
+                Err(e @ FetchError::Corrupt(_)) => ss.last_error = Some(e.clone()),
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     if matches!(e, FetchError::Stalled(_)) {
@@ -1003,9 +1265,22 @@ impl KeyFetch {
         true
     }
 
+    /// Source `s` sent piece `i` and it failed its manifest hash: a strike, and `s` is not
+    /// asked for that piece again.
+    fn refuse(&self, s: usize, i: usize) {
+        self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+        let src = &self.sources[s].src;
+        let why = format!("piece {i} of {} from {} fails its manifest hash", self.key, src.name());
+        if self.rep.strike(src.identity(), &why) {
+            lock(&self.sources[s].stats).dead = Some(FetchError::Banned(src.identity().to_string()));
+        }
+        lock(&self.state).refused.entry(i).or_default().push(s);
+    }
+
     /// Stores a piece that arrived (unless another copy landed first) and wakes readers.
-    /// `written`: the bytes are already in the data file (written as they arrived).
-    fn land(&self, i: usize, data: &[u8], written: bool) -> Result<(), CacheError> {
+    /// `written`: the bytes are already in the data file (written as they arrived); `s`: the
+    /// source that sent it; `checked`: it matched the manifest.
+    fn land(&self, i: usize, data: &[u8], written: bool, s: usize, checked: bool) -> Result<(), CacheError> {
         if lock(&self.state).pieces[i] == Piece::Present {
             return Ok(());
         }
@@ -1032,6 +1307,10 @@ impl KeyFetch {
             }
             let due = self.cache.commit_piece(i, data)?;
             st.set(i, Piece::Present);
+            st.origin.insert(i, s);
+            if checked {
+                st.manifest_ok[i] = true;
+            }
             st.partial.remove(&i);
             st.last_landing = Instant::now();
             st.cache_error = None;
@@ -1089,35 +1368,86 @@ impl KeyFetch {
             return;
         }
         st.verify_started = true;
+        let had_manifest = st.manifest.is_some();
         let this = self.clone();
-        self.rt.spawn_blocking(move || {
-            let _ = this.cache.persist();
-            match verify::verify_file(&this.key, this.cache.data_file()) {
-                verify::Outcome::Match => {
-                    this.stats.verified.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = this.cache.mark_verified() {
-                        tracing::warn!("{}: record the verification: {e}", this.key);
-                    }
-                    tracing::info!("{}: complete and verified", this.key);
-                }
-                verify::Outcome::Unverifiable(why) => {
-                    tracing::info!("{}: complete; not verifiable ({why})", this.key);
-                }
-                verify::Outcome::Mismatch(got) => {
-                    this.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
-                    let names: Vec<&str> = this.sources.iter().map(|s| s.src.name()).collect();
-                    let why = format!(
-                        "content of {} does not match its key (hash {got}); fetched from {}; quarantined",
-                        this.key,
-                        names.join(", ")
-                    );
-                    tracing::error!("{why}");
-                    this.cache.quarantine(&why);
-                    this.landed.notify_waiters();
-                }
-                verify::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", this.key),
-            }
+        self.rt.spawn(async move {
+            this.verify_whole(had_manifest).await;
+            this.landed.notify_waiters();
         });
+    }
+
+    /// Verifies the complete key; without a manifest, a mismatch is resolved by comparing
+    /// pieces across sources ([`blame`]), and a match makes the key's manifest.
+    async fn verify_whole(self: &Arc<Self>, had_manifest: bool) {
+        let this = self.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let _ = this.cache.persist();
+            verify::verify_file_with_manifest(&this.key, this.cache.data_file(), this.cache.piece_size)
+        })
+        .await;
+        let Ok((outcome, manifest)) = res else { return };
+        match outcome {
+            verify::Outcome::Match => self.verified(manifest, had_manifest).await,
+            verify::Outcome::Unverifiable(why) => {
+                tracing::info!("{}: complete; not verifiable ({why})", self.key);
+            }
+            verify::Outcome::Mismatch(got) => {
+                self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                let resolved = if had_manifest {
+                    Err("every piece matched the piece manifest, so the manifest itself is wrong".to_string())
+                } else {
+                    self.resolve().await
+                };
+                match resolved {
+                    Ok(()) => {
+                        let this = self.clone();
+                        let res = tokio::task::spawn_blocking(move || {
+                            verify::verify_file_with_manifest(&this.key, this.cache.data_file(), this.cache.piece_size)
+                        })
+                        .await;
+                        match res {
+                            Ok((verify::Outcome::Match, m)) => {
+                                tracing::warn!("{}: bad pieces replaced; content now matches its key", self.key);
+                                self.verified(m, false).await;
+                            }
+                            _ => self.quarantine(&format!("hash {got}; pieces replaced but still no match")),
+                        }
+                    }
+                    Err(why) => self.quarantine(&format!("hash {got}; {why}")),
+                }
+            }
+            verify::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", self.key),
+        }
+    }
+
+    fn quarantine(&self, why: &str) {
+        let why = format!(
+            "content of {} does not match its key ({why}); sources: {}; quarantined",
+            self.key,
+            self.sources_report()
+        );
+        tracing::error!("{why}");
+        self.cache.quarantine(&why);
+    }
+
+    async fn verified(self: &Arc<Self>, manifest: Option<Manifest>, had_manifest: bool) {
+        self.stats.verified.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.cache.mark_verified() {
+            tracing::warn!("{}: record the verification: {e}", self.key);
+        }
+        tracing::info!("{}: complete and verified", self.key);
+        let Some(m) = manifest.filter(|_| !had_manifest) else { return };
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.store.save_manifest(&m) {
+                tracing::warn!("{}: keep its piece manifest in the cache: {e}", this.key);
+            }
+            if let Some(hook) = &this.cfg.on_verified {
+                (hook.0)(&m);
+            }
+            this.set_manifest(m);
+        })
+        .await;
     }
 }
 
@@ -1145,6 +1475,10 @@ pub struct SourceReport {
     pub requests: u64,
     pub bps: f64,
     pub dead: Option<String>,
+    /// Who answers for the source's bytes, its strikes, and whether it is banned.
+    pub identity: String,
+    pub strikes: u32,
+    pub banned: bool,
 }
 
 impl KeyFetch {
@@ -1159,6 +1493,9 @@ impl KeyFetch {
                     requests: st.requests,
                     bps: st.bps,
                     dead: st.dead.as_ref().map(ToString::to_string),
+                    identity: s.src.identity().to_string(),
+                    strikes: self.rep.strikes(s.src.identity()),
+                    banned: self.rep.is_banned(s.src.identity()),
                 }
             })
             .collect()

@@ -496,7 +496,18 @@ impl AnnexFs {
                 if names.is_empty() { "none".into() } else { names.join(", ") }
             );
             if !skip.contains(&what) {
-                let kf = parts.fetcher.key(key, found.remote).map_err(|e| unavailable(e.to_string()))?;
+                let manifest = if parts.fetcher.has_manifest(key) {
+                    None
+                } else {
+                    crate::manifest::publish::lookup(
+                        &self.annex,
+                        key,
+                        Some(&parts.http),
+                        &parts.rt,
+                        parts.fetcher.store(),
+                    )
+                };
+                let kf = parts.fetcher.key(key, found.remote, manifest).map_err(|e| unavailable(e.to_string()))?;
                 tracing::debug!("{file}: reading from the {what}");
                 return Ok(Arc::new(CachedReader { kf, rt: parts.rt.clone(), what }));
             }

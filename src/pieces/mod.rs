@@ -265,6 +265,29 @@ impl CachedKey {
         Ok(st.unpersisted >= PERSIST_PIECES || st.last_persist.elapsed() >= PERSIST_EVERY)
     }
 
+    /// Replaces piece `i` (present or not) with `data`: a copy found bad is overwritten by one
+    /// found good. The record names the new hash on the next persist.
+    pub fn replace_piece(&self, i: usize, data: &[u8]) -> Result<(), CacheError> {
+        let (start, end) = self.piece_range(i);
+        if data.len() as u64 != end - start {
+            return Err(CacheError::Io {
+                path: self.data_path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "piece of the wrong length"),
+            });
+        }
+        let mut st = lock(&self.state);
+        self.data.write_all_at(data, start).map_err(io_err(&self.data_path))?;
+        st.pieces[i] = Some(piece_hash(data));
+        st.checked[i] = true;
+        st.unpersisted += 1;
+        Ok(())
+    }
+
+    /// The hash the record holds for piece `i`, if present.
+    pub fn recorded_hash(&self, i: usize) -> Option<PieceHash> {
+        lock(&self.state).pieces.get(i).copied().flatten()
+    }
+
     /// Reads bytes of the data file with no check: only for bytes of a piece still arriving,
     /// which this process wrote itself moments ago (stream mode).
     pub fn read_raw(&self, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
@@ -556,6 +579,36 @@ impl PieceStore {
         let h = blake3::hash(&key.to_bytes()).to_hex();
         let h = &h.as_str()[..40];
         (self.root.join("keys").join(&h[..2]), h.to_string())
+    }
+
+    /// Where the piece manifest of `key` is kept.
+    fn manifest_path(&self, key: &Key) -> PathBuf {
+        let (dir, h) = self.paths(key);
+        dir.join(format!("{h}.manifest"))
+    }
+
+    /// Keeps the manifest of a key (made from verified content, or checked on arrival).
+    pub fn save_manifest(&self, m: &crate::manifest::Manifest) -> Result<(), CacheError> {
+        let path = self.manifest_path(&m.key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        write_atomic(&path, &m.to_bytes())
+    }
+
+    /// The kept manifest of `key`, if any (one that no longer parses is ignored).
+    pub fn load_manifest(&self, key: &Key) -> Option<crate::manifest::Manifest> {
+        let path = self.manifest_path(key);
+        let f = std::fs::File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, crate::manifest::MAX_MANIFEST_BYTES), &mut bytes).ok()?;
+        match crate::manifest::Manifest::parse(&bytes, key) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("{}: ignoring {}: {e}", key.to_string_lossy(), path.display());
+                None
+            }
+        }
     }
 
     /// Opens `key` in the cache (creating its files), shared with every other opener.

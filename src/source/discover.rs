@@ -52,7 +52,13 @@ pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<D
             match (http, key.size()) {
                 (Some(client), Some(size)) => {
                     let label = format!("{name} {}", urls[0]);
-                    d.remote.push(Arc::new(HttpSource::new(label, client.clone(), urls, size)));
+                    // A web URL answers for its server; a remote for itself.
+                    let identity = if h.remote.is_none() || name == "web" {
+                        format!("{name} {}", url_origin(&urls[0]))
+                    } else {
+                        name.clone()
+                    };
+                    d.remote.push(Arc::new(HttpSource::new(label, client.clone(), urls, size).with_identity(identity)));
                 }
                 (None, _) => d.unusable.push(format!("{name} ({}): network remotes are not read here", h.uuid)),
                 (Some(_), None) => {
@@ -62,6 +68,14 @@ pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<D
         }
     }
     Ok(d)
+}
+
+/// `scheme://host:port` of a URL (the URL itself when it does not parse).
+fn url_origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => url.to_string(),
+    }
 }
 
 /// Bytes a local source hands over per step.

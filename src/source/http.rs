@@ -166,6 +166,7 @@ fn transport(e: reqwest::Error) -> FetchError {
 /// One key's content at one or more candidate URLs (tried in order until one is not 404).
 pub struct HttpSource {
     name: String,
+    identity: String,
     client: HttpClient,
     candidates: Vec<String>,
     /// Index of the candidate that answered, once known.
@@ -177,7 +178,21 @@ pub struct HttpSource {
 impl HttpSource {
     /// `name` is for logs (remote name); `size` is the key's size.
     pub fn new(name: String, client: HttpClient, candidates: Vec<String>, size: u64) -> HttpSource {
-        HttpSource { name, client, candidates, found: AtomicUsize::new(0), size, ranges: AtomicBool::new(true) }
+        HttpSource {
+            identity: name.clone(),
+            name,
+            client,
+            candidates,
+            found: AtomicUsize::new(0),
+            size,
+            ranges: AtomicBool::new(true),
+        }
+    }
+
+    /// Sets who answers for this source's bytes (see [`RangeSource::identity`]).
+    pub fn with_identity(mut self, identity: String) -> HttpSource {
+        self.identity = identity;
+        self
     }
 
     async fn fetch(&self, offset: u64, len: u64) -> Result<ByteStream, FetchError> {
@@ -290,6 +305,9 @@ fn exact_body(resp: reqwest::Response, len: u64, truncate_ok: bool) -> ByteStrea
 impl RangeSource for HttpSource {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn identity(&self) -> &str {
+        &self.identity
     }
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         Box::pin(self.fetch(offset, len))

@@ -39,12 +39,23 @@ pub enum FetchError {
     Policy(String),
     #[error("{0}")]
     Transport(String),
+    #[error("sent piece {0}, which fails its check against the manifest")]
+    Corrupt(usize),
+    #[error("banned: {0}")]
+    Banned(String),
 }
 
 impl FetchError {
     /// Whether asking this source again for this key is pointless.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, FetchError::NotFound | FetchError::BadRange(_) | FetchError::Encoding(_) | FetchError::Policy(_))
+        matches!(
+            self,
+            FetchError::NotFound
+                | FetchError::BadRange(_)
+                | FetchError::Encoding(_)
+                | FetchError::Policy(_)
+                | FetchError::Banned(_)
+        )
     }
 }
 
@@ -52,6 +63,11 @@ impl FetchError {
 pub trait RangeSource: Send + Sync {
     /// Short name for logs and status: the remote and URL or path.
     fn name(&self) -> &str;
+    /// Who answers for the bytes, across keys: strikes and bans are counted per identity
+    /// (a remote, or the origin of a web URL).
+    fn identity(&self) -> &str {
+        self.name()
+    }
     /// Starts reading `len` bytes at `offset`.
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>>;
     /// Whether ranges not starting at 0 can be asked (false once a server ignored Range).
@@ -75,6 +91,8 @@ pub struct Faults {
     pub stall: bool,
     /// The source always fails.
     pub dead: bool,
+    /// Every chunk sent has its first byte flipped (a mirror with damaged content).
+    pub corrupt: bool,
 }
 
 /// A source serving content held in memory, with injected faults.
@@ -152,7 +170,11 @@ impl RangeSource for MemorySource {
                     return None;
                 }
                 let next = (pos + MEMORY_SOURCE_CHUNK).min(stop);
-                let chunk = Bytes::copy_from_slice(&inner.content[pos..next]);
+                let mut chunk = inner.content[pos..next].to_vec();
+                if inner.faults.corrupt {
+                    chunk[0] ^= 0xff;
+                }
+                let chunk = Bytes::from(chunk);
                 if let Some(rate) = inner.faults.bytes_per_sec {
                     let wait = {
                         let mut b = inner.budget.lock().await;
