@@ -30,6 +30,35 @@ pub enum Command {
     /// Fetch files completely into the piece cache (all sources at once), with progress;
     /// `--into-annex` then hands verified content to git-annex.
     Get(GetArgs),
+    /// Make and publish piece manifests for files whose content is present locally, so that
+    /// other clones check every piece they fetch the moment it arrives.
+    Index(IndexArgs),
+}
+
+/// How fetched bytes are verified before they are served.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// `stream` (default): serve bytes as they arrive when no piece manifest exists, and
+    /// verify the whole key at the end; `strict`: serve nothing not verified (per piece with
+    /// a manifest, else only once the whole key is). With a manifest both check every piece.
+    #[arg(long, value_name = "MODE", default_value = "stream")]
+    pub verify: crate::fetch::VerifyMode,
+
+    /// Do not publish the piece manifests of keys verified whole (they are published with
+    /// `git annex setkey` and `git annex metadata` by default).
+    #[arg(long)]
+    pub no_publish: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// Run as if started in this directory (like `git -C`).
+    #[arg(short = 'C', value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// Files or directories (directories are searched recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +79,9 @@ pub struct GetArgs {
     /// Bound of the piece cache (default 10 GiB).
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 
     /// Files or directories (directories are searched recursively).
     #[arg(required = true, value_name = "PATH")]
@@ -76,7 +108,8 @@ pub struct MountArgs {
     pub foreground: bool,
 
     /// Mount options, comma-separated (allow_other, allow_root, default_permissions,
-    /// auto_unmount, fsname=NAME, ref=REV; ro and fstab-only options are accepted).
+    /// auto_unmount, fsname=NAME, ref=REV, cache_dir=DIR, cache_size=SIZE, verify=MODE,
+    /// publish=no; ro and fstab-only options are accepted).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
 
@@ -95,6 +128,9 @@ pub struct MountArgs {
     /// Log file of the background daemon (default: $XDG_STATE_HOME/annexfs/annexfs.log).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -40,7 +40,8 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
         Some(s) => parse_size(s)?,
         None => DEFAULT_CACHE_SIZE,
     };
-    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt)?;
+    let opts = super::FetchOptions { verify: args.verify.verify, publish: !args.verify.no_publish };
+    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt, opts)?;
     let (fetcher, http) = (&parts.fetcher, &parts.http);
     let tty = std::io::stderr().is_terminal();
 

@@ -1,19 +1,28 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
 pub mod get;
+pub mod index;
 pub mod ls;
 pub mod mount;
 pub mod sources;
 
 use crate::annex::Annex;
 use crate::cli::{Cli, Command};
-use crate::fetch::{FetchConfig, Fetcher};
+use crate::fetch::{FetchConfig, Fetcher, OnVerified, VerifyMode};
 use crate::fs::RemoteParts;
 use crate::pieces::PieceStore;
 use crate::source::http::{HttpClient, learn_http_remotes};
 use anyhow::{Context, anyhow};
 use std::path::Path;
 use std::sync::Arc;
+
+/// How a command's fetcher verifies and publishes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchOptions {
+    pub verify: VerifyMode,
+    /// Publish the manifests of keys verified whole (see [`crate::manifest::publish`]).
+    pub publish: bool,
+}
 
 /// The piece cache, the fetcher and the HTTP client for `annex`, on runtime `rt`; http git
 /// remotes whose UUID `.git/config` does not give are asked for it first.
@@ -22,12 +31,24 @@ pub(crate) fn remote_parts(
     cache_dir: &Path,
     cache_size: u64,
     rt: &tokio::runtime::Runtime,
+    opts: FetchOptions,
 ) -> anyhow::Result<RemoteParts> {
     let store = Arc::new(
         PieceStore::open(cache_dir, cache_size)
             .with_context(|| format!("open the piece cache in {}", cache_dir.display()))?,
     );
-    let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), FetchConfig::default()));
+    let mut cfg = FetchConfig { verify: opts.verify, ..FetchConfig::default() };
+    if opts.publish {
+        let base = annex.base_dir().to_path_buf();
+        cfg.on_verified = Some(OnVerified(Arc::new(move |m| {
+            // A fresh view of the repository: the mount's may be a snapshot of a ref.
+            match Annex::open(&base).map_err(|e| e.to_string()).and_then(|a| crate::manifest::publish::publish(&a, m)) {
+                Ok(k) => tracing::info!("{}: piece manifest published as {k}", m.key),
+                Err(e) => tracing::info!("{}: piece manifest not published: {e}", m.key),
+            }
+        })));
+    }
+    let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), cfg));
     let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
     rt.block_on(learn_http_remotes(annex, &http));
     Ok(RemoteParts { fetcher, http, rt: rt.handle().clone() })
@@ -41,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Mount(args) => mount::run(&args),
         Command::Umount(args) => mount::umount(&args),
         Command::Get(args) => get::run(&args),
+        Command::Index(args) => index::run(&args),
     }
 }

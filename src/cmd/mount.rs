@@ -51,6 +51,8 @@ pub struct MountPlan {
     passthrough: bool,
     cache_dir: PathBuf,
     cache_size: u64,
+    verify: crate::fetch::VerifyMode,
+    publish: bool,
 }
 
 fn euid() -> u32 {
@@ -89,6 +91,9 @@ fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
             ("ref", Some(v)) => plan.rev = Some(v.to_string()),
             ("cache_dir", Some(v)) => plan.cache_dir = absolute(Path::new(v))?,
             ("cache_size", Some(v)) => plan.cache_size = parse_size(v)?,
+            ("verify", Some(v)) => plan.verify = v.parse().map_err(|e: String| anyhow!("{e}"))?,
+            ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
+            ("publish", Some("no" | "false" | "0")) => plan.publish = false,
             _ => bail!("unknown mount option `{opt}`"),
         }
     }
@@ -217,6 +222,8 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
             Some(s) => parse_size(s)?,
             None => crate::pieces::DEFAULT_CACHE_SIZE,
         },
+        verify: args.verify.verify,
+        publish: !args.verify.no_publish,
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
@@ -364,7 +371,13 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         .enable_all()
         .build()
         .context("start the I/O thread pool")?;
-    let remote = super::remote_parts(&annex, &plan.cache_dir, plan.cache_size, &rt)?;
+    let remote = super::remote_parts(
+        &annex,
+        &plan.cache_dir,
+        plan.cache_size,
+        &rt,
+        super::FetchOptions { verify: plan.verify, publish: plan.publish },
+    )?;
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
     let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_remote(remote));
@@ -536,6 +549,8 @@ mod tests {
             passthrough: false,
             cache_dir: "/c".into(),
             cache_size: 1,
+            verify: crate::fetch::VerifyMode::Stream,
+            publish: true,
         }
     }
 
@@ -553,6 +568,10 @@ mod tests {
         assert_eq!(p.cache_size, 50 << 30);
         assert_eq!(p.cache_dir, Path::new("/var/cache/x"));
         assert!(parse_options(&mut base(), &["cache_size=lots".into()]).is_err());
+        let mut p = base();
+        parse_options(&mut p, &["verify=strict,publish=no".into()]).unwrap();
+        assert_eq!((p.verify, p.publish), (crate::fetch::VerifyMode::Strict, false));
+        assert!(parse_options(&mut base(), &["verify=maybe".into()]).is_err());
     }
 
     #[test]

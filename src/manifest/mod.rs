@@ -276,7 +276,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn content(n: usize, seed: u32) -> Vec<u8> {
-        (0..n as u64).map(|i| (i.wrapping_mul(2654435761).wrapping_add(u64::from(seed)) >> 13).to_le_bytes()[0]).collect()
+        (0..n as u64)
+            .map(|i| (i.wrapping_mul(2654435761).wrapping_add(u64::from(seed)) >> 13).to_le_bytes()[0])
+            .collect()
     }
 
     fn blake3_key(data: &[u8]) -> Key {

@@ -86,6 +86,11 @@ impl LocalFile {
         }
         Ok(LocalFile { file, len, path: path.into() })
     }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl RangeRead for LocalFile {
