@@ -64,6 +64,8 @@ const STEAL_IF_LEFT_SECS: f64 = 0.25;
 const SILENT_HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// A demanded piece in flight longer than this may be hedged on an idle source.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
+/// A request slower than this (bytes/s) holding a demanded piece is hedged.
+const DRIP_BPS: f64 = 256.0 * 1024.0;
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
 const TICK: Duration = Duration::from_millis(100);
 /// How long fetching pauses when the cache is at its bound and nothing can be evicted yet.
@@ -1058,8 +1060,10 @@ impl KeyFetch {
 
     /// A demanded piece in flight on another source for too long, not yet hedged: a request
     /// that has not delivered a byte (maybe a mirror that accepts connections and never
-    /// answers) gets less patience than one that is sending.
+    /// answers) gets less patience than one that is sending; one that is sending far slower
+    /// than source `s` could (a mirror that drips) is hedged too.
     fn overdue_demand(&self, st: &State, s: usize, now: Instant) -> Option<usize> {
+        let s_bps = lock(&self.sources[s].stats).bps;
         st.demand.iter().copied().find(|&i| {
             if st.hedged.contains(&i) {
                 return false;
@@ -1072,9 +1076,14 @@ impl KeyFetch {
             // relieved by stealing instead.
             st.requests.get(&id).is_some_and(|r| {
                 let last = r.started + Duration::from_millis(r.progress_ms.load(Ordering::Relaxed));
-                let silent = r.got.load(Ordering::Relaxed) == 0;
+                let got = r.got.load(Ordering::Relaxed);
+                let silent = got == 0;
+                let age = now.saturating_duration_since(r.started);
+                let rate = got as f64 / age.as_secs_f64().max(1e-3);
+                let dripping = age > HEDGE_AFTER && rate < (s_bps / 4.0).max(DRIP_BPS);
                 r.source != s
-                    && now.saturating_duration_since(last) > if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER }
+                    && (dripping
+                        || now.saturating_duration_since(last) > if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER })
             })
         })
     }
@@ -1126,6 +1135,11 @@ impl KeyFetch {
                     let next_chunk = tokio::time::timeout(self.cfg.stall_timeout, stream.next())
                         .await
                         .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))?;
+                    if self.obsolete(piece, end.load(Ordering::Relaxed)) {
+                        // Every piece left was landed by other requests (hedges): stop
+                        // receiving (the connection is dropped with the stream).
+                        return Ok(());
+                    }
                     match next_chunk {
                         Some(Ok(chunk)) => {
                             progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -1263,6 +1277,12 @@ impl KeyFetch {
         drop(st);
         self.landed.notify_waiters();
         true
+    }
+
+    /// Whether every piece of `from..to` is present already.
+    fn obsolete(&self, from: usize, to: usize) -> bool {
+        let st = lock(&self.state);
+        (from..to).all(|i| st.pieces[i] == Piece::Present)
     }
 
     /// Source `s` sent piece `i` and it failed its manifest hash: a strike, and `s` is not

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod mnt;
 pub mod nginx;
 pub mod slowfs;
