@@ -254,3 +254,62 @@ fn a_small_read_is_served_before_its_whole_piece_arrives() {
     // Waiting for the whole piece takes about a second here (measured without this feature).
     assert!(took < Duration::from_millis(450), "first bytes took {took:?}");
 }
+
+/// Damage done to the cache between two processes.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    FlipDataByte,
+    TruncateData,
+    FlipRecordByte,
+    TruncateRecord,
+}
+
+#[test]
+fn a_damaged_cache_is_detected_and_refetched_never_served() {
+    for damage in [Damage::FlipDataByte, Damage::TruncateData, Damage::FlipRecordByte, Damage::TruncateRecord] {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(11, 3_000_000);
+        let key = sha256_key(&data);
+        {
+            let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
+            let f = Fetcher::new(store, rt.handle().clone(), fast_cfg());
+            let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())]), None).unwrap();
+            assert!(rt.block_on(kf.read(0, 3_000_000)).unwrap() == *data);
+            assert!(rt.block_on(kf.wait_verified(Duration::from_secs(10))));
+        }
+        let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
+        let (data_file, rec_file) = store.files_of(&key);
+        match damage {
+            Damage::FlipDataByte => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(&data_file).unwrap();
+                let mut b = [0u8; 1];
+                f.read_exact_at(&mut b, 1_500_000).unwrap();
+                f.write_all_at(&[b[0] ^ 1], 1_500_000).unwrap();
+            }
+            Damage::TruncateData => {
+                std::fs::OpenOptions::new().write(true).open(&data_file).unwrap().set_len(1_000_000).unwrap();
+            }
+            Damage::FlipRecordByte => {
+                let mut r = std::fs::read(&rec_file).unwrap();
+                let at = r.len() / 2;
+                r[at] ^= 0x80;
+                std::fs::write(&rec_file, r).unwrap();
+            }
+            Damage::TruncateRecord => {
+                let r = std::fs::read(&rec_file).unwrap();
+                std::fs::write(&rec_file, &r[..r.len() / 3]).unwrap();
+            }
+        }
+        let f = Fetcher::new(store, rt.handle().clone(), fast_cfg());
+        let s = src("m", &data, Faults::default());
+        let kf = f.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
+        // Reads all over, then the whole: exact every time, the damage fetched again.
+        for (off, len) in [(1_400_000u64, 300_000u64), (0, 3_000_000)] {
+            let got = rt.block_on(kf.read(off, len)).unwrap_or_else(|e| panic!("{damage:?}: {e}"));
+            assert!(got[..] == data[off as usize..(off + len) as usize], "{damage:?}: bytes at {off}");
+        }
+        assert!(s.requests() > 0, "{damage:?}: the damaged part was fetched again");
+    }
+}

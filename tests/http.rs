@@ -206,64 +206,6 @@ fn an_httpalso_remote_serves_a_directory_remote_over_http() {
     assert!(log.contains("GET /dsr/") && count_206(&log) > 0, "{log}");
 }
 
-/// The daemon of the mount at `mp`.
-fn daemon_pid(mp: &std::path::Path) -> Option<i32> {
-    let out =
-        std::process::Command::new("pgrep").arg("-f").arg(format!("annexfs mount .*{}", mp.display())).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
-}
-
-#[test]
-fn killing_the_daemon_mid_fetch_leaves_no_piece_claimed_that_is_not_on_disk() {
-    let sb = Sandbox::new();
-    let r = sb.init_repo("r", "main");
-    sb.git(&r, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
-    let data = pseudo_random(42, 6_000_000);
-    sb.write(&r.join("slow.bin"), &data);
-    sb.annex(&r, &["add", "-q", "slow.bin"]);
-    sb.git(&r, &["commit", "-q", "-m", "s"]);
-    let www = sb.path("www");
-    sb.write(&www.join("slow.bin"), &data);
-    // 1 MB/s per connection: the fetch is still running when the daemon is killed.
-    let nginx = Nginx::start(&www, &sb.path("nginx"), 2, Some(1_000_000));
-    let key = sb.annex(&r, &["lookupkey", "slow.bin"]).trim().to_string();
-    for i in 0..2 {
-        sb.annex(&r, &["registerurl", &key, &nginx.url(i, "slow.bin")]);
-    }
-    sb.annex(&r, &["drop", "-q", "--force", "slow.bin"]);
-    let cache = sb.path("cache");
-    let c = cache.to_str().unwrap();
-    for cycle in 0..3 {
-        let m = mount(&sb, &r, &format!("mnt{cycle}"), &["--cache-dir", c]);
-        let p = m.p("slow.bin");
-        let reader = std::thread::spawn(move || std::fs::read(p));
-        std::thread::sleep(std::time::Duration::from_millis(700 + 300 * cycle));
-        let pid = daemon_pid(&m.mp).expect("the daemon is running");
-        // SAFETY: sending a signal to a process of this test.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = reader.join();
-        drop(m); // clears the dead mount
-        // Every piece the record claims is on disk with the bytes its hash says.
-        let store = annexfs::pieces::PieceStore::open(&cache, 1 << 30).unwrap();
-        let k = annexfs::annex::Key::parse_str(&key).unwrap();
-        let ck = store.open_key(&k).unwrap();
-        let mut claimed = 0;
-        for i in 0..ck.piece_count() {
-            if ck.has(i) {
-                let (a, b) = ck.piece_range(i);
-                let mut buf = vec![0u8; (b - a) as usize];
-                ck.read(a, &mut buf).unwrap_or_else(|e| panic!("cycle {cycle}: claimed piece {i} is not on disk: {e}"));
-                assert!(buf == data[a as usize..b as usize], "cycle {cycle}: piece {i}");
-                claimed += 1;
-            }
-        }
-        assert!(claimed < ck.piece_count() || cycle > 0, "the kill came before the fetch ended");
-    }
-    // A last mount finishes the file from what survived.
-    let m = mount(&sb, &r, "mnt-final", &["--cache-dir", c]);
-    assert!(std::fs::read(m.p("slow.bin")).unwrap() == data);
-}
-
 #[test]
 fn a_full_cache_disk_fails_the_read_with_eio_and_serves_no_wrong_byte() {
     // SAFETY: geteuid has no preconditions.

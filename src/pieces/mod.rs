@@ -760,6 +760,32 @@ impl PieceStore {
 
     /// Makes room for `need` more bytes: evicts least recently opened keys that no process has
     /// open. Fails if the keys in use alone exceed the limit. Returns the bytes in use after.
+    /// The data and record files of `key` (for tools and tests that inspect the cache).
+    pub fn files_of(&self, key: &Key) -> (PathBuf, PathBuf) {
+        let (dir, h) = self.paths(key);
+        (dir.join(format!("{h}.data")), dir.join(format!("{h}.rec")))
+    }
+
+    /// Removes `key` from the cache, unless a process has it open (its manifest is kept).
+    pub fn remove_key(&self, key: &Key) -> Result<bool, CacheError> {
+        let (dir, h) = self.paths(key);
+        let stem = dir.join(&h);
+        let lock_path = stem.with_extension("lock");
+        let Ok(lf) = OpenOptions::new().read(true).write(true).open(&lock_path) else { return Ok(false) };
+        if !flock(&lf, libc::LOCK_EX | libc::LOCK_NB) {
+            return Ok(false);
+        }
+        for ext in ["rec", "data", "lock"] {
+            let p = stem.with_extension(ext);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::Io { path: p, source: e }),
+            }
+        }
+        Ok(true)
+    }
+
     pub fn make_room(&self, need: u64) -> Result<u64, CacheError> {
         let mut entries = self.entries();
         let mut used: u64 = entries.iter().map(|e| e.bytes).sum();
