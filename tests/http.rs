@@ -218,7 +218,7 @@ fn a_full_cache_disk_fails_the_read_with_eio_and_serves_no_wrong_byte() {
     let cache = w.sb.path("tiny");
     std::fs::create_dir_all(&cache).unwrap();
     let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
         .arg(&cache)
         .status()
         .unwrap();

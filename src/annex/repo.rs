@@ -218,8 +218,27 @@ impl ObjectLayout {
     }
 
     /// The first candidate that exists as a file.
+    ///
+    /// No symlink below the objects directory is followed: the hash directories, the key's
+    /// directory and the object must be real directories and a regular file (a symlink planted
+    /// there could otherwise make annexfs serve any file of the machine under a key's name).
     pub fn find(&self, key: &super::Key) -> Option<PathBuf> {
-        self.candidates(key).into_iter().find(|p| p.is_file())
+        self.candidates(key).into_iter().find(|p| self.no_symlink_below_objects(p))
+    }
+
+    fn no_symlink_below_objects(&self, p: &Path) -> bool {
+        let Ok(rel) = p.strip_prefix(&self.objects_dir) else { return false };
+        let mut at = self.objects_dir.clone();
+        let n = rel.components().count();
+        for (i, c) in rel.components().enumerate() {
+            at.push(c);
+            let Ok(md) = std::fs::symlink_metadata(&at) else { return false };
+            let ok = if i + 1 == n { md.file_type().is_file() } else { md.file_type().is_dir() };
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -312,7 +312,10 @@ impl AnnexFs {
             EntryKind::Dir => (Kind::Dir, 0, 0o555, 2),
             EntryKind::Annexed(key) => {
                 // A key without a size (URL, old WORM keys) gets it from local content.
-                let size = key.size().or_else(|| self.local_size(key)).unwrap_or(0);
+                // A size no file can have (beyond i64) is not believed: the kernel would
+                // refuse the attributes, and with them the whole entry.
+                let size =
+                    key.size().filter(|&s| i64::try_from(s).is_ok()).or_else(|| self.local_size(key)).unwrap_or(0);
                 (Kind::File, size, if node.exec { 0o555 } else { 0o444 }, 1)
             }
             EntryKind::Plain { size, .. } => (Kind::File, *size, if node.exec { 0o555 } else { 0o444 }, 1),

@@ -153,6 +153,8 @@ pub enum CacheError {
     Poisoned(String),
     #[error("key {0} has no known size; only keys with a size can be cached")]
     NoSize(String),
+    #[error("cache directory {path} is not safe to use: {why}")]
+    Insecure { path: PathBuf, why: String },
 }
 
 impl CacheError {
@@ -164,6 +166,35 @@ impl CacheError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates `dir` (and its parents) private to this user, or checks that an existing one is
+/// owned by this user and writable by nobody else: another user who could write in the cache
+/// could plant pieces and records that annexfs would serve.
+fn private_dir(dir: &Path) -> Result<(), CacheError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
+    let md = std::fs::metadata(dir).map_err(io_err(dir))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let insecure = |why: String| Err(CacheError::Insecure { path: dir.to_path_buf(), why });
+    if !md.is_dir() {
+        return insecure("not a directory".into());
+    }
+    if md.uid() != me {
+        return insecure(format!(
+            "owned by uid {}, not by you (uid {me}); use a cache directory of your own",
+            md.uid()
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return insecure(format!(
+            "group- or world-writable (mode {:o}); `chmod 700 {}` or use another cache directory",
+            md.mode() & 0o7777,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 impl CachedKey {
@@ -473,7 +504,7 @@ impl CachedKey {
         lock(&self.state).poisoned = Some(why.to_string());
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let base = self.data_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let _ = std::fs::create_dir_all(&self.quarantine);
+        let _ = private_dir(&self.quarantine);
         let _ = std::fs::rename(&self.data_path, self.quarantine.join(format!("{base}.{stamp}.data")));
         let _ = std::fs::rename(&self.rec_path, self.quarantine.join(format!("{base}.{stamp}.rec")));
         let _ = std::fs::write(self.quarantine.join(format!("{base}.{stamp}.why")), format!("{}\n{why}\n", self.key));
@@ -549,7 +580,10 @@ impl PieceStore {
     /// `limit` bytes.
     pub fn open(root: &Path, limit: u64) -> Result<PieceStore, CacheError> {
         let root = root.join("v1");
-        std::fs::create_dir_all(root.join("keys")).map_err(io_err(&root))?;
+        let top = root.parent().unwrap_or(&root).to_path_buf();
+        private_dir(&top)?;
+        private_dir(&root)?;
+        private_dir(&root.join("keys"))?;
         let store = PieceStore {
             root,
             limit,
@@ -591,7 +625,7 @@ impl PieceStore {
     pub fn save_manifest(&self, m: &crate::manifest::Manifest) -> Result<(), CacheError> {
         let path = self.manifest_path(&m.key);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            private_dir(dir)?;
         }
         write_atomic(&path, &m.to_bytes())
     }
@@ -620,7 +654,7 @@ impl PieceStore {
             return Ok(k);
         }
         let (dir, h) = self.paths(key);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        private_dir(&dir)?;
         let data_path = dir.join(format!("{h}.data"));
         let rec_path = dir.join(format!("{h}.rec"));
         let lock_path = dir.join(format!("{h}.lock"));
