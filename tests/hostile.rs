@@ -67,9 +67,11 @@ fn run_case(mode: Mode, guard: Guard) {
     let manifest = matches!(guard, Guard::Manifest).then(|| manifest_of(&key, &data));
     let kf = f.key(&key, sources, manifest).unwrap();
     // Random-ish reads first (ranges not at 0), then the rest.
+    let mut wrong = 0;
     for (off, len) in [(1_234_567u64, 70_000u64), (0, 3_000_000)] {
         let got = rt.block_on(kf.read(off, len)).unwrap_or_else(|e| panic!("{mode:?} {guard:?}: {e}"));
         let end = (off + len).min(data.len() as u64) as usize;
+        wrong += common::wrong_bytes(&got, &data[off as usize..end]);
         let exact = got[..] == data[off as usize..end];
         // Stream mode without a manifest may serve a liar's bytes before the whole-key
         // check; with a manifest or in strict mode never.
@@ -83,6 +85,16 @@ fn run_case(mode: Mode, guard: Guard) {
     let reports = kf.source_reports();
     let l = reports.iter().find(|r| r.name.starts_with("liar")).unwrap();
     let h = reports.iter().find(|r| r.name.starts_with("honest")).unwrap();
+    common::report(serde_json::json!({
+        "kind": "hostile-case",
+        "mode": format!("{mode:?}"),
+        "guard": format!("{guard:?}"),
+        "wrong_bytes_served": wrong,
+        "liar_strikes": l.strikes,
+        "liar_banned": l.banned,
+        "liar_given_up": l.dead,
+        "exact_after_verification": true,
+    }));
     assert!(h.bytes > 0 && h.strikes == 0, "{mode:?} {guard:?}: {h:?}");
     if mode.lies_about_content() {
         // Served anything, it is struck for it.

@@ -75,7 +75,7 @@ impl Reputation {
 }
 
 /// Pieces compared at once while resolving a mismatch.
-const RESOLVE_PARALLEL: usize = 4;
+const RESOLVE_PARALLEL: usize = 12;
 
 /// What resolving one piece found.
 enum Verdict {

@@ -64,6 +64,10 @@ const STEAL_IF_LEFT_SECS: f64 = 0.25;
 const SILENT_HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// A demanded piece in flight longer than this may be hedged on an idle source.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
+/// A source this many times slower than the best is only probed now and then.
+const SLOW_FACTOR: f64 = 16.0;
+/// How often such a source is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// A request slower than this (bytes/s) holding a demanded piece is hedged.
 const DRIP_BPS: f64 = 256.0 * 1024.0;
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
@@ -186,6 +190,8 @@ struct SourceStats {
     last_error: Option<FetchError>,
     bytes: u64,
     requests: u64,
+    /// When a source far slower than the best was last given a request (a probe).
+    last_probe: Option<Instant>,
 }
 
 struct SourceSlot {
@@ -361,6 +367,7 @@ impl Fetcher {
                         last_error: None,
                         bytes: 0,
                         requests: 0,
+                        last_probe: None,
                     }),
                 })
                 .collect(),
@@ -802,6 +809,14 @@ impl KeyFetch {
             let (x, y) = (lock(&self.sources[a].stats).bps, lock(&self.sources[b].stats).bps);
             y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
         });
+        // The best speed among sources that work now (a source that sends fast and then
+        // fails is no yardstick).
+        let best_bps = order
+            .iter()
+            .map(|&s| lock(&self.sources[s].stats))
+            .filter(|ss| ss.dead.is_none() && ss.fails_in_row == 0)
+            .map(|ss| ss.bps)
+            .fold(0.0, f64::max);
         let usable = order
             .iter()
             .filter(|&&s| {
@@ -811,6 +826,18 @@ impl KeyFetch {
             .count()
             .max(1);
         for s in order {
+            {
+                // A source far slower than the best (one that drips) would only hold pieces
+                // readers soon wait on: it is asked once per PROBE_EVERY, to notice if it
+                // recovers.
+                let mut ss = lock(&self.sources[s].stats);
+                if ss.bps > 0.0 && ss.bps * SLOW_FACTOR < best_bps {
+                    if ss.inflight > 0 || ss.last_probe.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
+                        continue;
+                    }
+                    ss.last_probe = Some(now);
+                }
+            }
             loop {
                 // A piece a reader waits on may use a source beyond its usual number of
                 // requests: it must not queue behind long readahead runs.
@@ -1080,7 +1107,7 @@ impl KeyFetch {
                 let silent = got == 0;
                 let age = now.saturating_duration_since(r.started);
                 let rate = got as f64 / age.as_secs_f64().max(1e-3);
-                let dripping = age > HEDGE_AFTER && rate < (s_bps / 4.0).max(DRIP_BPS);
+                let dripping = age > SILENT_HEDGE_AFTER && rate < (s_bps / 4.0).max(DRIP_BPS);
                 r.source != s
                     && (dripping
                         || now.saturating_duration_since(last) > if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER })
@@ -1137,7 +1164,14 @@ impl KeyFetch {
                         .map_err(|_| FetchError::Stalled(self.cfg.stall_timeout))?;
                     if self.obsolete(piece, end.load(Ordering::Relaxed)) {
                         // Every piece left was landed by other requests (hedges): stop
-                        // receiving (the connection is dropped with the stream).
+                        // receiving (the connection is dropped with the stream). A source
+                        // this slow is backed off, not handed the next demanded piece.
+                        let secs = progress.started.elapsed().as_secs_f64();
+                        let rate = progress.got.load(Ordering::Relaxed) as f64 / secs.max(1e-3);
+                        if secs > SILENT_HEDGE_AFTER.as_secs_f64() && rate < DRIP_BPS {
+                            #[allow(clippy::cast_possible_truncation)]
+                            return Err(FetchError::TooSlow(rate as u64));
+                        }
                         return Ok(());
                     }
                     match next_chunk {
@@ -1207,8 +1241,15 @@ impl KeyFetch {
             let mut ss = lock(&self.sources[s].stats);
             ss.inflight = ss.inflight.saturating_sub(1);
             ss.bytes += received;
-            if received > 0 {
-                let rate = received as f64 / elapsed;
+            // Speed from every byte that arrived, complete pieces or not (a source that
+            // drips never completes one, and must still be measured as slow).
+            let arrived = match &result {
+                Ok(()) | Err(FetchError::TooSlow(_)) => progress.got.load(Ordering::Relaxed),
+                // A failed request's speed counts only for what it delivered whole.
+                Err(_) => received,
+            };
+            if arrived > 0 || elapsed > 1.0 {
+                let rate = arrived as f64 / elapsed;
                 ss.bps = if ss.bps == 0.0 { rate } else { 0.7 * ss.bps + 0.3 * rate };
             }
             match &result {

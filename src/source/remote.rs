@@ -43,6 +43,8 @@ pub enum FetchError {
     Corrupt(usize),
     #[error("banned: {0}")]
     Banned(String),
+    #[error("too slow ({0} bytes/s): its pieces were fetched elsewhere")]
+    TooSlow(u64),
 }
 
 impl FetchError {

@@ -155,3 +155,18 @@ pub fn json_lines(s: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// Appends a JSON line to the file named by `ANNEXFS_REPORT`, if set (for the reliability
+/// report, `scripts/reliability`).
+pub fn report(line: serde_json::Value) {
+    use std::io::Write;
+    if let Ok(path) = std::env::var("ANNEXFS_REPORT") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
+/// Bytes of `got` that differ from `want` (or are missing from it).
+pub fn wrong_bytes(got: &[u8], want: &[u8]) -> usize {
+    got.iter().zip(want).filter(|(a, b)| a != b).count() + got.len().saturating_sub(want.len())
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Renders the JSON lines written by the reliability tests (ANNEXFS_REPORT) as Markdown."""
+import json
+import subprocess
+import sys
+
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+command = sys.argv[2]
+cases = [l for l in lines if l["kind"] == "hostile-case"]
+bw = [l for l in lines if l["kind"] == "hostile-bandwidth"]
+crash = [l for l in lines if l["kind"] == "crash"]
+
+def rev():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+guarded = [c for c in cases + bw if c["guard"].lower() in ("manifest", "strict")]
+wrong_guarded = sum(c["wrong_bytes_served"] for c in guarded)
+wrong_stream = sum(c["wrong_bytes_served"] for c in cases + bw if c["guard"].lower() == "stream")
+bans = sum(1 for c in cases if c["liar_banned"]) + sum(1 for c in bw if c["hostile_banned"])
+out = []
+p = out.append
+p("# Reliability report\n")
+p(f"Made by `{command}` at commit `{rev()}`; regenerate with the same command.\n")
+p("## Summary\n")
+p(f"- Hostile cases tried: {len(cases)} (each against an honest mirror) + {len(bw)} bandwidth runs "
+  f"(each hostile mirror beside three honest ones).")
+p(f"- **Wrong bytes served with a manifest or in strict mode: {wrong_guarded}** (must be 0).")
+p(f"- Wrong bytes served in plain stream mode without a manifest: {wrong_stream} (stream mode "
+  "serves bytes as they arrive when nothing can check them; the whole-key check then finds the "
+  "liar, bans it and repairs the cache).")
+p(f"- Hostile mirrors banned: {bans} (only mirrors that sent wrong bytes are struck; the others are "
+  "refused or given up by protocol checks and timeouts).")
+for c in crash:
+    p(f"- Crash cycles passed: {c['passed']} of {c['cycles']} ({c['interrupted_reads']} reads cut by the kill, "
+      f"{c['pieces_checked']} claimed pieces checked on disk, {c['secs']:.0f} s).")
+p("")
+p("## Every misbehaviour, against one honest mirror (3 MB key)\n")
+p("| misbehaviour | mode | wrong bytes served | strikes | banned | given up because |")
+p("|---|---|---|---|---|---|")
+for c in sorted(cases, key=lambda c: (c["mode"], c["guard"])):
+    p(f"| {c['mode']} | {c['guard'].lower()} | {c['wrong_bytes_served']} | {c['liar_strikes']} | "
+      f"{'yes' if c['liar_banned'] else 'no'} | {(c['liar_given_up'] or '').replace('|', '/')} |")
+p("")
+if bw:
+    limit = bw[0]["honest_limit_mib_s"]
+    p(f"## Bandwidth beside a hostile mirror (96 MiB key, three honest mirrors at {limit / 3:.0f} MiB/s each)\n")
+    p("Sequential reads of 1 MiB through the fetcher; the ratio is the throughput over the sum of the "
+      "honest mirrors' limits (the hostile mirror is throttled the same way, so a ratio above 1 means it "
+      "contributed correct bytes).\n")
+    p("| misbehaviour | mode | MiB/s | ratio | wrong bytes | hostile mirror |")
+    p("|---|---|---|---|---|---|")
+    for c in bw:
+        fate = "banned" if c["hostile_banned"] else (c["hostile_given_up"] or "kept, never delivered wrong bytes")
+        p(f"| {c['mode']} | {c['guard']} | {c['mib_s']:.1f} | {c['ratio']:.2f} | {c['wrong_bytes_served']} | "
+          f"{fate.replace('|', '/')} |")
+    p("")
+    p("Strict mode without a manifest cannot tell a bad piece before the whole key is in: a liar costs "
+      "a second fetch of every piece from another mirror (and a third opinion where they differ) before "
+      "anything is served. With a manifest, which annexfs publishes after the first verified read, "
+      "every piece is checked on arrival and the liar is banned after three bad pieces.\n")
+print("\n".join(out))
