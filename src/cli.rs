@@ -33,6 +33,24 @@ pub enum Command {
     /// Make and publish piece manifests for files whose content is present locally, so that
     /// other clones check every piece they fetch the moment it arrives.
     Index(IndexArgs),
+    /// Show what each annexfs mount is doing: open files and their progress, sources, cache
+    /// use, bans and recent errors.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Only this mount (default: every annexfs mount).
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: Option<PathBuf>,
+
+    /// One JSON document: {"version": 1, "mounts": [...]} (see docs/STATUS.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Refresh every second until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 /// How fetched bytes are verified before they are served.
@@ -88,15 +106,20 @@ pub struct GetArgs {
     pub paths: Vec<PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// The git-annex repository (worktree, or a bare repository).
+    /// The git-annex repository (worktree, or a bare repository). Given alone, it is the
+    /// mountpoint of an annexfs line in /etc/fstab, whose repository and options are used.
     #[arg(value_name = "REPO")]
     pub repo: PathBuf,
 
     /// Where to mount it.
     #[arg(value_name = "MOUNTPOINT")]
-    pub mountpoint: PathBuf,
+    pub mountpoint: Option<PathBuf>,
+
+    /// The fstab read when only a mountpoint is given.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub fstab: Option<PathBuf>,
 
     /// Mount the tree of this commit, branch or tag (default: the working tree, followed
     /// live; a bare repository shows HEAD).

@@ -210,7 +210,8 @@ impl Filesystem for FuseAdapter {
         // together with passthrough makes every read fail with EIO (seen on Linux 6.18).
         match backing {
             Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            None if self.fs.keep_cache(ino.0) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            None => reply.opened(FileHandle(fh), FopenFlags::empty()),
         }
     }
 

@@ -1,7 +1,27 @@
 use clap::Parser;
 
+/// Called as `mount.annexfs` or `mount.fuse.annexfs` (symlinks to this binary), annexfs is a
+/// mount(8) helper: `SPEC DIR [-sfnv] [-o OPTS]`.
+fn helper() -> Option<annexfs::cli::Cli> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    let name = std::path::Path::new(&argv0).file_name()?.to_string_lossy().into_owned();
+    if name != "mount.annexfs" && name != "mount.fuse.annexfs" {
+        return None;
+    }
+    let rest: Vec<std::ffi::OsString> = args.collect();
+    match annexfs::cmd::mount::helper_args(&rest) {
+        Ok(Some(m)) => Some(annexfs::cli::Cli { verbose: false, command: annexfs::cli::Command::Mount(m) }),
+        Ok(None) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
-    let cli = annexfs::cli::Cli::parse();
+    let cli = helper().unwrap_or_else(annexfs::cli::Cli::parse);
     use std::io::IsTerminal;
     let (daemon, background) = match &cli.command {
         annexfs::cli::Command::Mount(m) => (true, !m.foreground),

@@ -233,7 +233,9 @@ fn a_key_larger_than_the_cache_streams_through_it() {
         assert!(got[..] == data[off as usize..off as usize + got.len()], "bytes at {off}");
         off += got.len() as u64;
     }
-    assert!(store.used() <= (4 << 20) + (1 << 20), "the cache stays near its bound: {}", store.used());
+    // Near: pieces still arriving are written as they come (stream mode) and counted when
+    // they land, so a few pieces in flight may be on disk beyond the bound.
+    assert!(store.used() <= (4 << 20) + (2 << 20), "the cache stays near its bound: {}", store.used());
     // Bytes read long ago were dropped and come back on demand, exact.
     assert!(rt.block_on(kf.read(0, 1 << 20)).unwrap() == data[..1 << 20]);
 }

@@ -85,6 +85,13 @@ fn a_strict_mount_reads_exact_bytes_past_a_corrupting_mirror_and_bans_it() {
         let id = format!("web http://127.0.0.1:{} ", w.nginx.ports[honest]);
         assert!(!log.contains(&format!("against {id}")), "no strike against an honest mirror: {log}");
     }
+    // `status` shows the ban.
+    let out = w.sb.annexfs(&clone, &["status", "--json", m.mp.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let sources = v["mounts"][0]["sources"].as_array().unwrap();
+    let liar = sources.iter().find(|s| s["identity"] == liar_identity(&w)).unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(liar["banned"], true, "{v}");
+    assert!(liar["strikes"].as_u64().unwrap() >= 3, "{v}");
     // The key verified whole: its manifest is published in the clone, with git-annex.
     wait_for("the manifest to be published", || !manifest_recorded(&w.sb, &clone, &w.key).is_empty());
     let mkey = manifest_recorded(&w.sb, &clone, &w.key);

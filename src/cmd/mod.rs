@@ -5,6 +5,7 @@ pub mod index;
 pub mod ls;
 pub mod mount;
 pub mod sources;
+pub mod status;
 
 use crate::annex::Annex;
 use crate::cli::{Cli, Command};
@@ -63,5 +64,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Umount(args) => mount::umount(&args),
         Command::Get(args) => get::run(&args),
         Command::Index(args) => index::run(&args),
+        Command::Status(args) => status::run(&args),
     }
 }

@@ -53,6 +53,30 @@ pub struct MountPlan {
     cache_size: u64,
     verify: crate::fetch::VerifyMode,
     publish: bool,
+    /// Mount over a directory that is not empty.
+    nonempty: bool,
+}
+
+impl MountPlan {
+    /// A plan with defaults only (for checking options on their own).
+    fn empty() -> MountPlan {
+        MountPlan {
+            repo: PathBuf::new(),
+            mountpoint: PathBuf::new(),
+            rev: None,
+            access: Access::Owner,
+            default_permissions: false,
+            auto_unmount: false,
+            extra: Vec::new(),
+            fsname: None,
+            passthrough: false,
+            cache_dir: PathBuf::new(),
+            cache_size: 0,
+            verify: crate::fetch::VerifyMode::Stream,
+            publish: true,
+            nonempty: false,
+        }
+    }
 }
 
 fn euid() -> u32 {
@@ -94,6 +118,7 @@ fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
             ("verify", Some(v)) => plan.verify = v.parse().map_err(|e: String| anyhow!("{e}"))?,
             ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
             ("publish", Some("no" | "false" | "0")) => plan.publish = false,
+            ("nonempty", None) => plan.nonempty = true,
             _ => bail!("unknown mount option `{opt}`"),
         }
     }
@@ -147,7 +172,7 @@ pub(crate) fn parse_size(v: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("cache size `{v}` is not a size (e.g. 10G, 500MiB)"))
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(clean_path(&std::env::current_dir().context("find the current directory")?.join(p)))
 }
 
@@ -171,7 +196,7 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
         bail!(
             "mountpoint {} is busy: a {fstype} filesystem is already mounted there (unmount it first{})",
             canon.display(),
-            if fstype == "fuse.annexfs" {
+            if fstype == "fuse.annexfs" || super::status::socket_path(&canon).exists() {
                 format!(", e.g. `annexfs umount {}`", canon.display())
             } else {
                 String::new()
@@ -197,6 +222,130 @@ fn check_fuse_device() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether /etc/fuse.conf lets ordinary users use allow_other.
+fn user_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|t| t.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
+}
+
+/// An fstab entry for annexfs: the repository, the mountpoint and the options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabEntry {
+    pub repo: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: String,
+}
+
+/// fstab escapes space, tab, newline and backslash as `\ooo`, as mountinfo does.
+fn unescape_fstab(f: &str) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(f.as_bytes())))
+}
+
+/// The annexfs entries of an fstab: type `annexfs`, `fuse.annexfs`, or `fuse` with an
+/// `annexfs#REPO` source.
+pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.starts_with('#') {
+                return None;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (spec, mp, fstype) = (f.first()?, f.get(1)?, f.get(2)?);
+            let spec = match *fstype {
+                "annexfs" | "fuse.annexfs" => spec.strip_prefix("annexfs#").unwrap_or(spec),
+                "fuse" | "fuse3" => spec.strip_prefix("annexfs#")?,
+                _ => return None,
+            };
+            Some(FstabEntry {
+                repo: unescape_fstab(spec),
+                mountpoint: unescape_fstab(mp),
+                options: f.get(3).map_or(String::new(), |o| (*o).to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Finds the fstab entry for mountpoint `mp`, as mount(8) does for `mount DIR`.
+pub fn fstab_entry(fstab: &Path, mp: &Path) -> anyhow::Result<FstabEntry> {
+    let text = std::fs::read_to_string(fstab).with_context(|| format!("read {}", fstab.display()))?;
+    let want = absolute(mp)?;
+    let canon = want.canonicalize().unwrap_or_else(|_| want.clone());
+    parse_fstab(&text)
+        .into_iter()
+        .find(|e| e.mountpoint == want || e.mountpoint.canonicalize().is_ok_and(|c| c == canon))
+        .ok_or_else(|| anyhow!("{} has no annexfs entry for {}", fstab.display(), want.display()))
+}
+
+/// Mount arguments from a mount helper's command line (`mount.annexfs SPEC DIR [-sfnv]
+/// [-o OPTS] [-t TYPE]`, as mount(8) calls it). `None` for `-f` (a fake mount: nothing to do).
+pub fn helper_args(args: &[std::ffi::OsString]) -> anyhow::Result<Option<MountArgs>> {
+    let mut pos: Vec<PathBuf> = Vec::new();
+    let mut options = Vec::new();
+    let mut fake = false;
+    let mut sloppy = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        match s.as_ref() {
+            "-o" => options.push(it.next().ok_or_else(|| anyhow!("-o needs options"))?.to_string_lossy().into_owned()),
+            "-t" => {
+                it.next();
+            }
+            f if f.starts_with('-') && f.len() > 1 => {
+                for c in f[1..].chars() {
+                    match c {
+                        'f' => fake = true,
+                        's' => sloppy = true,
+                        'n' | 'v' => {}
+                        _ => bail!("unknown mount helper flag -{c}"),
+                    }
+                }
+            }
+            _ => pos.push(PathBuf::from(a)),
+        }
+    }
+    let [spec, mp] =
+        <[PathBuf; 2]>::try_from(pos).map_err(|_| anyhow!("usage: mount.annexfs REPO DIR [-o OPTIONS]"))?;
+    let spec = match spec.to_str().and_then(|s| s.strip_prefix("annexfs#")) {
+        Some(s) => PathBuf::from(s),
+        None => spec,
+    };
+    if fake {
+        return Ok(None);
+    }
+    // mount(8) says `rw` unless the line says `ro`: the mount is read-only whatever it says.
+    options = options.iter().map(|o| o.split(',').filter(|x| *x != "rw").collect::<Vec<_>>().join(",")).collect();
+    if sloppy {
+        // Unknown options are dropped instead of refused.
+        options = options
+            .iter()
+            .map(|o| {
+                o.split(',')
+                    .filter(|x| {
+                        let mut p = MountPlan::empty();
+                        parse_options(&mut p, &[x.to_string()]).is_ok()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+    }
+    Ok(Some(MountArgs {
+        repo: spec,
+        mountpoint: Some(mp),
+        rev: None,
+        foreground: false,
+        options,
+        no_passthrough: false,
+        cache_dir: None,
+        cache_size: None,
+        log_file: None,
+        fstab: None,
+        verify: crate::cli::VerifyArgs { verify: crate::fetch::VerifyMode::Stream, no_publish: false },
+    }))
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
@@ -206,7 +355,7 @@ fn which(program: &str) -> Option<PathBuf> {
 pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
     let mut plan = MountPlan {
         repo: absolute(&args.repo)?,
-        mountpoint: absolute(&args.mountpoint)?,
+        mountpoint: absolute(args.mountpoint.as_deref().ok_or_else(|| anyhow!("no mountpoint given"))?)?,
         rev: args.rev.clone(),
         access: Access::Owner,
         default_permissions: false,
@@ -224,6 +373,7 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         },
         verify: args.verify.verify,
         publish: !args.verify.no_publish,
+        nonempty: false,
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
@@ -242,6 +392,17 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         }
     }
     plan.mountpoint = check_mountpoint(&plan.mountpoint)?;
+    if !plan.nonempty && std::fs::read_dir(&plan.mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "mountpoint {} is not empty: its files would be hidden while mounted (use an empty directory, or -o nonempty)",
+            plan.mountpoint.display()
+        );
+    }
+    if plan.access == Access::All && euid() != 0 && !user_allow_other() {
+        bail!(
+            "allow_other needs `user_allow_other` in /etc/fuse.conf for mounts by ordinary users (as root: echo user_allow_other >> /etc/fuse.conf)"
+        );
+    }
     if plan.mountpoint.starts_with(annex.gitdir.canonicalize().unwrap_or_else(|_| annex.gitdir.clone())) {
         bail!("mountpoint {} is inside the repository's git directory", plan.mountpoint.display());
     }
@@ -250,6 +411,23 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
 }
 
 pub fn run(args: &MountArgs) -> anyhow::Result<i32> {
+    // `annexfs mount DIR`: the rest comes from fstab, as with mount(8).
+    let from_fstab;
+    let args = match &args.mountpoint {
+        Some(_) => args,
+        None => {
+            let fstab = args.fstab.clone().unwrap_or_else(|| PathBuf::from("/etc/fstab"));
+            let e = fstab_entry(&fstab, &args.repo)?;
+            let mut a = args.clone();
+            a.repo = e.repo;
+            a.mountpoint = Some(e.mountpoint);
+            if !e.options.is_empty() {
+                a.options.insert(0, e.options);
+            }
+            from_fstab = a;
+            &from_fstab
+        }
+    };
     let plan = plan(args)?;
     if args.foreground {
         serve(&plan, None)?;
@@ -463,6 +641,21 @@ fn wait(
     std::thread::Builder::new().name("annexfs-session".into()).spawn(move || {
         let _ = tx.send(Event::Ended(bg.join()));
     })?;
+    let socket = {
+        let (fs, mp, repo, cache) = (fs.clone(), plan.mountpoint.clone(), plan.repo.clone(), plan.cache_dir.clone());
+        let verify = match plan.verify {
+            crate::fetch::VerifyMode::Stream => "stream",
+            crate::fetch::VerifyMode::Strict => "strict",
+        };
+        let make = Arc::new(move || super::status::snapshot(&fs, &mp, &repo, verify, &cache));
+        match super::status::serve(&plan.mountpoint, make) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("no status socket: {e:#}");
+                None
+            }
+        }
+    };
     loop {
         match rx.recv() {
             Ok(Event::Signal(s)) => {
@@ -478,6 +671,9 @@ fn wait(
                     tracing::warn!("FUSE session ended: {e}");
                 }
                 tracing::info!("unmounted {}", plan.mountpoint.display());
+                if let Some(p) = &socket {
+                    let _ = std::fs::remove_file(p);
+                }
                 rt.shutdown_timeout(Duration::from_secs(2));
                 return Ok(());
             }
@@ -551,7 +747,33 @@ mod tests {
             cache_size: 1,
             verify: crate::fetch::VerifyMode::Stream,
             publish: true,
+            nonempty: false,
         }
+    }
+
+    #[test]
+    fn fstab_lines() {
+        let text = "# comment\n/dev/sda1 / ext4 defaults 0 1\n/srv/annex /mnt/a\\040b fuse.annexfs cache_size=5G,noauto 0 0\n\
+                    annexfs#/r2 /m2 fuse ro 0 0\nsshfs#h:/ /m3 fuse defaults 0 0\n/r4 /m4 annexfs\n";
+        let e = parse_fstab(text);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(e[0].repo, Path::new("/srv/annex"));
+        assert_eq!(e[0].mountpoint, Path::new("/mnt/a b"));
+        assert_eq!(e[0].options, "cache_size=5G,noauto");
+        assert_eq!((e[1].repo.as_path(), e[1].options.as_str()), (Path::new("/r2"), "ro"));
+        assert_eq!((e[2].repo.as_path(), e[2].options.as_str()), (Path::new("/r4"), ""));
+    }
+
+    #[test]
+    fn helper_command_lines() {
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let m = helper_args(&a(&["annexfs#/r", "/m", "-o", "rw,noauto,cache_size=1G"])).unwrap().unwrap();
+        assert_eq!((m.repo.as_path(), m.mountpoint.as_deref()), (Path::new("/r"), Some(Path::new("/m"))));
+        assert_eq!(m.options, vec!["noauto,cache_size=1G".to_string()]);
+        assert!(helper_args(&a(&["/r", "/m", "-f"])).unwrap().is_none(), "a fake mount does nothing");
+        let m = helper_args(&a(&["/r", "/m", "-sv", "-o", "bogus,allow_other"])).unwrap().unwrap();
+        assert_eq!(m.options, vec!["allow_other".to_string()], "sloppy drops unknown options");
+        assert!(helper_args(&a(&["/r"])).is_err());
     }
 
     #[test]

@@ -192,6 +192,8 @@ struct SourceStats {
     requests: u64,
     /// When a source far slower than the best was last given a request (a probe).
     last_probe: Option<Instant>,
+    /// Time to the first byte of a request, exponentially averaged (ms); 0 until measured.
+    ttfb_ms: f64,
 }
 
 struct SourceSlot {
@@ -283,7 +285,12 @@ pub struct KeyFetch {
     rep: Arc<Reputation>,
     rt: tokio::runtime::Handle,
     cfg: FetchConfig,
+    /// Bytes landed in the last [`RATE_WINDOW`], for the rate `status` shows.
+    landings: Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
+
+/// The window of [`KeyFetch::rate`].
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -368,6 +375,7 @@ impl Fetcher {
                         bytes: 0,
                         requests: 0,
                         last_probe: None,
+                        ttfb_ms: 0.0,
                     }),
                 })
                 .collect(),
@@ -397,6 +405,7 @@ impl Fetcher {
             landed: tokio::sync::Notify::new(),
             stats: self.stats.clone(),
             rep: self.reputation.clone(),
+            landings: Mutex::new(std::collections::VecDeque::new()),
             rt: self.rt.clone(),
             cfg: self.cfg.clone(),
         });
@@ -1176,7 +1185,11 @@ impl KeyFetch {
                     }
                     match next_chunk {
                         Some(Ok(chunk)) => {
-                            progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            if progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed) == 0 {
+                                let ms = progress.started.elapsed().as_secs_f64() * 1e3;
+                                let mut ss = lock(&self.sources[s].stats);
+                                ss.ttfb_ms = if ss.ttfb_ms == 0.0 { ms } else { 0.7 * ss.ttfb_ms + 0.3 * ms };
+                            }
                             let ms = u64::try_from(progress.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                             progress.progress_ms.store(ms, Ordering::Relaxed);
                             buf.extend_from_slice(&chunk);
@@ -1358,6 +1371,8 @@ impl KeyFetch {
         let persist_due = {
             let mut st = lock(&self.state);
             if st.pieces[i] == Piece::Present {
+                // Another copy landed meanwhile: the room reserved for this one is not used.
+                self.store.released(need);
                 return Ok(());
             }
             // The partial bytes of this piece are this request's only if it still owns it.
@@ -1378,6 +1393,14 @@ impl KeyFetch {
             due
         };
         self.stats.bytes_fetched.fetch_add(need, Ordering::Relaxed);
+        {
+            let mut l = lock(&self.landings);
+            let now = Instant::now();
+            l.push_back((now, need));
+            while l.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                l.pop_front();
+            }
+        }
         if persist_due {
             tokio::task::block_in_place(|| self.cache.persist())?;
             // A claim is kept until the record names the piece: released earlier, another
@@ -1540,6 +1563,8 @@ pub struct SourceReport {
     pub identity: String,
     pub strikes: u32,
     pub banned: bool,
+    /// Time to first byte, averaged (ms; 0 until measured).
+    pub ttfb_ms: f64,
 }
 
 impl KeyFetch {
@@ -1557,9 +1582,23 @@ impl KeyFetch {
                     identity: s.src.identity().to_string(),
                     strikes: self.rep.strikes(s.src.identity()),
                     banned: self.rep.is_banned(s.src.identity()),
+                    ttfb_ms: st.ttfb_ms,
                 }
             })
             .collect()
+    }
+
+    /// Bytes per second landed over the last few seconds.
+    pub fn rate(&self) -> f64 {
+        let l = lock(&self.landings);
+        let now = Instant::now();
+        let sum: u64 = l.iter().filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW).map(|(_, n)| n).sum();
+        sum as f64 / RATE_WINDOW.as_secs_f64()
+    }
+
+    /// Whether the whole key was verified.
+    pub fn is_verified(&self) -> bool {
+        self.cache.is_verified()
     }
 
     /// Whether every piece is in the cache.

@@ -420,6 +420,39 @@ impl AnnexFs {
         Ok((fh, local))
     }
 
+    /// Whether the kernel may keep an inode's pages across opens. Not for content that may be
+    /// served before it is verified (network content in stream mode without a manifest): the
+    /// whole-key check may find a liar and repair the cache, and a later open must then read
+    /// the repaired bytes.
+    pub fn keep_cache(&self, ino: u64) -> bool {
+        let Ok((ns, id, _)) = self.resolve(ino) else { return true };
+        let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return true };
+        let Some(parts) = &self.remote else { return true };
+        self.annex.present_object(key).is_some()
+            || parts.fetcher.config().verify == crate::fetch::VerifyMode::Strict
+            || parts.fetcher.has_manifest(key)
+            || parts.fetcher.store().has_manifest(key)
+    }
+
+    /// The annexed files open now: (path, key), one entry per path.
+    pub fn open_files(&self) -> Vec<(String, Key)> {
+        let mut v: Vec<(String, Key)> = lock(&self.handles)
+            .values()
+            .filter_map(|h| match &h.content {
+                Content::Annexed(k) => Some((h.file.clone(), k.clone())),
+                Content::Plain(_) => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
+
+    /// The fetcher, when network sources are read.
+    pub fn remote(&self) -> Option<&RemoteParts> {
+        self.remote.as_ref()
+    }
+
     /// Closes a handle.
     pub fn release(&self, fh: u64) {
         lock(&self.handles).remove(&fh);

@@ -630,6 +630,11 @@ impl PieceStore {
         write_atomic(&path, &m.to_bytes())
     }
 
+    /// Whether a manifest of `key` is kept.
+    pub fn has_manifest(&self, key: &Key) -> bool {
+        self.manifest_path(key).is_file()
+    }
+
     /// The kept manifest of `key`, if any (one that no longer parses is ignored).
     pub fn load_manifest(&self, key: &Key) -> Option<crate::manifest::Manifest> {
         let path = self.manifest_path(key);
