@@ -36,6 +36,24 @@ pub enum Command {
     /// Show what each annexfs mount is doing: open files and their progress, sources, cache
     /// use, bans and recent errors.
     Status(StatusArgs),
+    /// The mount(8) helper (`mount.annexfs REPO DIR [-sfnv] [-o OPTIONS]`).
+    #[command(hide = true)]
+    MountHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// `man` (one page per command) or `completions` (bash, zsh, fish).
+    #[arg(value_parser = ["man", "completions"])]
+    pub what: String,
+    /// Where to write them.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -17,13 +17,13 @@ fn is_root() -> bool {
 struct Helper(PathBuf);
 
 impl Helper {
-    fn install(name: &str) -> Option<Helper> {
+    /// `/sbin/NAME` → `target` (unless another helper of that name is installed).
+    fn install(name: &str, target: &Path) -> Option<Helper> {
         let p = Path::new("/sbin").join(name);
         if p.symlink_metadata().is_ok() {
-            // An installed package's helper: use it only if it is this build.
-            return (std::fs::read_link(&p).ok()? == Path::new(env!("CARGO_BIN_EXE_annexfs"))).then(|| Helper(p));
+            return (std::fs::read_link(&p).ok()? == target).then(|| Helper(p));
         }
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_annexfs"), &p).ok()?;
+        std::os::unix::fs::symlink(target, &p).ok()?;
         Some(Helper(p))
     }
 }
@@ -46,8 +46,14 @@ fn an_fstab_line_mounts_with_mount_t_and_status_describes_it() {
         eprintln!("skipped: mount(8) with a helper needs root");
         return;
     }
-    let Some(_helper) = Helper::install("mount.fuse.annexfs") else {
-        eprintln!("skipped: another mount.fuse.annexfs is installed");
+    // The shipped script for `fuse.annexfs` (told where this build is), the binary itself
+    // under the helper's name for `annexfs`.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.fuse.annexfs");
+    let (Some(_h1), Some(_h2)) = (
+        Helper::install("mount.fuse.annexfs", &script),
+        Helper::install("mount.annexfs", Path::new(env!("CARGO_BIN_EXE_annexfs"))),
+    ) else {
+        eprintln!("skipped: other annexfs mount helpers are installed");
         return;
     };
     let sb = Sandbox::new();
@@ -70,7 +76,14 @@ fn an_fstab_line_mounts_with_mount_t_and_status_describes_it() {
         ),
     )
     .unwrap();
-    let out = sb.cmd("mount", sb.dir.path()).arg("-T").arg(&fstab).arg(&mp).output().unwrap();
+    let out = sb
+        .cmd("mount", sb.dir.path())
+        .env("ANNEXFS", env!("CARGO_BIN_EXE_annexfs"))
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mp)
+        .output()
+        .unwrap();
     let guard = Mount { mp: mp.clone(), log: sb.home().join(".local/state/annexfs/annexfs.log") };
     assert!(out.status.success(), "mount -T: {}\n{}", String::from_utf8_lossy(&out.stderr), guard.log());
     assert!(is_mounted(&mp));
@@ -97,6 +110,19 @@ fn an_fstab_line_mounts_with_mount_t_and_status_describes_it() {
     let out = sb.cmd("umount", sb.dir.path()).arg(&mp).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!is_mounted(&mp));
+    // `mount -t annexfs REPO DIR -o OPTIONS`, through the binary as its own helper.
+    let mp2 = sb.path("mnt2");
+    std::fs::create_dir_all(&mp2).unwrap();
+    let out = sb
+        .cmd("mount", sb.dir.path())
+        .args(["-t", "annexfs", "-o", &format!("cache_dir={},ref=main", cache.display())])
+        .arg(&r)
+        .arg(&mp2)
+        .output()
+        .unwrap();
+    let _guard2 = Mount { mp: mp2.clone(), log: guard.log.clone() };
+    assert!(out.status.success(), "mount -t annexfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(mp2.join("dir/f.bin")).unwrap() == data);
 }
 
 #[test]

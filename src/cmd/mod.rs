@@ -1,5 +1,6 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
+pub mod generate;
 pub mod get;
 pub mod index;
 pub mod ls;
@@ -65,5 +66,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Get(args) => get::run(&args),
         Command::Index(args) => index::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::MountHelper { args } => match mount::helper_args(&args)? {
+            Some(m) => mount::run(&m),
+            None => Ok(0),
+        },
+        Command::Generate(args) => generate::run(&args),
     }
 }
