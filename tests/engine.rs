@@ -315,3 +315,36 @@ fn a_damaged_cache_is_detected_and_refetched_never_served() {
         assert!(s.requests() > 0, "{damage:?}: the damaged part was fetched again");
     }
 }
+
+#[test]
+fn per_source_limits_cap_connections_and_bandwidth() {
+    use annexfs::annex::settings::Limits;
+    use annexfs::fetch::limits::LimitsFn;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
+    let mut cfg = fast_cfg();
+    cfg.limits = Some(LimitsFn(Arc::new(|id: &str| {
+        if id == "limited" { Limits { bwlimit: Some(4 << 20), maxconnections: Some(1) } } else { Limits::default() }
+    })));
+    let f = Fetcher::new(store, rt.handle().clone(), cfg);
+    let data = content(23, 4 << 20);
+    let key = sha256_key(&data);
+    let s = src("limited", &data, Faults::default());
+    let kf = f.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
+    let t = Instant::now();
+    assert!(rt.block_on(kf.read(0, 4 << 20)).unwrap() == *data);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(s.peak_concurrency(), 1, "one request at a time");
+    assert!(secs >= 0.85, "4 MiB at 4 MiB/s took only {secs:.2} s");
+    // Without limits the same source is asked several times at once.
+    let f2 = Fetcher::new(
+        Arc::new(PieceStore::open(&dir.path().join("2"), 1 << 30).unwrap()),
+        rt.handle().clone(),
+        fast_cfg(),
+    );
+    let s2 = src("free", &data, Faults { latency: Duration::from_millis(20), ..Faults::default() });
+    let kf2 = f2.key(&key, dyns(std::slice::from_ref(&s2)), None).unwrap();
+    assert!(rt.block_on(kf2.read(0, 4 << 20)).unwrap() == *data);
+    assert!(s2.peak_concurrency() > 1, "the control uses parallel requests");
+}

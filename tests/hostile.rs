@@ -36,8 +36,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn fetcher(rt: &tokio::runtime::Runtime, dir: &std::path::Path, verify: VerifyMode, deadline: Duration) -> Fetcher {
     let store = Arc::new(PieceStore::open(dir, 1 << 30).unwrap());
-    let cfg =
-        FetchConfig { stall_timeout: Duration::from_millis(700), read_deadline: deadline, verify, on_verified: None };
+    let cfg = FetchConfig {
+        stall_timeout: Duration::from_millis(700),
+        read_deadline: deadline,
+        verify,
+        on_verified: None,
+        limits: None,
+    };
     Fetcher::new(store, rt.handle().clone(), cfg)
 }
 

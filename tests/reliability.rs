@@ -36,6 +36,7 @@ fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: 
         read_deadline: Duration::from_secs(60),
         verify: if strict { VerifyMode::Strict } else { VerifyMode::Stream },
         on_verified: None,
+        limits: None,
     };
     let f = Fetcher::new(store, rt.handle().clone(), cfg);
     let client = HttpClient::new(AddressPolicy::from_config(Some("127.0.0.1"))).unwrap();

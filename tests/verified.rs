@@ -60,6 +60,7 @@ fn rig(mode: VerifyMode) -> Rig {
         read_deadline: Duration::from_secs(20),
         verify: mode,
         on_verified: Some(OnVerified(Arc::new(move |m: &Manifest| p.lock().unwrap().push(m.clone())))),
+        limits: None,
     };
     let fetcher = Fetcher::new(store, rt.handle().clone(), cfg);
     Rig { rt, _dir: dir, fetcher, published }

@@ -17,6 +17,7 @@ pub mod pointer;
 pub mod policy;
 pub mod remotes;
 pub mod repo;
+pub mod settings;
 
 pub use key::{Key, KeyError};
 pub use repo::RepoError;
@@ -43,6 +44,8 @@ pub struct Meta {
     /// `annex.tune.branchhash1`: per-key logs sit under one level of hash directories.
     pub branch_hash1: bool,
     pub numcopies: Option<u64>,
+    /// group.log: UUID → its git-annex groups.
+    pub groups: HashMap<String, Vec<String>>,
 }
 
 impl Meta {
@@ -190,7 +193,14 @@ impl Annex {
         let branch_hash1 = self.config.bool_or("annex.tune.branchhash1", false)
             || difference.iter().any(|c| c.windows(18).any(|w| w == b"OneLevelBranchHash"));
         let numcopies = logs::single_value_u64(chunks("numcopies.log")?.iter().map(Vec::as_slice));
-        Ok(Meta { generation, descriptions, trust, remote_log, remotes, branch_hash1, numcopies })
+        let groups = logs::compact_uuid_log(chunks("group.log")?.iter().map(Vec::as_slice))
+            .into_iter()
+            .filter_map(|(u, (_, v))| {
+                let g = String::from_utf8_lossy(&v).split_whitespace().map(str::to_string).collect();
+                Some((uuid_from_bytes(&u)?, g))
+            })
+            .collect();
+        Ok(Meta { generation, descriptions, trust, remote_log, remotes, branch_hash1, numcopies, groups })
     }
 
     /// Records what an http git remote's `config` says (its UUID and bareness), as git-annex
@@ -228,6 +238,44 @@ impl Annex {
         let meta = self.meta()?;
         let chunks = self.branch.file(&self.key_log_path(&meta, key, ".log.cnk"))?;
         Ok(logs::parse_chunk_log(chunks.iter().map(Vec::as_slice)))
+    }
+
+    /// annexfs's settings: `.annexfs.toml` from the working tree, else from HEAD (a bare
+    /// repository). A file that does not parse is logged and ignored.
+    pub fn settings(&self) -> settings::Settings {
+        let text = match &self.workdir {
+            Some(w) => std::fs::read_to_string(w.join(settings::FILE)).ok(),
+            None => git2::Repository::open_bare(&self.gitdir).ok().and_then(|r| {
+                let tree = r.head().ok()?.peel_to_tree().ok()?;
+                let entry = tree.get_name(settings::FILE)?;
+                let blob = r.find_blob(entry.id()).ok()?;
+                Some(String::from_utf8_lossy(blob.content()).into_owned())
+            }),
+        };
+        let Some(text) = text else { return settings::Settings::default() };
+        settings::Settings::parse(&text).unwrap_or_else(|e| {
+            tracing::warn!("{}: ignored: {e}", settings::FILE);
+            settings::Settings::default()
+        })
+    }
+
+    /// The limits on remote `name`: git config, `.annexfs.toml`'s `[remote.NAME]`, then its
+    /// groups' (see [`settings`]).
+    pub fn remote_limits(&self, name: &str, settings: &settings::Settings) -> settings::Limits {
+        let get = |k: &str| self.config.get(&format!("remote.{name}.annexfs-{k}"));
+        let config = settings::Limits {
+            bwlimit: get("bwlimit").and_then(remotes::parse_byte_size),
+            maxconnections: get("maxconnections").and_then(|v| v.trim().parse().ok()),
+        };
+        let groups = self
+            .meta()
+            .ok()
+            .and_then(|m| {
+                let uuid = m.remotes.iter().find(|r| r.name == name)?.uuid.clone()?;
+                m.groups.get(&uuid).cloned()
+            })
+            .unwrap_or_default();
+        settings.limits_for(name, &groups, config)
     }
 
     /// Metadata of `key` (`.log.met`), fields lowercased.

@@ -38,7 +38,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(PieceStore::default_dir);
     let cache_size = match &args.cache_size {
         Some(s) => parse_size(s)?,
-        None => DEFAULT_CACHE_SIZE,
+        None => annex.settings().cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
     };
     let opts = super::FetchOptions { verify: args.verify.verify, publish: !args.verify.no_publish };
     let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt, opts)?;

@@ -40,6 +40,24 @@ pub(crate) fn remote_parts(
             .with_context(|| format!("open the piece cache in {}", cache_dir.display()))?,
     );
     let mut cfg = FetchConfig { verify: opts.verify, ..FetchConfig::default() };
+    // Limits per remote, from git config and .annexfs.toml, looked up by the source's remote.
+    let settings = annex.settings();
+    let mut names: Vec<String> =
+        annex.meta().map(|m| m.remotes.iter().map(|r| r.name.clone()).collect()).unwrap_or_default();
+    names.push("web".into());
+    let limits: std::collections::HashMap<String, crate::annex::settings::Limits> = names
+        .into_iter()
+        .map(|n| {
+            let l = annex.remote_limits(&n, &settings);
+            (n, l)
+        })
+        .filter(|(_, l)| !l.is_none())
+        .collect();
+    if !limits.is_empty() {
+        cfg.limits = Some(crate::fetch::limits::LimitsFn(Arc::new(move |id: &str| {
+            limits.get(crate::fetch::limits::remote_of(id)).copied().unwrap_or_default()
+        })));
+    }
     if opts.publish {
         let base = annex.base_dir().to_path_buf();
         cfg.on_verified = Some(OnVerified(Arc::new(move |m| {

@@ -55,6 +55,8 @@ pub struct MountPlan {
     publish: bool,
     /// Mount over a directory that is not empty.
     nonempty: bool,
+    /// Whether the cache size was given (else `.annexfs.toml` may set it).
+    cache_size_given: bool,
 }
 
 impl MountPlan {
@@ -75,6 +77,7 @@ impl MountPlan {
             verify: crate::fetch::VerifyMode::Stream,
             publish: true,
             nonempty: false,
+            cache_size_given: false,
         }
     }
 }
@@ -114,7 +117,10 @@ fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
             ("subtype", Some(_)) => {}
             ("ref", Some(v)) => plan.rev = Some(v.to_string()),
             ("cache_dir", Some(v)) => plan.cache_dir = absolute(Path::new(v))?,
-            ("cache_size", Some(v)) => plan.cache_size = parse_size(v)?,
+            ("cache_size", Some(v)) => {
+                plan.cache_size = parse_size(v)?;
+                plan.cache_size_given = true;
+            }
             ("verify", Some(v)) => plan.verify = v.parse().map_err(|e: String| anyhow!("{e}"))?,
             ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
             ("publish", Some("no" | "false" | "0")) => plan.publish = false,
@@ -374,12 +380,18 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         verify: args.verify.verify,
         publish: !args.verify.no_publish,
         nonempty: false,
+        cache_size_given: args.cache_size.is_some(),
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
         bail!("{}: no such repository", plan.repo.display());
     }
     let annex = Annex::open(&plan.repo)?;
+    if !plan.cache_size_given
+        && let Some(size) = annex.settings().cache_size
+    {
+        plan.cache_size = size;
+    }
     if let Some(rev) = &plan.rev {
         let repo = git2::Repository::open_bare(&annex.gitdir)?;
         repo.revparse_single(rev)
@@ -748,6 +760,7 @@ mod tests {
             verify: crate::fetch::VerifyMode::Stream,
             publish: true,
             nonempty: false,
+            cache_size_given: false,
         }
     }
 

@@ -28,6 +28,7 @@
 //! Lock order: `KeyFetch::state` → `SourceSlot::stats` → `CachedKey` state (`crate::pieces`).
 
 pub mod blame;
+pub mod limits;
 pub mod verify;
 
 pub use blame::Reputation;
@@ -119,6 +120,8 @@ pub struct FetchConfig {
     pub read_deadline: Duration,
     pub verify: VerifyMode,
     pub on_verified: Option<OnVerified>,
+    /// Limits per source identity (requests at once, bytes per second).
+    pub limits: Option<limits::LimitsFn>,
 }
 
 impl Default for FetchConfig {
@@ -128,6 +131,7 @@ impl Default for FetchConfig {
             read_deadline: READ_DEADLINE,
             verify: VerifyMode::Stream,
             on_verified: None,
+            limits: None,
         }
     }
 }
@@ -198,6 +202,8 @@ struct SourceStats {
 
 struct SourceSlot {
     src: Arc<dyn RangeSource>,
+    /// Shared with every key reading from the same identity.
+    limiter: Option<Arc<limits::Limiter>>,
     stats: Mutex<SourceStats>,
 }
 
@@ -305,6 +311,7 @@ pub struct Fetcher {
     /// Strikes and bans of sources, for every key.
     pub reputation: Arc<Reputation>,
     cfg: FetchConfig,
+    limiters: Mutex<HashMap<String, Option<Arc<limits::Limiter>>>>,
 }
 
 impl Fetcher {
@@ -316,7 +323,23 @@ impl Fetcher {
             stats: Arc::new(Stats::default()),
             reputation: Arc::new(Reputation::default()),
             cfg,
+            limiters: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The limiter of source identity `id`, if it has limits.
+    fn limiter(&self, id: &str) -> Option<Arc<limits::Limiter>> {
+        let f = self.cfg.limits.as_ref()?;
+        lock(&self.limiters)
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                let l = (f.0)(id);
+                (!l.is_none()).then(|| {
+                    tracing::debug!("{id}: limited to {l:?}");
+                    Arc::new(limits::Limiter::new(l))
+                })
+            })
+            .clone()
     }
 
     pub fn config(&self) -> &FetchConfig {
@@ -364,6 +387,7 @@ impl Fetcher {
             sources: sources
                 .into_iter()
                 .map(|src| SourceSlot {
+                    limiter: self.limiter(src.identity()),
                     src,
                     stats: Mutex::new(SourceStats {
                         inflight: 0,
@@ -860,7 +884,12 @@ impl KeyFetch {
                         ss.dead = Some(FetchError::Banned(self.sources[s].src.identity().to_string()));
                     }
                     let backing_off = ss.backoff_until.is_some_and(|t| t > now);
-                    (ss.dead.is_none() && !backing_off && ss.inflight < limit, ss.bps, ss.inflight >= MAX_INFLIGHT)
+                    let capped = self.sources[s].limiter.as_ref().is_some_and(|l| !l.may_start());
+                    (
+                        ss.dead.is_none() && !backing_off && ss.inflight < limit && !capped,
+                        ss.bps,
+                        ss.inflight >= MAX_INFLIGHT,
+                    )
                 };
                 if !eligible {
                     break;
@@ -995,6 +1024,9 @@ impl KeyFetch {
             let mut ss = lock(&self.sources[s].stats);
             ss.inflight += 1;
             ss.requests += 1;
+        }
+        if let Some(l) = &self.sources[s].limiter {
+            l.started();
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
@@ -1185,6 +1217,9 @@ impl KeyFetch {
                     }
                     match next_chunk {
                         Some(Ok(chunk)) => {
+                            if let Some(l) = &self.sources[s].limiter {
+                                l.pace(chunk.len()).await;
+                            }
                             if progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed) == 0 {
                                 let ms = progress.started.elapsed().as_secs_f64() * 1e3;
                                 let mut ss = lock(&self.sources[s].stats);
@@ -1250,6 +1285,9 @@ impl KeyFetch {
         }
         .await;
         let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+        if let Some(l) = &self.sources[s].limiter {
+            l.finished();
+        }
         {
             let mut ss = lock(&self.sources[s].stats);
             ss.inflight = ss.inflight.saturating_sub(1);

@@ -110,6 +110,27 @@ struct MemoryInner {
     /// The moment up to which the shared throughput budget is spent.
     budget: tokio::sync::Mutex<tokio::time::Instant>,
     served: std::sync::atomic::AtomicU64,
+    /// Requests being answered now, and the most at once.
+    active: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as active while its stream lives.
+struct Active(Arc<MemoryInner>);
+
+impl Active {
+    fn new(inner: Arc<MemoryInner>) -> Active {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = inner.active.fetch_add(1, Relaxed) + 1;
+        inner.peak.fetch_max(now, Relaxed);
+        Active(inner)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl MemorySource {
@@ -122,6 +143,8 @@ impl MemorySource {
                 requests: Default::default(),
                 budget: tokio::sync::Mutex::new(tokio::time::Instant::now()),
                 served: Default::default(),
+                active: Default::default(),
+                peak: Default::default(),
             }),
         }
     }
@@ -129,6 +152,11 @@ impl MemorySource {
     /// Bytes sent so far, all requests together.
     pub fn served(&self) -> u64 {
         self.inner.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most requests it answered at once.
+    pub fn peak_concurrency(&self) -> u64 {
+        self.inner.peak.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests started so far.
@@ -164,32 +192,36 @@ impl RangeSource for MemorySource {
             if f.cut_every > 0 && n.is_multiple_of(f.cut_every) {
                 stop = start + (end - start) / 2;
             }
-            let s = futures_util::stream::unfold((inner.clone(), start, stop), |(inner, pos, stop)| async move {
-                if inner.faults.stall {
-                    std::future::pending::<()>().await;
-                }
-                if pos >= stop {
-                    return None;
-                }
-                let next = (pos + MEMORY_SOURCE_CHUNK).min(stop);
-                let mut chunk = inner.content[pos..next].to_vec();
-                if inner.faults.corrupt {
-                    chunk[0] ^= 0xff;
-                }
-                let chunk = Bytes::from(chunk);
-                if let Some(rate) = inner.faults.bytes_per_sec {
-                    let wait = {
-                        let mut b = inner.budget.lock().await;
-                        let now = tokio::time::Instant::now();
-                        let at = (*b).max(now) + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
-                        *b = at;
-                        at
-                    };
-                    tokio::time::sleep_until(wait).await;
-                }
-                inner.served.fetch_add(chunk.len() as u64, Relaxed);
-                Some((Ok(chunk), (inner, next, stop)))
-            });
+            let guard = Arc::new(Active::new(inner.clone()));
+            let s = futures_util::stream::unfold(
+                (inner.clone(), start, stop, guard),
+                |(inner, pos, stop, guard)| async move {
+                    if inner.faults.stall {
+                        std::future::pending::<()>().await;
+                    }
+                    if pos >= stop {
+                        return None;
+                    }
+                    let next = (pos + MEMORY_SOURCE_CHUNK).min(stop);
+                    let mut chunk = inner.content[pos..next].to_vec();
+                    if inner.faults.corrupt {
+                        chunk[0] ^= 0xff;
+                    }
+                    let chunk = Bytes::from(chunk);
+                    if let Some(rate) = inner.faults.bytes_per_sec {
+                        let wait = {
+                            let mut b = inner.budget.lock().await;
+                            let now = tokio::time::Instant::now();
+                            let at = (*b).max(now) + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+                            *b = at;
+                            at
+                        };
+                        tokio::time::sleep_until(wait).await;
+                    }
+                    inner.served.fetch_add(chunk.len() as u64, Relaxed);
+                    Some((Ok(chunk), (inner, next, stop, guard)))
+                },
+            );
             let s: ByteStream = Box::pin(s);
             Ok(s)
         })
