@@ -264,7 +264,7 @@ impl Annex {
     pub fn remote_limits(&self, name: &str, settings: &settings::Settings) -> settings::Limits {
         let get = |k: &str| self.config.get(&format!("remote.{name}.annexfs-{k}"));
         let config = settings::Limits {
-            bwlimit: get("bwlimit").and_then(remotes::parse_byte_size),
+            bwlimit: get("bwlimit").and_then(settings::parse_size),
             maxconnections: get("maxconnections").and_then(|v| v.trim().parse().ok()),
         };
         let groups = self

@@ -23,6 +23,17 @@
 //! `[group.<g>]` sections of its groups. A file that does not parse is reported and ignored.
 
 use super::remotes::parse_byte_size;
+
+/// A size as people write it in options and settings: `50G` and `500M` are binary (GiB, MiB),
+/// as are `50GiB`; `50GB` is decimal, as git-annex reads it.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let with_unit = match v.chars().last() {
+        Some(c) if "kKmMgGtT".contains(c) => format!("{v}iB"),
+        _ => v.to_string(),
+    };
+    parse_byte_size(&with_unit)
+}
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -123,7 +134,7 @@ fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, String> {
     match s {
         None => Ok(None),
         Some(Size::Number(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => parse_byte_size(&t).map(Some).ok_or_else(|| format!("{what}: not a size: {t:?}")),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| format!("{what}: not a size: {t:?}")),
     }
 }
 

@@ -169,11 +169,7 @@ fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
 pub(crate) fn parse_size(v: &str) -> anyhow::Result<u64> {
     // Also accept the short forms people write in fstab: 50G, 500M.
     let v = v.trim();
-    let with_unit = match v.chars().last() {
-        Some(c) if "kKmMgGtT".contains(c) => format!("{v}iB"),
-        _ => v.to_string(),
-    };
-    crate::annex::remotes::parse_byte_size(&with_unit)
+    crate::annex::settings::parse_size(v)
         .filter(|&n| n > 0)
         .ok_or_else(|| anyhow!("cache size `{v}` is not a size (e.g. 10G, 500MiB)"))
 }
