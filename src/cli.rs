@@ -36,6 +36,9 @@ pub enum Command {
     /// Show what each annexfs mount is doing: open files and their progress, sources, cache
     /// use, bans and recent errors.
     Status(StatusArgs),
+    /// Serve this repository's content and the verified pieces of the piece cache to other
+    /// annexfs nodes (the swarm), in the foreground.
+    Serve(ServeArgs),
     /// The mount(8) helper (`mount.annexfs REPO DIR [-sfnv] [-o OPTIONS]`).
     #[command(hide = true)]
     MountHelper {
@@ -54,6 +57,54 @@ pub struct GenerateArgs {
     pub what: String,
     /// Where to write them.
     pub dir: PathBuf,
+}
+
+/// Taking part in the swarm.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SwarmArgs {
+    /// A swarm peer to fetch from (and learn other peers from); repeatable. Peers are also
+    /// read from `[[peer]]` in `.annexfs.toml`.
+    #[arg(long = "peer", value_name = "URL")]
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The repository (default: the current directory).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// Address to listen on (default 127.0.0.1:7420; give another address explicitly to serve
+    /// beyond this machine).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7420")]
+    pub listen: std::net::SocketAddr,
+
+    /// The URL other nodes reach this one at (default: http:// + the listening address).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+
+    /// Upload limit, all connections together, e.g. 20MiB (per second).
+    #[arg(long, value_name = "SIZE")]
+    pub bwlimit: Option<String>,
+
+    /// Connections at once (more are closed).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections: usize,
+
+    /// Connections from one address at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub per_peer: usize,
+
+    /// A connection that moves no byte for this many seconds is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+
+    /// The piece cache whose verified pieces are served too.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +170,9 @@ pub struct GetArgs {
     #[command(flatten)]
     pub verify: VerifyArgs,
 
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
+
     /// Files or directories (directories are searched recursively).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -169,6 +223,13 @@ pub struct MountArgs {
     /// Log file of the background daemon (default: $XDG_STATE_HOME/annexfs/annexfs.log).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Serve what this node holds verified to swarm peers on ADDR while mounted (-o serve=ADDR).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
+
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
 
     #[command(flatten)]
     pub verify: VerifyArgs,

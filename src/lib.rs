@@ -27,3 +27,4 @@ pub mod logging;
 pub mod manifest;
 pub mod pieces;
 pub mod source;
+pub mod swarm;

@@ -41,7 +41,8 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
         None => annex.settings().cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
     };
     let opts = super::FetchOptions { verify: args.verify.verify, publish: !args.verify.no_publish };
-    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt, opts)?;
+    let swarm = super::SwarmOptions { peers: args.swarm.peers.clone(), ..Default::default() };
+    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt, opts, &swarm)?;
     let (fetcher, http) = (&parts.fetcher, &parts.http);
     let tty = std::io::stderr().is_terminal();
 
@@ -50,7 +51,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
             eprintln!("{file}: already present in the repository");
             continue;
         }
-        match get_one(&rt, fetcher, &annex, http, &file, &key, tty) {
+        match get_one(&rt, fetcher, &annex, http, &parts.peers, &file, &key, tty) {
             Ok(kf) => {
                 if args.into_annex
                     && let Err(e) = reinject(&base, &cache_dir, &file, &kf)
@@ -64,11 +65,13 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn get_one(
     rt: &tokio::runtime::Runtime,
     fetcher: &Fetcher,
     annex: &crate::annex::Annex,
     http: &HttpClient,
+    peers: &Arc<crate::swarm::Peers>,
     file: &str,
     key: &Key,
     tty: bool,
@@ -85,7 +88,10 @@ fn get_one(
         }
     }
     sources.extend(found.remote);
-    let manifest = crate::manifest::publish::lookup(annex, key, Some(http), rt.handle(), fetcher.store());
+    if found.local.is_empty() {
+        sources.extend(peers.sources(key));
+    }
+    let manifest = crate::manifest::publish::lookup(annex, key, Some(http), Some(peers), rt.handle(), fetcher.store());
     let kf = fetcher.key(key, sources, manifest).map_err(|e| anyhow!("{e}"))?;
     let pb = if tty {
         ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr())

@@ -5,6 +5,7 @@ pub mod get;
 pub mod index;
 pub mod ls;
 pub mod mount;
+pub mod serve;
 pub mod sources;
 pub mod status;
 
@@ -26,6 +27,16 @@ pub(crate) struct FetchOptions {
     pub publish: bool,
 }
 
+/// The swarm side of a command: peers given on the command line, and whether (and how) this
+/// node serves.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SwarmOptions {
+    pub peers: Vec<String>,
+    pub serve: Option<crate::swarm::server::ServeConfig>,
+    /// The URL other nodes reach this one at (default: `http://` + the listening address).
+    pub advertise: Option<String>,
+}
+
 /// The piece cache, the fetcher and the HTTP client for `annex`, on runtime `rt`; http git
 /// remotes whose UUID `.git/config` does not give are asked for it first.
 pub(crate) fn remote_parts(
@@ -34,6 +45,7 @@ pub(crate) fn remote_parts(
     cache_size: u64,
     rt: &tokio::runtime::Runtime,
     opts: FetchOptions,
+    swarm: &SwarmOptions,
 ) -> anyhow::Result<RemoteParts> {
     let store = Arc::new(
         PieceStore::open(cache_dir, cache_size)
@@ -53,8 +65,15 @@ pub(crate) fn remote_parts(
         })
         .filter(|(_, l)| !l.is_none())
         .collect();
-    if !limits.is_empty() {
+    // Peers: by URL, from `[[peer]]`.
+    let peer_limits: std::collections::HashMap<String, u64> =
+        settings.peers.iter().filter_map(|p| Some((p.url.trim_end_matches('/').to_string(), p.bwlimit?))).collect();
+    if !limits.is_empty() || !peer_limits.is_empty() {
         cfg.limits = Some(crate::fetch::limits::LimitsFn(Arc::new(move |id: &str| {
+            if let Some(url) = id.strip_prefix("peer ") {
+                let bwlimit = peer_limits.get(url.trim_end_matches('/')).copied();
+                return crate::annex::settings::Limits { bwlimit, maxconnections: None };
+            }
             limits.get(crate::fetch::limits::remote_of(id)).copied().unwrap_or_default()
         })));
     }
@@ -71,7 +90,16 @@ pub(crate) fn remote_parts(
     let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), cfg));
     let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
     rt.block_on(learn_http_remotes(annex, &http));
-    Ok(RemoteParts { fetcher, http, rt: rt.handle().clone() })
+    let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
+    urls.extend(swarm.peers.iter().cloned());
+    let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
+    let peers = crate::swarm::Peers::new(&urls, own, http.client.clone(), rt.handle().clone());
+    if !urls.is_empty() || swarm.serve.is_some() {
+        // A first round now, so that the peers' peers are known before the first read.
+        let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
+        peers.start();
+    }
+    Ok(RemoteParts { fetcher, http, rt: rt.handle().clone(), peers })
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -84,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Get(args) => get::run(&args),
         Command::Index(args) => index::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::MountHelper { args } => match mount::helper_args(&args)? {
             Some(m) => mount::run(&m),
             None => Ok(0),

@@ -57,6 +57,10 @@ pub struct MountPlan {
     nonempty: bool,
     /// Whether the cache size was given (else `.annexfs.toml` may set it).
     cache_size_given: bool,
+    /// Swarm peers given here, and where to serve.
+    peers: Vec<String>,
+    serve: Option<std::net::SocketAddr>,
+    serve_bwlimit: Option<u64>,
 }
 
 impl MountPlan {
@@ -78,6 +82,9 @@ impl MountPlan {
             publish: true,
             nonempty: false,
             cache_size_given: false,
+            peers: Vec::new(),
+            serve: None,
+            serve_bwlimit: None,
         }
     }
 }
@@ -125,6 +132,11 @@ fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Result<()> {
             ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
             ("publish", Some("no" | "false" | "0")) => plan.publish = false,
             ("nonempty", None) => plan.nonempty = true,
+            ("serve", Some(v)) => {
+                plan.serve = Some(v.parse().map_err(|_| anyhow!("serve={v}: expected ADDRESS:PORT"))?);
+            }
+            ("peer", Some(v)) => plan.peers.push(v.to_string()),
+            ("serve_bwlimit", Some(v)) => plan.serve_bwlimit = Some(parse_size(v)?),
             _ => bail!("unknown mount option `{opt}`"),
         }
     }
@@ -344,6 +356,8 @@ pub fn helper_args(args: &[std::ffi::OsString]) -> anyhow::Result<Option<MountAr
         cache_size: None,
         log_file: None,
         fstab: None,
+        serve: None,
+        swarm: crate::cli::SwarmArgs::default(),
         verify: crate::cli::VerifyArgs { verify: crate::fetch::VerifyMode::Stream, no_publish: false },
     }))
 }
@@ -377,6 +391,9 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         publish: !args.verify.no_publish,
         nonempty: false,
         cache_size_given: args.cache_size.is_some(),
+        peers: args.swarm.peers.clone(),
+        serve: args.serve,
+        serve_bwlimit: None,
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
@@ -563,10 +580,26 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         plan.cache_size,
         &rt,
         super::FetchOptions { verify: plan.verify, publish: plan.publish },
+        &super::SwarmOptions {
+            peers: plan.peers.clone(),
+            serve: plan.serve.map(|a| {
+                let mut c = crate::swarm::server::ServeConfig::new(a);
+                c.bwlimit = plan.serve_bwlimit;
+                c
+            }),
+            advertise: None,
+        },
     )?;
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
     let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_remote(remote));
+    if let (Some(addr), Some(parts)) = (plan.serve, fs.remote()) {
+        let mut c = crate::swarm::server::ServeConfig::new(addr);
+        c.bwlimit = plan.serve_bwlimit;
+        let store = Some(parts.fetcher.store().clone());
+        crate::swarm::server::start(c, fs.annex().clone(), store, parts.peers.clone(), rt.handle())
+            .context("serve the swarm")?;
+    }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 
     let mut config = fuser::Config::default();
@@ -757,6 +790,9 @@ mod tests {
             publish: true,
             nonempty: false,
             cache_size_given: false,
+            peers: Vec::new(),
+            serve: None,
+            serve_bwlimit: None,
         }
     }
 

@@ -501,7 +501,9 @@ impl KeyFetch {
     /// Whether source `s` may be asked for piece `i` (not refused for it, not banned, not
     /// given up).
     fn may_ask(&self, st: &State, s: usize, i: usize) -> bool {
+        let (a, b) = self.cache.piece_range(i);
         !st.refused.get(&i).is_some_and(|v| v.contains(&s))
+            && self.sources[s].src.has_range(a, b - a)
             && blame::usable(&self.rep, &*self.sources[s].src)
             && lock(&self.sources[s].stats).dead.is_none()
             && (i == 0 || self.sources[s].src.supports_ranges())
@@ -954,6 +956,10 @@ impl KeyFetch {
             && st.pieces[end] == Piece::Missing
             && wanted_set.contains(&end)
             && !st.refused.get(&end).is_some_and(|v| v.contains(&s))
+            && {
+                let (a, b) = self.cache.piece_range(end);
+                self.sources[s].src.has_range(a, b - a)
+            }
         {
             // This process may hold the claim already (pieces returned by a steal or a failed
             // request): claiming again would be a no-op, and replacing the held claim would
@@ -1115,7 +1121,7 @@ impl KeyFetch {
         self.stats.steals.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("{}: {} steals pieces {split}..{end}", self.key, self.sources[s].src.name());
         let mut to = split;
-        while to < end && st.pieces[to] == Piece::Missing && !st.refused.get(&to).is_some_and(|v| v.contains(&s)) {
+        while to < end && st.pieces[to] == Piece::Missing && self.may_ask(st, s, to) {
             to += 1;
         }
         if to == split {
@@ -1137,7 +1143,8 @@ impl KeyFetch {
                 return false;
             }
             let Piece::InFlight(id) = st.pieces[i] else { return false };
-            if st.refused.get(&i).is_some_and(|v| v.contains(&s)) {
+            let (a, b) = self.cache.piece_range(i);
+            if st.refused.get(&i).is_some_and(|v| v.contains(&s)) || !self.sources[s].src.has_range(a, b - a) {
                 return false;
             }
             // Only a request that stopped delivering: one that is sending, however slowly, is

@@ -169,6 +169,8 @@ pub struct RemoteParts {
     pub fetcher: Arc<Fetcher>,
     pub http: HttpClient,
     pub rt: tokio::runtime::Handle,
+    /// Swarm peers: sources for the pieces they hold.
+    pub peers: Arc<crate::swarm::Peers>,
 }
 
 /// Reads a key through the fetcher and the piece cache.
@@ -507,7 +509,12 @@ impl AnnexFs {
     /// the order of [`Annex::holders`].
     fn open_annexed(&self, file: &str, key: &Key, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
         let unavailable = |why: String| FsError::Unavailable { key: key.to_string_lossy(), why };
-        let found = discover(&self.annex, key, self.remote.as_ref().map(|r| &r.http)).map_err(unavailable)?;
+        let mut found = discover(&self.annex, key, self.remote.as_ref().map(|r| &r.http)).map_err(unavailable)?;
+        if found.local.is_empty()
+            && let Some(parts) = &self.remote
+        {
+            found.remote.extend(parts.peers.sources(key));
+        }
         let mut tried = found.unusable;
         // Local copies are read in place.
         for (name, loc) in &found.local {
@@ -539,6 +546,7 @@ impl AnnexFs {
                         &self.annex,
                         key,
                         Some(&parts.http),
+                        Some(&parts.peers),
                         &parts.rt,
                         parts.fetcher.store(),
                     )

@@ -38,12 +38,13 @@ pub fn recorded(annex: &Annex, key: &Key) -> Vec<Key> {
     md.get(FIELD.as_bytes()).map(|vals| vals.iter().filter_map(|v| Key::parse(v).ok()).collect()).unwrap_or_default()
 }
 
-/// Reads the whole object of `mkey` from wherever it is: this repository, a local remote, or
-/// a network source.
+/// Reads the whole object of `mkey` from wherever it is (this repository, a local remote, a
+/// network source, a swarm peer): the first copy that matches its key.
 fn read_object(
     annex: &Annex,
     mkey: &Key,
     http: Option<&HttpClient>,
+    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Vec<u8>, String> {
     let size = mkey.size().ok_or("the manifest key has no size")?;
@@ -51,8 +52,14 @@ fn read_object(
         return Err(format!("manifest of {size} bytes is too large"));
     }
     let len = usize::try_from(size).map_err(|e| e.to_string())?;
-    let found = discover(annex, mkey, http)?;
+    let mut found = discover(annex, mkey, http)?;
+    if found.local.is_empty()
+        && let Some(p) = peers
+    {
+        found.remote.extend(p.sources(mkey));
+    }
     let mut tried = found.unusable;
+    let matches = |b: &[u8]| matches!(verify::verify_reader(mkey, b), verify::Outcome::Match);
     for (name, loc) in &found.local {
         let read = open_location(loc, Some(size)).map_err(|e| e.to_string()).and_then(|r| {
             let mut buf = vec![0u8; len];
@@ -67,7 +74,8 @@ fn read_object(
             Ok(buf)
         });
         match read {
-            Ok(b) => return Ok(b),
+            Ok(b) if matches(&b) => return Ok(b),
+            Ok(_) => tried.push(format!("{name}: the object does not match its key")),
             Err(e) => tried.push(format!("{name}: {e}")),
         }
     }
@@ -88,7 +96,8 @@ fn read_object(
             .map_err(|_| "timed out".to_string())?
         });
         match got {
-            Ok(b) => return Ok(b),
+            Ok(b) if matches(&b) => return Ok(b),
+            Ok(_) => tried.push(format!("{}: the object does not match its key", src.name())),
             Err(e) => tried.push(format!("{}: {e}", src.name())),
         }
     }
@@ -104,24 +113,18 @@ pub fn find(
     annex: &Annex,
     key: &Key,
     http: Option<&HttpClient>,
+    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Option<Manifest>, String> {
     let mut errors = Vec::new();
     for mkey in recorded(annex, key) {
-        let bytes = match read_object(annex, &mkey, http, rt) {
+        let bytes = match read_object(annex, &mkey, http, peers, rt) {
             Ok(b) => b,
             Err(e) => {
                 errors.push(format!("{}: {e}", mkey.to_string_lossy()));
                 continue;
             }
         };
-        match verify::verify_reader(&mkey, &bytes[..]) {
-            verify::Outcome::Match => {}
-            other => {
-                errors.push(format!("{}: object does not match its key ({other:?})", mkey.to_string_lossy()));
-                continue;
-            }
-        }
         match Manifest::parse(&bytes, key) {
             Ok(m) => return Ok(Some(m)),
             Err(e) => errors.push(format!("{}: {e}", mkey.to_string_lossy())),
@@ -178,13 +181,14 @@ pub fn lookup(
     annex: &Annex,
     key: &Key,
     http: Option<&HttpClient>,
+    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
     rt: &tokio::runtime::Handle,
     store: &crate::pieces::PieceStore,
 ) -> Option<Manifest> {
     if let Some(m) = store.load_manifest(key) {
         return Some(m);
     }
-    match find(annex, key, http, rt) {
+    match find(annex, key, http, peers, rt) {
         Ok(Some(m)) => {
             if let Err(e) = store.save_manifest(&m) {
                 tracing::warn!("{key}: keep its manifest in the cache: {e}");

@@ -650,6 +650,15 @@ impl PieceStore {
         }
     }
 
+    /// Opens `key` only if the cache has a record of it (never creates files: for serving).
+    pub fn open_existing(&self, key: &Key) -> Result<Option<Arc<CachedKey>>, CacheError> {
+        let (_, rec) = self.files_of(key);
+        if !rec.is_file() {
+            return Ok(None);
+        }
+        self.open_key(key).map(Some)
+    }
+
     /// Opens `key` in the cache (creating its files), shared with every other opener.
     pub fn open_key(&self, key: &Key) -> Result<Arc<CachedKey>, CacheError> {
         let size = key.size().ok_or_else(|| CacheError::NoSize(key.to_string_lossy()))?;

@@ -59,7 +59,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
 /// The HTTP client shared by all sources of a process.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     policy: AddressPolicy,
 }
 

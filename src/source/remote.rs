@@ -72,6 +72,11 @@ pub trait RangeSource: Send + Sync {
     }
     /// Starts reading `len` bytes at `offset`.
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>>;
+    /// Whether this source holds `[offset, offset + len)` (a swarm peer holds some pieces
+    /// only).
+    fn has_range(&self, _offset: u64, _len: u64) -> bool {
+        true
+    }
     /// Whether ranges not starting at 0 can be asked (false once a server ignored Range).
     fn supports_ranges(&self) -> bool {
         true

@@ -1,0 +1,47 @@
+//! `annexfs serve`: a swarm node without a mount. It serves the repository's own annex
+//! content and the verified pieces of the piece cache (see [`crate::swarm::server`]), takes
+//! part in peer exchange, and runs in the foreground until SIGINT or SIGTERM.
+
+use crate::annex::Annex;
+use crate::cli::ServeArgs;
+use crate::pieces::PieceStore;
+use anyhow::Context;
+use std::sync::Arc;
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
+    let repo = match &args.repo {
+        Some(r) => super::mount::absolute(r)?,
+        None => std::env::current_dir().context("find the current directory")?,
+    };
+    let annex = Arc::new(Annex::open(&repo)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the I/O runtime")?;
+    let mut cfg = crate::swarm::server::ServeConfig::new(args.listen);
+    cfg.max_connections = args.max_connections.max(1);
+    cfg.per_peer = args.per_peer.max(1);
+    cfg.idle_timeout = std::time::Duration::from_secs(args.idle_timeout.max(1));
+    cfg.bwlimit = match &args.bwlimit {
+        Some(b) => Some(super::mount::parse_size(b)?),
+        None => None,
+    };
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(PieceStore::default_dir);
+    let swarm = super::SwarmOptions {
+        peers: args.swarm.peers.clone(),
+        serve: Some(cfg.clone()),
+        advertise: args.advertise.clone(),
+    };
+    let opts = super::FetchOptions { verify: crate::fetch::VerifyMode::Stream, publish: false };
+    let parts = super::remote_parts(&annex, &cache_dir, crate::pieces::DEFAULT_CACHE_SIZE, &rt, opts, &swarm)?;
+    let server =
+        crate::swarm::server::start(cfg, annex, Some(parts.fetcher.store().clone()), parts.peers.clone(), rt.handle())?;
+    eprintln!("annexfs: serving {} on http://{}", repo.display(), server.addr);
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]).context("install signal handlers")?;
+    if let Some(s) = signals.forever().next() {
+        tracing::info!("signal {s}: stopping");
+    }
+    Ok(0)
+}

@@ -1,0 +1,360 @@
+//! The swarm: annexfs nodes serve the content they can vouch for to each other, with no
+//! tracker.
+//!
+//! - [`server`]: the HTTP server of a node (`annexfs serve`, mount option `serve=`).
+//! - [`Peers`]: the peers a node knows (from `.annexfs.toml`'s `[[peer]]`, `--peer`, and from
+//!   each other: every round a node asks each peer for the peers it knows and, when it serves,
+//!   announces itself to them). A peer that fails [`DROP_AFTER`] rounds in a row is dropped
+//!   and tried again after [`RETRY_AFTER`].
+//! - [`PeerSource`]: a peer as a source of the fetcher, for exactly the pieces its have-map
+//!   lists (refreshed every [`HAVE_TTL`]); its bytes are checked, struck and banned like any
+//!   other source's.
+//!
+//! Protocol (all under `/v1`, keys percent-encoded in the path):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET`/`HEAD /v1/keys/KEY` with one `Range` | 206 with the bytes (416 for a range outside the key or several ranges; 404 for what the node cannot vouch for) |
+//! | `GET /v1/keys/KEY/have` | [`HaveMap`] as JSON |
+//! | `GET /v1/keys/KEY/manifest` | the key's piece manifest, if the node has one |
+//! | `GET /v1/peers` | `{"peers": [URL...]}` |
+//! | `POST /v1/announce` | body `{"url": URL}`: a node nominating itself |
+//!
+//! With a token (`ANNEXFS_SWARM_TOKEN`), every request needs `Authorization: Bearer TOKEN`.
+
+pub mod server;
+
+use crate::annex::Key;
+use crate::source::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Rounds of peer exchange.
+pub const EXCHANGE_EVERY: Duration = Duration::from_secs(10);
+/// Failed rounds in a row after which a peer is dropped.
+pub const DROP_AFTER: u32 = 3;
+/// A dropped peer is tried again after this.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// A have-map is asked again after this.
+pub const HAVE_TTL: Duration = Duration::from_secs(2);
+/// How long a peer may take to answer a have-map or peer request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The environment variable holding the swarm's bearer token.
+pub const TOKEN_ENV: &str = "ANNEXFS_SWARM_TOKEN";
+
+/// Which byte ranges of a key a node holds verified.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HaveMap {
+    pub size: u64,
+    /// Half-open byte ranges `[start, end)`, sorted, disjoint.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl HaveMap {
+    /// Whether `[offset, offset + len)` is held.
+    pub fn covers(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len);
+        self.ranges.iter().any(|&(a, b)| a <= offset && end <= b)
+    }
+
+    pub fn held_bytes(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a).sum()
+    }
+
+    /// Builds the map from a per-piece flag.
+    pub fn from_pieces(size: u64, piece_size: u64, present: impl Iterator<Item = bool>) -> HaveMap {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (i, p) in present.enumerate() {
+            if !p {
+                continue;
+            }
+            let a = i as u64 * piece_size;
+            let b = (a + piece_size).min(size);
+            match ranges.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => ranges.push((a, b)),
+            }
+        }
+        HaveMap { size, ranges }
+    }
+}
+
+/// The path segment of a key.
+pub fn key_segment(key: &Key) -> String {
+    percent_encoding::percent_encode(&key.to_bytes(), percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[derive(Debug, Clone)]
+struct PeerState {
+    fails: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The peers a node knows.
+pub struct Peers {
+    /// This node's own URL when it serves (announced to others, never a peer of itself).
+    pub own_url: Option<String>,
+    map: Mutex<BTreeMap<String, PeerState>>,
+    client: reqwest::Client,
+    token: Option<String>,
+    rt: tokio::runtime::Handle,
+}
+
+fn normalise(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url.trim()).ok()?;
+    matches!(u.scheme(), "http" | "https").then(|| u.as_str().trim_end_matches('/').to_string())
+}
+
+impl Peers {
+    /// Peers starting from `urls`, asked with `client` (which applies the address policy).
+    pub fn new(
+        urls: &[String],
+        own_url: Option<String>,
+        client: reqwest::Client,
+        rt: tokio::runtime::Handle,
+    ) -> Arc<Peers> {
+        let p = Arc::new(Peers {
+            own_url: own_url.as_deref().and_then(normalise),
+            map: Mutex::new(BTreeMap::new()),
+            client,
+            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            rt,
+        });
+        for u in urls {
+            p.add(u);
+        }
+        p
+    }
+
+    /// Adds a peer (unless it is this node or known already); returns whether it was new.
+    pub fn add(&self, url: &str) -> bool {
+        let Some(u) = normalise(url) else { return false };
+        if self.own_url.as_deref() == Some(u.as_str()) {
+            return false;
+        }
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.contains_key(&u) {
+            return false;
+        }
+        tracing::info!("swarm: learnt peer {u}");
+        m.insert(u, PeerState { fails: 0, retry_at: None });
+        true
+    }
+
+    /// Peers not dropped now.
+    pub fn live(&self) -> Vec<String> {
+        let now = Instant::now();
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().filter(|(_, s)| s.retry_at.is_none_or(|t| t <= now)).map(|(u, _)| u.clone()).collect()
+    }
+
+    fn record(&self, url: &str, ok: bool) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = m.get_mut(url) else { return };
+        if ok {
+            s.fails = 0;
+            s.retry_at = None;
+        } else {
+            s.fails += 1;
+            if s.fails >= DROP_AFTER {
+                tracing::info!("swarm: peer {url} does not answer; dropped, retried in {RETRY_AFTER:?}");
+                s.retry_at = Some(Instant::now() + RETRY_AFTER);
+                s.fails = 0;
+            }
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, url).timeout(ASK_TIMEOUT);
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// One round: announce this node to every live peer and learn the peers they know.
+    pub async fn exchange(&self) {
+        let peers = self.live();
+        let rounds = peers.iter().map(|p| async move {
+            if let Some(own) = &self.own_url {
+                let _ = self
+                    .request(reqwest::Method::POST, &format!("{p}/v1/announce"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::json!({ "url": own }).to_string())
+                    .send()
+                    .await;
+            }
+            let got = async {
+                let r = self.request(reqwest::Method::GET, &format!("{p}/v1/peers")).send().await.ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                let bytes = r.bytes().await.ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                Some(v["peers"].as_array()?.iter().filter_map(|u| u.as_str().map(str::to_string)).collect::<Vec<_>>())
+            }
+            .await;
+            (p.clone(), got)
+        });
+        for (p, got) in futures_util::future::join_all(rounds).await {
+            self.record(&p, got.is_some());
+            for u in got.unwrap_or_default().iter().take(256) {
+                self.add(u);
+            }
+        }
+    }
+
+    /// Exchanges peers now and then every [`EXCHANGE_EVERY`], for as long as `self` lives.
+    pub fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.rt.spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                p.exchange().await;
+                drop(p);
+                tokio::time::sleep(EXCHANGE_EVERY).await;
+            }
+        });
+    }
+
+    async fn have(&self, peer: &str, key: &Key) -> Option<HaveMap> {
+        let url = format!("{peer}/v1/keys/{}/have", key_segment(key));
+        let r = self.request(reqwest::Method::GET, &url).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let body = r.bytes().await.ok()?;
+        let h: HaveMap = serde_json::from_slice(&body).ok()?;
+        (Some(h.size) == key.size()).then_some(h)
+    }
+
+    /// A source for each live peer that answers for `key` (asked in parallel).
+    pub fn sources(self: &Arc<Self>, key: &Key) -> Vec<Arc<dyn RangeSource>> {
+        let Some(size) = key.size() else { return Vec::new() };
+        let peers = self.live();
+        if peers.is_empty() {
+            return Vec::new();
+        }
+        let this = self.clone();
+        let k = key.clone();
+        let maps = self.rt.block_on(async move {
+            futures_util::future::join_all(peers.iter().map(|p| {
+                let (this, k) = (this.clone(), k.clone());
+                let p = p.clone();
+                async move { (p.clone(), this.have(&p, &k).await) }
+            }))
+            .await
+        });
+        maps.into_iter()
+            .filter_map(|(p, h)| {
+                let h = h?;
+                Some(Arc::new(PeerSource {
+                    name: format!("peer {p}"),
+                    url: format!("{p}/v1/keys/{}", key_segment(key)),
+                    peer: p,
+                    key: key.clone(),
+                    size,
+                    have: Arc::new(RwLock::new((h, Instant::now()))),
+                    refreshing: Arc::new(AtomicBool::new(false)),
+                    peers: self.clone(),
+                }) as Arc<dyn RangeSource>)
+            })
+            .collect()
+    }
+}
+
+/// A peer serving one key, for the pieces it holds.
+pub struct PeerSource {
+    name: String,
+    peer: String,
+    url: String,
+    key: Key,
+    size: u64,
+    have: Arc<RwLock<(HaveMap, Instant)>>,
+    refreshing: Arc<AtomicBool>,
+    peers: Arc<Peers>,
+}
+
+impl PeerSource {
+    /// Asks the peer again for its have-map when it is older than [`HAVE_TTL`], in the
+    /// background (the scheduler asks [`RangeSource::has_range`] under its locks).
+    fn refresh_if_stale(&self) {
+        let stale = self.have.read().map(|h| h.1.elapsed() > HAVE_TTL).unwrap_or(true);
+        if !stale || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (peers, peer, key, flag) =
+            (self.peers.clone(), self.peer.clone(), self.key.clone(), self.refreshing.clone());
+        let target = Arc::downgrade(&self.have);
+        self.peers.rt.spawn(async move {
+            if let Some(h) = peers.have(&peer, &key).await
+                && let Some(t) = target.upgrade()
+            {
+                *t.write().unwrap_or_else(|p| p.into_inner()) = (h, Instant::now());
+            }
+            flag.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl RangeSource for PeerSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn has_range(&self, offset: u64, len: u64) -> bool {
+        self.refresh_if_stale();
+        self.have.read().map(|h| h.0.covers(offset, len)).unwrap_or(false)
+    }
+
+    fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
+        Box::pin(async move {
+            let end = offset + len - 1;
+            let r = self
+                .peers
+                .request(reqwest::Method::GET, &self.url)
+                .timeout(Duration::from_secs(3600))
+                .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"))
+                .send()
+                .await
+                .map_err(|e| FetchError::Transport(e.to_string()))?;
+            match r.status().as_u16() {
+                206 => {}
+                404 => return Err(FetchError::NotFound),
+                s => return Err(FetchError::Status(s)),
+            }
+            let want = format!("bytes {offset}-{end}/{}", self.size);
+            let cr = r.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if cr != want {
+                return Err(FetchError::BadRange(format!("Content-Range {cr:?} for {want}")));
+            }
+            let mut got = 0u64;
+            let s = r.bytes_stream().map(move |c| {
+                let c = c.map_err(|e| FetchError::Transport(e.to_string()))?;
+                got += c.len() as u64;
+                if got > len {
+                    return Err(FetchError::LongBody(len));
+                }
+                Ok(c)
+            });
+            Ok(Box::pin(s) as ByteStream)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn have_maps() {
+        let h = HaveMap::from_pieces(1000, 256, [true, true, false, true].into_iter());
+        assert_eq!(h.ranges, vec![(0, 512), (768, 1000)]);
+        assert!(h.covers(0, 512) && h.covers(800, 200) && !h.covers(500, 20) && !h.covers(768, 233));
+        assert_eq!(h.held_bytes(), 744);
+    }
+}

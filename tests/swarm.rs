@@ -1,0 +1,356 @@
+//! The swarm on loopback: node A serves a key it holds whole (`annexfs serve`); B, which knows
+//! A, reads the first half through its own mount and serves what it holds; C, which knows only
+//! B (and a lying node D), reads the whole file: the bytes are exact, C learnt A from B, A and
+//! B both served C, B served only pieces it held verified, and D is banned. Then the server's
+//! edges: ranges, paths that try to escape, slow readers and idle connections.
+
+mod common;
+
+use common::mnt::Mount;
+use common::{Sandbox, pseudo_random};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 64 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Served(Child, PathBuf);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Served {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+fn serve(sb: &Sandbox, repo: &Path, port: u16, extra: &[&str]) -> Served {
+    let log = sb.path(&format!("serve-{port}.log"));
+    let child = sb
+        .cmd(env!("CARGO_BIN_EXE_annexfs"), repo)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cache-dir"])
+        .arg(sb.path(&format!("serve-cache-{port}")))
+        .args(extra)
+        .env("ANNEXFS_LOG", "annexfs=debug")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Served(child, log)
+}
+
+fn mount_debug(sb: &Sandbox, repo: &Path, name: &str, extra: &[&str]) -> Mount {
+    let mp = sb.path(name);
+    std::fs::create_dir_all(&mp).unwrap();
+    let log = sb.path(&format!("{name}.log"));
+    let out = sb
+        .cmd(env!("CARGO_BIN_EXE_annexfs"), sb.dir.path())
+        .env("ANNEXFS_LOG", "annexfs=debug")
+        .arg("mount")
+        .arg("--log-file")
+        .arg(&log)
+        .args(extra)
+        .arg(repo)
+        .arg(&mp)
+        .output()
+        .unwrap();
+    let m = Mount { mp, log };
+    assert!(out.status.success(), "mount {name}: {}\n{}", String::from_utf8_lossy(&out.stderr), m.log());
+    m
+}
+
+/// A raw HTTP/1.1 exchange: (status, headers, body).
+fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let body = buf.get(split + 4..).unwrap_or(&[]).to_vec();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head, body)
+}
+
+fn get(port: u16, path: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{range}Connection: close\r\n\r\n"))
+}
+
+fn key_path(key: &str) -> String {
+    let enc: String = key
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("/v1/keys/{enc}")
+}
+
+/// A node that claims every piece of every key and sends corrupted bytes.
+fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                let size = path
+                    .split("-s")
+                    .nth(1)
+                    .and_then(|r| r.split("--").next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(data.len());
+                let reply = |status: &str, extra: &str, body: &[u8]| {
+                    let mut v = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    v.extend_from_slice(body);
+                    v
+                };
+                let out = if path.ends_with("/have") {
+                    reply("200 OK", "", format!("{{\"size\":{size},\"ranges\":[[0,{size}]]}}").as_bytes())
+                } else if path.starts_with("/v1/peers") {
+                    reply("200 OK", "", b"{\"peers\":[]}")
+                } else if path.starts_with("/v1/announce") {
+                    reply("204 No Content", "", b"")
+                } else if let Some(r) =
+                    text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string))
+                {
+                    let (a, b) = r.trim().split_once('-').unwrap();
+                    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                    let body: Vec<u8> = (a..=b).map(|i| data.get(i).copied().unwrap_or(0) ^ 0x21).collect();
+                    reply("206 Partial Content", &format!("Content-Range: bytes {a}-{b}/{size}\r\n"), &body)
+                } else {
+                    reply("404 Not Found", "", b"")
+                };
+                let _ = sock.write_all(&out).await;
+            });
+        }
+    });
+    port
+}
+
+/// Byte ranges `a-b` of the "serving" debug lines of a log.
+fn served_ranges(log: &str) -> Vec<(u64, u64)> {
+    log.lines()
+        .filter_map(|l| l.split("swarm: serving ").nth(1))
+        .filter_map(|rest| rest.split(" bytes ").nth(1))
+        .filter_map(|r| {
+            let (a, b) = r.trim().split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_and_a_liar_share_a_key_without_a_tracker() {
+    let sb = Sandbox::new();
+    let o = sb.init_repo("o", "origin");
+    let data = pseudo_random(7, SIZE);
+    sb.write(&o.join("f.bin"), &data);
+    sb.annex(&o, &["add", "-q", "f.bin"]);
+    sb.git(&o, &["commit", "-q", "-m", "f"]);
+    let key = sb.annex(&o, &["lookupkey", "f.bin"]).trim().to_string();
+    let clone = |name: &str| {
+        let p = sb.path(name);
+        sb.git(sb.dir.path(), &["clone", "-q", o.to_str().unwrap(), p.to_str().unwrap()]);
+        sb.annex(&p, &["init", "-q", name]);
+        sb.git(&p, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+        p
+    };
+    // A holds the key and publishes its manifest; then only A has the content.
+    let a = clone("a");
+    sb.annex(&a, &["get", "-q", "f.bin"]);
+    let out = sb.annexfs(&a, &["index", "f.bin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sb.annex(&a, &["sync", "-q", "--no-content", "origin"]);
+    sb.annex(&o, &["drop", "-q", "--force", "f.bin"]);
+    let b = clone("b");
+    let c = clone("c");
+    for r in [&b, &c] {
+        sb.git(r, &["remote", "remove", "origin"]);
+    }
+
+    let (pa, pb) = (free_port(), free_port());
+    let node_a = serve(&sb, &a, pa, &["--bwlimit", "40MiB"]);
+    let url_a = format!("http://127.0.0.1:{pa}");
+    let url_b = format!("http://127.0.0.1:{pb}");
+    // B knows A, serves, and reads the first half (its readahead, a quarter of its 48 MiB
+    // cache, does not reach the end).
+    let mb = mount_debug(
+        &sb,
+        &b,
+        "mb",
+        &[
+            "--peer",
+            &url_a,
+            "--serve",
+            &format!("127.0.0.1:{pb}"),
+            "--no-publish",
+            "--cache-size",
+            "48M",
+            "--cache-dir",
+            sb.path("cb").to_str().unwrap(),
+        ],
+    );
+    {
+        let mut f = std::fs::File::open(mb.p("f.bin")).unwrap();
+        let mut half = vec![0u8; SIZE / 2];
+        f.read_exact(&mut half).unwrap_or_else(|e| panic!("B reads: {e}\n{}", mb.log()));
+        assert!(half == data[..SIZE / 2], "B's first half");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (st, _, body) = get(pb, &format!("{}/have", key_path(&key)), None);
+    assert_eq!(st, 200);
+    let have: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let b_ranges: Vec<(u64, u64)> =
+        have["ranges"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect();
+    let b_held: u64 = b_ranges.iter().map(|(x, y)| y - x).sum();
+    assert!(b_held >= (SIZE / 2) as u64 && b_held < SIZE as u64, "B holds about half: {have}");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let pd = lying_node(&rt, std::sync::Arc::new(data.clone()));
+    let url_d = format!("http://127.0.0.1:{pd}");
+    let a_before = served_ranges(&node_a.log()).len();
+    // C knows only B and D.
+    let mc = mount_debug(
+        &sb,
+        &c,
+        "mc",
+        &["--peer", &url_b, "--peer", &url_d, "--no-publish", "--cache-dir", sb.path("cc").to_str().unwrap()],
+    );
+    let got = std::fs::read(mc.p("f.bin")).unwrap_or_else(|e| panic!("C reads: {e}\n{}", mc.log()));
+    assert!(got == data, "C's bytes are exact");
+    let log_c = mc.log();
+    assert!(log_c.contains(&format!("learnt peer {url_a}")), "C learnt A from B: {log_c}");
+    assert!(log_c.contains(&format!("banning peer {url_d}")), "the lying node is banned: {log_c}");
+    let a_after = served_ranges(&node_a.log()).len();
+    assert!(a_after > a_before, "A served C");
+    // What B holds now (its holdings only grow while it reads ahead): every range it served
+    // lies within it, and B never held the whole key.
+    let (_, _, body) = get(pb, &format!("{}/have", key_path(&key)), None);
+    let have: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let b_ranges: Vec<(u64, u64)> =
+        have["ranges"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect();
+    assert!(b_ranges.iter().map(|(x, y)| y - x).sum::<u64>() < SIZE as u64, "B never held it all: {have}");
+    let b_served = served_ranges(&mb.log());
+    assert!(!b_served.is_empty(), "B served C: {}", mb.log());
+    for (x, y) in &b_served {
+        assert!(
+            b_ranges.iter().any(|(p, q)| p <= x && y <= q),
+            "B served {x}-{y}, which it did not hold: {b_ranges:?}"
+        );
+    }
+}
+
+#[test]
+fn the_server_answers_edges_and_bounds_its_connections() {
+    let sb = Sandbox::new();
+    let r = sb.init_repo("r", "r");
+    let data = pseudo_random(3, 8 << 20);
+    sb.write(&r.join("f.bin"), &data);
+    sb.annex(&r, &["add", "-q", "f.bin"]);
+    sb.git(&r, &["commit", "-q", "-m", "f"]);
+    let key = sb.annex(&r, &["lookupkey", "f.bin"]).trim().to_string();
+    let secret = sb.path("secret");
+    std::fs::write(&secret, b"SECRET").unwrap();
+    let port = free_port();
+    let _node = serve(&sb, &r, port, &["--idle-timeout", "2", "--max-connections", "8", "--per-peer", "8"]);
+    let kp = key_path(&key);
+    let size = data.len();
+    // Ranges.
+    let (st, head, body) = get(port, &kp, Some("bytes=0-0"));
+    assert_eq!((st, body.as_slice()), (206, &data[..1]), "{head}");
+    assert!(head.contains(&format!("bytes 0-0/{size}")), "{head}");
+    let (st, _, body) = get(port, &kp, Some(&format!("bytes={}-{}", size - 1, size - 1)));
+    assert_eq!((st, body.as_slice()), (206, &data[size - 1..]));
+    let (st, _, body) = get(port, &kp, Some("bytes=1000-200999"));
+    assert_eq!((st, body.len()), (206, 200_000));
+    assert!(body == data[1000..201_000]);
+    assert_eq!(get(port, &kp, Some(&format!("bytes={size}-{}", size + 10))).0, 416, "beyond the end");
+    assert_eq!(get(port, &kp, Some("bytes=0-1,4-5")).0, 416, "several ranges");
+    assert_eq!(get(port, &kp, Some("bytes=abc")).0, 416, "malformed");
+    let (st, head, _) = http(port, &format!("HEAD {kp} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    assert!(st == 200 && head.to_ascii_lowercase().contains(&format!("content-length: {size}")), "{head}");
+    // Paths that try to get out, and keys that are not keys.
+    for path in [
+        "/v1/keys/..%2F..%2F..%2Fsecret".to_string(),
+        "/v1/keys/../../secret".to_string(),
+        "/v1/keys/SHA256E-s6--x%00y".to_string(),
+        format!("/v1/keys/SHA256E-s6--{}", "a".repeat(3000)),
+        "/v1/keys/not-a-key".to_string(),
+        "/v1/keys".to_string(),
+        "/etc/passwd".to_string(),
+    ] {
+        let (st, _, body) = get(port, &path, Some("bytes=0-5"));
+        assert!(matches!(st, 400 | 404), "{path}: {st}");
+        assert!(!body.windows(6).any(|w| w == b"SECRET"), "{path}");
+    }
+    // A client that asks for everything and reads nothing is cut off after the idle timeout.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(format!("GET {kp} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    // Idle connections beyond the bound are closed at once.
+    let idle: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed_now = idle
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut b = [0u8; 1];
+            matches!((&**s).read(&mut b), Ok(0) | Err(_)) && {
+                // A timeout means it is still open.
+                let mut c = [0u8; 1];
+                !matches!((&**s).read(&mut c), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+            }
+        })
+        .count();
+    assert!(closed_now >= 4, "connections beyond the bound closed at once ({closed_now} of 12)");
+    std::thread::sleep(Duration::from_secs(4));
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let t = Instant::now();
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the slow connection was never closed");
+    }
+    assert!(total < size, "the slow reader got {total} bytes before being cut off, not the whole key");
+    // The server still serves.
+    assert_eq!(get(port, &kp, Some("bytes=0-9")).0, 206);
+}
