@@ -103,6 +103,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Record this node's URL for every key present in the repository with `git annex
+    /// registerurl`, so that plain `git annex get` can download from it as a web URL.
+    #[arg(long)]
+    pub register_urls: bool,
+
     #[command(flatten)]
     pub swarm: SwarmArgs,
 }

@@ -288,7 +288,8 @@ fn the_server_answers_edges_and_bounds_its_connections() {
     let secret = sb.path("secret");
     std::fs::write(&secret, b"SECRET").unwrap();
     let port = free_port();
-    let _node = serve(&sb, &r, port, &["--idle-timeout", "2", "--max-connections", "8", "--per-peer", "8"]);
+    let _node =
+        serve(&sb, &r, port, &["--idle-timeout", "2", "--max-connections", "8", "--per-peer", "8", "--register-urls"]);
     let kp = key_path(&key);
     let size = data.len();
     // Ranges.
@@ -353,4 +354,17 @@ fn the_server_answers_edges_and_bounds_its_connections() {
     assert!(total < size, "the slow reader got {total} bytes before being cut off, not the whole key");
     // The server still serves.
     assert_eq!(get(port, &kp, Some("bytes=0-9")).0, 206);
+    // --register-urls: plain git-annex in another clone downloads from the node as a web URL.
+    let t = Instant::now();
+    while !sb.annex(&r, &["whereis", "f.bin"]).contains(&format!("127.0.0.1:{port}")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the node's URL was never registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r2 = sb.path("r2");
+    sb.git(sb.dir.path(), &["clone", "-q", r.to_str().unwrap(), r2.to_str().unwrap()]);
+    sb.annex(&r2, &["init", "-q", "r2"]);
+    sb.git(&r2, &["remote", "remove", "origin"]);
+    sb.git(&r2, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+    sb.annex(&r2, &["get", "-q", "f.bin"]);
+    assert!(std::fs::read(r2.join("f.bin")).unwrap() == data, "git annex get from the node");
 }

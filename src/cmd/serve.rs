@@ -38,10 +38,50 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
     let server =
         crate::swarm::server::start(cfg, annex, Some(parts.fetcher.store().clone()), parts.peers.clone(), rt.handle())?;
     eprintln!("annexfs: serving {} on http://{}", repo.display(), server.addr);
+    if args.register_urls {
+        let base = args.advertise.clone().unwrap_or_else(|| format!("http://{}", server.addr));
+        match register_urls(&repo, base.trim_end_matches('/')) {
+            Ok(n) => eprintln!("annexfs: registered {n} URLs of this node with git-annex"),
+            Err(e) => eprintln!("annexfs: register URLs: {e:#}"),
+        }
+    }
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]).context("install signal handlers")?;
     if let Some(s) = signals.forever().next() {
         tracing::info!("signal {s}: stopping");
     }
     Ok(0)
+}
+
+/// `git annex registerurl` for every key present here, at `base/v1/keys/KEY`.
+fn register_urls(repo: &std::path::Path, base: &str) -> anyhow::Result<usize> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let found = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["annex", "find", "--format=${key}\\n"])
+        .output()
+        .context("run git annex find")?;
+    anyhow::ensure!(found.status.success(), "git annex find: {}", String::from_utf8_lossy(&found.stderr).trim());
+    let mut batch = String::new();
+    let mut n = 0;
+    for line in String::from_utf8_lossy(&found.stdout).lines() {
+        let Ok(key) = crate::annex::Key::parse_str(line.trim()) else { continue };
+        batch.push_str(&format!("{} {base}/v1/keys/{}\n", key, crate::swarm::key_segment(&key)));
+        n += 1;
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["annex", "registerurl", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("run git annex registerurl")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(batch.as_bytes())?;
+    }
+    anyhow::ensure!(child.wait()?.success(), "git annex registerurl failed");
+    Ok(n)
 }
