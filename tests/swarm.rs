@@ -368,3 +368,39 @@ fn the_server_answers_edges_and_bounds_its_connections() {
     sb.annex(&r2, &["get", "-q", "f.bin"]);
     assert!(std::fs::read(r2.join("f.bin")).unwrap() == data, "git annex get from the node");
 }
+
+#[test]
+fn with_a_token_every_request_needs_it() {
+    let sb = Sandbox::new();
+    let r = sb.init_repo("r", "r");
+    sb.write(&r.join("f.txt"), b"tokened\n");
+    sb.annex(&r, &["add", "-q", "f.txt"]);
+    sb.git(&r, &["commit", "-q", "-m", "f"]);
+    let key = sb.annex(&r, &["lookupkey", "f.txt"]).trim().to_string();
+    let port = free_port();
+    let log = sb.path("tok.log");
+    let child = sb
+        .cmd(env!("CARGO_BIN_EXE_annexfs"), &r)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cache-dir"])
+        .arg(sb.path("tok-cache"))
+        .env("ANNEXFS_SWARM_TOKEN", "s3cret")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let _node = Served(child, log);
+    wait_port(port);
+    let kp = key_path(&key);
+    for auth in ["", "Authorization: Bearer wrong\r\n", "Authorization: Bearer s3cre\r\n"] {
+        let (st, _, body) =
+            http(port, &format!("GET {kp} HTTP/1.1\r\nHost: x\r\n{auth}Range: bytes=0-7\r\nConnection: close\r\n\r\n"));
+        assert_eq!(st, 401, "{auth:?}");
+        assert!(!body.starts_with(b"tokened"));
+    }
+    let (st, _, body) = http(
+        port,
+        &format!(
+            "GET {kp} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nRange: bytes=0-7\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!((st, body.as_slice()), (206, &b"tokened\n"[..]));
+}

@@ -351,6 +351,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_silent_peer_is_dropped_and_tried_again_later() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let peers = Peers::new(std::slice::from_ref(&url), None, reqwest::Client::new(), rt.handle().clone());
+        assert!(!peers.add(&url), "known already");
+        assert!(!peers.add("ftp://x"), "not http");
+        for round in 0..DROP_AFTER {
+            assert_eq!(peers.live(), vec![url.clone()], "round {round}: still live");
+            rt.block_on(peers.exchange());
+        }
+        assert!(peers.live().is_empty(), "dropped after {DROP_AFTER} silent rounds");
+        // Tried again once the retry time has come.
+        peers.map.lock().unwrap().get_mut(&url).unwrap().retry_at = Some(Instant::now());
+        assert_eq!(peers.live(), vec![url]);
+    }
+
+    #[test]
     fn have_maps() {
         let h = HaveMap::from_pieces(1000, 256, [true, true, false, true].into_iter());
         assert_eq!(h.ranges, vec![(0, 512), (768, 1000)]);
