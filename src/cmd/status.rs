@@ -104,21 +104,38 @@ pub struct RecentError {
     pub message: String,
 }
 
-/// The directory of the status sockets of this user.
-fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
+/// The directories a status socket of this user may be in: `$XDG_RUNTIME_DIR/annexfs` when
+/// set, and `/tmp/annexfs-<uid>` (a daemon started by mount(8) or at boot has no
+/// `XDG_RUNTIME_DIR`, while the user asking later usually has one).
+fn runtime_dirs() -> Vec<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let fallback = std::env::temp_dir().join(format!("annexfs-{}", unsafe { libc::geteuid() }));
+    let mut v: Vec<PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute() && p.is_dir())
         .map(|p| p.join("annexfs"))
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("annexfs-{}", unsafe { libc::geteuid() })))
+        .into_iter()
+        .collect();
+    v.push(fallback);
+    v
 }
 
-/// The status socket of the mount at `mountpoint` (an absolute, canonical path).
-pub fn socket_path(mountpoint: &Path) -> PathBuf {
+fn socket_name(mountpoint: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let h = blake3::hash(mountpoint.as_os_str().as_bytes()).to_hex();
-    runtime_dir().join(format!("{}.sock", &h.as_str()[..24]))
+    format!("{}.sock", &h.as_str()[..24])
+}
+
+/// Where the daemon of the mount at `mountpoint` (absolute, canonical) puts its socket.
+fn socket_for_serving(mountpoint: &Path) -> PathBuf {
+    runtime_dirs().remove(0).join(socket_name(mountpoint))
+}
+
+/// The status socket of the mount at `mountpoint`, if one exists.
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    let name = socket_name(mountpoint);
+    let dirs = runtime_dirs();
+    dirs.iter().map(|d| d.join(&name)).find(|p| p.exists()).unwrap_or_else(|| dirs[0].join(&name))
 }
 
 /// What the daemon of one mount knows, now.
@@ -223,7 +240,7 @@ pub fn snapshot(fs: &AnnexFs, mountpoint: &Path, repo: &Path, verify: &str, cach
 /// Serves status on the mount's socket until the process ends. Returns the socket path (for
 /// removal at unmount).
 pub fn serve(mountpoint: &Path, make: Arc<dyn Fn() -> MountStatus + Send + Sync>) -> anyhow::Result<PathBuf> {
-    let path = socket_path(mountpoint);
+    let path = socket_for_serving(mountpoint);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
