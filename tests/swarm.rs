@@ -404,3 +404,37 @@ fn with_a_token_every_request_needs_it() {
     );
     assert_eq!((st, body.as_slice()), (206, &b"tokened\n"[..]));
 }
+
+#[test]
+fn a_blake3_keys_manifest_comes_from_a_peer_and_is_checked_against_the_key() {
+    let sb = Sandbox::new();
+    let a = sb.init_repo("a", "a");
+    let data = pseudo_random(11, 6 << 20);
+    let key = format!("BLAKE3_256E-s{}--{}.bin", data.len(), blake3::hash(&data).to_hex());
+    // The key made by hand (any git-annex accepts it with fromkey), its object put in place.
+    sb.annex(&a, &["fromkey", "--force", &key, "f.bin"]);
+    sb.git(&a, &["commit", "-q", "-m", "f"]);
+    let hashdir = sb.annex(&a, &["examinekey", "--format=${hashdirmixed}", &key]);
+    sb.write(&a.join(".git/annex/objects").join(hashdir.trim()).join(&key).join(&key), &data);
+    let b = sb.path("b");
+    sb.git(sb.dir.path(), &["clone", "-q", a.to_str().unwrap(), b.to_str().unwrap()]);
+    sb.annex(&b, &["init", "-q", "b"]);
+    sb.git(&b, &["remote", "remove", "origin"]);
+    sb.git(&b, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+    let pa = free_port();
+    let _node = serve(&sb, &a, pa, &[]);
+    let cache = sb.path("cb");
+    let m = mount_debug(
+        &sb,
+        &b,
+        "mb",
+        &["--peer", &format!("http://127.0.0.1:{pa}"), "--no-publish", "--cache-dir", cache.to_str().unwrap()],
+    );
+    let got = std::fs::read(m.p("f.bin")).unwrap_or_else(|e| panic!("{e}: {}", m.log()));
+    assert!(got == data);
+    assert!(m.log().contains("piece manifest from peer"), "the manifest came from the peer: {}", m.log());
+    let store = annexfs::pieces::PieceStore::open(&cache, 1 << 30).unwrap();
+    let k = annexfs::annex::Key::parse_str(&key).unwrap();
+    let kept = store.load_manifest(&k).expect("kept in the cache");
+    assert_eq!(kept.root(), *blake3::hash(&data).as_bytes());
+}

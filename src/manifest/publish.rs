@@ -195,7 +195,14 @@ pub fn lookup(
             }
             Some(m)
         }
-        Ok(None) => None,
+        Ok(None) => {
+            // A BLAKE3 key's manifest can come from any peer: it is checked against the key.
+            let m = peers?.manifest(key)?;
+            if let Err(e) = store.save_manifest(&m) {
+                tracing::warn!("{key}: keep its manifest in the cache: {e}");
+            }
+            Some(m)
+        }
         Err(e) => {
             tracing::warn!("{key}: published piece manifest not usable: {e}");
             None

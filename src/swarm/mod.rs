@@ -232,6 +232,36 @@ impl Peers {
         (Some(h.size) == key.size()).then_some(h)
     }
 
+    /// The piece manifest of a BLAKE3 key from the first peer that has one that hashes to the
+    /// key (such a manifest needs no trust in the peer). `None` for other keys: their
+    /// manifests are taken only from the repository.
+    pub fn manifest(self: &Arc<Self>, key: &Key) -> Option<crate::manifest::Manifest> {
+        if !matches!(key.variety(), b"BLAKE3_256" | b"BLAKE3_256E") {
+            return None;
+        }
+        for p in self.live() {
+            let url = format!("{p}/v1/keys/{}/manifest", key_segment(key));
+            let got = self.rt.block_on(async {
+                let r = self.request(reqwest::Method::GET, &url).send().await.ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                let b = r.bytes().await.ok()?;
+                (b.len() as u64 <= crate::manifest::MAX_MANIFEST_BYTES).then_some(b)
+            });
+            let Some(bytes) = got else { continue };
+            match crate::manifest::Manifest::parse(&bytes, key) {
+                Ok(m) if m.trust() == Ok(crate::manifest::Trust::SelfVerified) => {
+                    tracing::debug!("{key}: piece manifest from peer {p}, checked against the key");
+                    return Some(m);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{key}: manifest from peer {p} refused: {e}"),
+            }
+        }
+        None
+    }
+
     /// A source for each live peer that answers for `key` (asked in parallel).
     pub fn sources(self: &Arc<Self>, key: &Key) -> Vec<Arc<dyn RangeSource>> {
         let Some(size) = key.size() else { return Vec::new() };
