@@ -343,7 +343,8 @@ fn per_source_limits_cap_connections_and_bandwidth() {
         rt.handle().clone(),
         fast_cfg(),
     );
-    let s2 = src("free", &data, Faults { latency: Duration::from_millis(20), ..Faults::default() });
+    // (Throttled, so that its streams last long enough to overlap.)
+    let s2 = src("free", &data, Faults { bytes_per_sec: Some(32 << 20), ..Faults::default() });
     let kf2 = f2.key(&key, dyns(std::slice::from_ref(&s2)), None).unwrap();
     assert!(rt.block_on(kf2.read(0, 4 << 20)).unwrap() == *data);
     assert!(s2.peak_concurrency() > 1, "the control uses parallel requests");

@@ -695,7 +695,14 @@ impl PieceStore {
         let len = data.metadata().map_err(io_err(&data_path))?.len();
         let rec = if len != size {
             data.set_len(0).and_then(|()| data.set_len(size)).map_err(io_err(&data_path))?;
-            Record::empty(key, size, piece_size)
+            // The record on disk goes too: merged back later, it would name pieces the reset
+            // data file no longer has.
+            let empty = Record::empty(key, size, piece_size);
+            ofd_lock(&lockfile, RECORD_LOCK_BYTE, libc::F_WRLCK, true).map_err(io_err(&rec_path))?;
+            let written = write_atomic(&rec_path, &empty.encode());
+            let _ = ofd_lock(&lockfile, RECORD_LOCK_BYTE, libc::F_UNLCK, false);
+            written?;
+            empty
         } else {
             rec
         };
