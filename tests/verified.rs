@@ -70,7 +70,7 @@ fn rig(mode: VerifyMode) -> Rig {
 fn mirrors(data: &Arc<Vec<u8>>) -> Vec<Arc<dyn RangeSource>> {
     let mut v: Vec<Arc<dyn RangeSource>> = Vec::new();
     for (name, corrupt) in [("good1", false), ("liar", true), ("good2", false), ("good3", false)] {
-        let f = Faults { corrupt, bytes_per_sec: Some(40 << 20), ..Faults::default() };
+        let f = Faults { corrupt, bytes_per_sec: Some(16 << 20), ..Faults::default() };
         v.push(Arc::new(MemorySource::new(name, data.clone(), f)));
     }
     v
@@ -116,7 +116,7 @@ fn strict_mode_without_a_manifest_serves_only_the_verified_key_and_bans_the_liar
 #[test]
 fn a_manifest_checks_every_piece_before_it_is_served_in_stream_mode() {
     let r = rig(VerifyMode::Stream);
-    let data = content(2, 5_000_000);
+    let data = content(2, 8_000_000);
     let key = sha256_key(&data);
     let kf = r.fetcher.key(&key, mirrors(&data), Some(manifest_of(&key, &data))).unwrap();
     // Small reads all over first: each piece is checked as it arrives.
@@ -135,7 +135,7 @@ fn a_manifest_checks_every_piece_before_it_is_served_in_stream_mode() {
 #[test]
 fn a_ban_lasts_for_every_key_of_the_fetcher() {
     let r = rig(VerifyMode::Stream);
-    let data = content(3, 3_000_000);
+    let data = content(3, 8_000_000);
     let key = sha256_key(&data);
     let kf = r.fetcher.key(&key, mirrors(&data), Some(manifest_of(&key, &data))).unwrap();
     read_all(&r, &kf, &data, 1 << 20);
@@ -220,7 +220,7 @@ fn strict_mode_refuses_what_it_cannot_verify() {
 #[test]
 fn a_blake3_key_checks_a_manifest_from_anywhere() {
     let r = rig(VerifyMode::Strict);
-    let data = content(9, 3_000_000);
+    let data = content(9, 8_000_000);
     let key = blake3_key(&data);
     let mut forged = manifest_of(&key, &data);
     forged.hashes[2][0] ^= 1;
