@@ -257,6 +257,15 @@ fn three_nodes_and_a_liar_share_a_key_without_a_tracker() {
     let log_c = mc.log();
     assert!(log_c.contains(&format!("learnt peer {url_a}")), "C learnt A from B: {log_c}");
     assert!(log_c.contains(&format!("banning peer {url_d}")), "the lying node is banned: {log_c}");
+    // status shows the swarm: C's peers include A, B served bytes.
+    let status = |m: &Mount| -> serde_json::Value {
+        let out = sb.annexfs(sb.dir.path(), &["status", "--json", m.mp.to_str().unwrap()]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let sc = status(&mc);
+    assert!(sc["mounts"][0]["peers"].as_array().unwrap().iter().any(|p| p == url_a.as_str()), "{sc}");
+    let sbv = status(&mb);
+    assert!(sbv["mounts"][0]["serving"]["bytes"].as_u64().unwrap() > 0, "{sbv}");
     let a_after = served_ranges(&node_a.log()).len();
     assert!(a_after > a_before, "A served C");
     // What B holds now (its holdings only grow while it reads ahead): every range it served

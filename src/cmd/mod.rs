@@ -99,7 +99,7 @@ pub(crate) fn remote_parts(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    Ok(RemoteParts { fetcher, http, rt: rt.handle().clone(), peers })
+    Ok(RemoteParts { fetcher, http, rt: rt.handle().clone(), peers, serving: Default::default() })
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -597,8 +597,9 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         let mut c = crate::swarm::server::ServeConfig::new(addr);
         c.bwlimit = plan.serve_bwlimit;
         let store = Some(parts.fetcher.store().clone());
-        crate::swarm::server::start(c, fs.annex().clone(), store, parts.peers.clone(), rt.handle())
+        let server = crate::swarm::server::start(c, fs.annex().clone(), store, parts.peers.clone(), rt.handle())
             .context("serve the swarm")?;
+        let _ = parts.serving.set(server);
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 

@@ -41,9 +41,26 @@ pub struct MountStatus {
     pub counters: Counters,
     /// Latest warnings and errors, oldest first.
     pub recent_errors: Vec<RecentError>,
+    /// Swarm peers known and not dropped.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// What this node serves to the swarm, when it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Serving>,
     /// Set when the daemon could not be asked (then the other fields are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Serving {
+    /// The listening address.
+    pub listen: String,
+    pub requests: u64,
+    /// Bytes sent to peers.
+    pub bytes: u64,
+    /// Connections or requests refused (bounds, token).
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -164,6 +181,16 @@ pub fn snapshot(fs: &AnnexFs, mountpoint: &Path, repo: &Path, verify: &str, cach
             .collect();
         return st;
     };
+    st.peers = parts.peers.live();
+    st.serving = parts.serving.get().map(|s| {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Serving {
+            listen: s.addr.to_string(),
+            requests: g(&s.stats.requests),
+            bytes: g(&s.stats.bytes),
+            refused: g(&s.stats.refused),
+        }
+    });
     let store = parts.fetcher.store();
     st.cache.used_bytes = store.used();
     st.cache.limit_bytes = store.limit();
@@ -339,6 +366,19 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 flags.push_str(&format!(", given up: {g}"));
             }
             writeln!(out, "  source {}: {}, {}/s{lat}{flags}", s.identity, human(s.bytes as f64), human(s.rate_bps))?;
+        }
+        if let Some(s) = &m.serving {
+            writeln!(
+                out,
+                "  serving on {}: {} requests, {} sent, {} refused",
+                s.listen,
+                s.requests,
+                human(s.bytes as f64),
+                s.refused
+            )?;
+        }
+        if !m.peers.is_empty() {
+            writeln!(out, "  peers: {}", m.peers.join(", "))?;
         }
         for e in m.recent_errors.iter().rev().take(5) {
             writeln!(out, "  {} {}", e.level, e.message)?;

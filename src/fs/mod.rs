@@ -171,6 +171,8 @@ pub struct RemoteParts {
     pub rt: tokio::runtime::Handle,
     /// Swarm peers: sources for the pieces they hold.
     pub peers: Arc<crate::swarm::Peers>,
+    /// This node's swarm server, once it serves.
+    pub serving: Arc<std::sync::OnceLock<crate::swarm::server::Server>>,
 }
 
 /// Reads a key through the fetcher and the piece cache.
