@@ -2,33 +2,18 @@
 //! throttled, failing, cut short, stalled, dead or lying. Whatever the faults, the bytes a
 //! reader gets equal the content (checked against the content itself, the reference model).
 
-use annexfs::annex::Key;
+mod common;
+
 use annexfs::fetch::{FetchConfig, Fetcher, ReadError};
 use annexfs::pieces::PieceStore;
 use annexfs::source::remote::{Faults, MemorySource, RangeSource};
+use common::sha256_key;
 use proptest::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn content(seed: u64, len: usize) -> Arc<Vec<u8>> {
-    let mut x = seed | 1;
-    Arc::new(
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[3]
-            })
-            .collect(),
-    )
-}
-
-fn sha256_key(data: &[u8]) -> Key {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(data);
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    Key::parse_str(&format!("SHA256E-s{}--{hex}.bin", data.len())).unwrap()
+    Arc::new(common::pseudo_random(seed, len))
 }
 
 fn fast_cfg() -> FetchConfig {
@@ -274,11 +259,16 @@ fn a_damaged_cache_is_detected_and_refetched_never_served() {
         let data = content(11, 3_000_000);
         let key = sha256_key(&data);
         {
+            // A process of its own (a runtime shut down after), so that nothing of it can
+            // still write the record once the damage is done.
+            let rt1 = runtime();
             let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
-            let f = Fetcher::new(store, rt.handle().clone(), fast_cfg());
+            let f = Fetcher::new(store, rt1.handle().clone(), fast_cfg());
             let kf = f.key(&key, dyns(&[src("m", &data, Faults::default())]), None).unwrap();
-            assert!(rt.block_on(kf.read(0, 3_000_000)).unwrap() == *data);
-            assert!(rt.block_on(kf.wait_verified(Duration::from_secs(10))));
+            assert!(rt1.block_on(kf.read(0, 3_000_000)).unwrap() == *data);
+            assert!(rt1.block_on(kf.wait_verified(Duration::from_secs(10))));
+            drop((kf, f));
+            rt1.shutdown_timeout(Duration::from_secs(10));
         }
         let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
         let (data_file, rec_file) = store.files_of(&key);

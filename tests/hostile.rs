@@ -5,30 +5,15 @@
 
 mod common;
 
-use annexfs::annex::Key;
 use annexfs::annex::policy::AddressPolicy;
 use annexfs::fetch::{FetchConfig, Fetcher, ReadError, VerifyMode};
-use annexfs::manifest::Manifest;
-use annexfs::pieces::{PieceStore, piece_size_for};
+use annexfs::pieces::PieceStore;
 use annexfs::source::http::{HttpClient, HttpSource};
 use annexfs::source::remote::RangeSource;
 use common::hostile::{self, Mode};
+use common::{manifest_of, sha256_key};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn sha256_key(data: &[u8]) -> Key {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
-    Key::parse_str(&format!("SHA256E-s{}--{hex}.bin", data.len())).unwrap()
-}
-
-fn manifest_of(key: &Key, data: &[u8]) -> Manifest {
-    Manifest::build(key, data.len() as u64, piece_size_for(data.len() as u64), |off, buf| {
-        buf.copy_from_slice(&data[off as usize..off as usize + buf.len()]);
-        Ok(())
-    })
-    .unwrap()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()

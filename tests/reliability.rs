@@ -10,22 +10,17 @@ use annexfs::annex::Key;
 use annexfs::annex::policy::AddressPolicy;
 use annexfs::fetch::{FetchConfig, Fetcher, VerifyMode};
 use annexfs::manifest::Manifest;
-use annexfs::pieces::{PieceStore, piece_size_for};
+use annexfs::pieces::PieceStore;
 use annexfs::source::http::{HttpClient, HttpSource};
 use annexfs::source::remote::RangeSource;
 use common::hostile::{self, Mode};
+use common::{manifest_of, sha256_key};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 96 << 20;
 const HONEST: usize = 3;
 const HONEST_RATE: u64 = 8 << 20;
-
-fn sha256_key(data: &[u8]) -> Key {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
-    Key::parse_str(&format!("SHA256E-s{}--{hex}.bin", data.len())).unwrap()
-}
 
 fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: &Key, manifest: &Manifest) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
@@ -106,11 +101,7 @@ fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: 
 fn hostile_mirrors_cost_little_bandwidth_and_serve_no_wrong_byte() {
     let data: Arc<Vec<u8>> = Arc::new(common::pseudo_random(2026, SIZE));
     let key = sha256_key(&data);
-    let manifest = Manifest::build(&key, SIZE as u64, piece_size_for(SIZE as u64), |off, buf| {
-        buf.copy_from_slice(&data[off as usize..off as usize + buf.len()]);
-        Ok(())
-    })
-    .unwrap();
+    let manifest = manifest_of(&key, &data);
     // The reference: honest mirrors only (the hostile one replaced by a fourth honest mirror
     // would change the sum; instead the hostile slot is an honest one here and not counted).
     one(Mode::Honest, false, false, &data, &key, &manifest);

@@ -107,7 +107,7 @@ fn key_path(key: &str) -> String {
 
 /// A node that claims every piece of every key and sends corrupted bytes.
 fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(async move {
@@ -115,15 +115,7 @@ fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>) -> u1
             let Ok((mut sock, _)) = listener.accept().await else { return };
             let data = data.clone();
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req).to_string();
+                let Some(text) = common::hostile::read_head(&mut sock).await else { return };
                 let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
                 let size = path
                     .split("-s")
@@ -335,18 +327,15 @@ fn the_server_answers_edges_and_bounds_its_connections() {
     // Idle connections beyond the bound are closed at once.
     let idle: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let closed_now = idle
-        .iter()
-        .filter(|s| {
-            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            let mut b = [0u8; 1];
-            matches!((&**s).read(&mut b), Ok(0) | Err(_)) && {
-                // A timeout means it is still open.
-                let mut c = [0u8; 1];
-                !matches!((&**s).read(&mut c), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
-            }
-        })
-        .count();
+    // Closed: the read ends (or is reset); still open: it times out.
+    let closed = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        match (&*s).read(&mut [0u8; 1]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    };
+    let closed_now = idle.iter().filter(|s| closed(s)).count();
     assert!(closed_now >= 4, "connections beyond the bound closed at once ({closed_now} of 12)");
     std::thread::sleep(Duration::from_secs(4));
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -1,45 +1,23 @@
 //! Verified streaming without FUSE: sources that send wrong bytes of the right size, piece
 //! manifests, strict mode, blame and bans. Every read is compared with the content itself.
 
+mod common;
+
 use annexfs::annex::Key;
 use annexfs::fetch::{FetchConfig, Fetcher, OnVerified, ReadError, VerifyMode};
 use annexfs::manifest::Manifest;
-use annexfs::pieces::{PieceStore, piece_size_for};
+use annexfs::pieces::PieceStore;
 use annexfs::source::remote::{Faults, MemorySource, RangeSource};
+use common::{manifest_of, sha256_key};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn content(seed: u64, len: usize) -> Arc<Vec<u8>> {
-    let mut x = seed | 1;
-    Arc::new(
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[3]
-            })
-            .collect(),
-    )
-}
-
-fn sha256_key(data: &[u8]) -> Key {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
-    Key::parse_str(&format!("SHA256E-s{}--{hex}.bin", data.len())).unwrap()
+    Arc::new(common::pseudo_random(seed, len))
 }
 
 fn blake3_key(data: &[u8]) -> Key {
     Key::parse_str(&format!("BLAKE3_256E-s{}--{}.bin", data.len(), blake3::hash(data).to_hex())).unwrap()
-}
-
-fn manifest_of(key: &Key, data: &[u8]) -> Manifest {
-    Manifest::build(key, data.len() as u64, piece_size_for(data.len() as u64), |off, buf| {
-        let a = off as usize;
-        buf.copy_from_slice(&data[a..a + buf.len()]);
-        Ok(())
-    })
-    .unwrap()
 }
 
 struct Rig {

@@ -373,11 +373,6 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         repo: absolute(&args.repo)?,
         mountpoint: absolute(args.mountpoint.as_deref().ok_or_else(|| anyhow!("no mountpoint given"))?)?,
         rev: args.rev.clone(),
-        access: Access::Owner,
-        default_permissions: false,
-        auto_unmount: false,
-        extra: Vec::new(),
-        fsname: None,
         passthrough: !args.no_passthrough && euid() == 0,
         cache_dir: match &args.cache_dir {
             Some(d) => absolute(d)?,
@@ -389,11 +384,10 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         },
         verify: args.verify.verify,
         publish: !args.verify.no_publish,
-        nonempty: false,
         cache_size_given: args.cache_size.is_some(),
         peers: args.swarm.peers.clone(),
         serve: args.serve,
-        serve_bwlimit: None,
+        ..MountPlan::empty()
     };
     parse_options(&mut plan, &args.options)?;
     if !plan.repo.exists() {
@@ -778,22 +772,9 @@ mod tests {
         MountPlan {
             repo: "/r".into(),
             mountpoint: "/m".into(),
-            rev: None,
-            access: Access::Owner,
-            default_permissions: false,
-            auto_unmount: false,
-            extra: vec![],
-            fsname: None,
-            passthrough: false,
             cache_dir: "/c".into(),
             cache_size: 1,
-            verify: crate::fetch::VerifyMode::Stream,
-            publish: true,
-            nonempty: false,
-            cache_size_given: false,
-            peers: Vec::new(),
-            serve: None,
-            serve_bwlimit: None,
+            ..MountPlan::empty()
         }
     }
 

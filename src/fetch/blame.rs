@@ -13,6 +13,7 @@
 //! Lock order: `Reputation::map` is a leaf (taken alone or last).
 
 use super::{KeyFetch, Piece, lock};
+use crate::manifest::Manifest;
 use crate::pieces::record::piece_hash;
 use crate::source::remote::{FetchError, RangeSource};
 use futures_util::StreamExt;
@@ -169,8 +170,9 @@ impl KeyFetch {
         }
     }
 
-    /// Persists the cache and checks the whole key.
-    async fn whole_matches(&self) -> Result<bool, String> {
+    /// Persists the cache and checks the whole key; on a match, the key's manifest (made in
+    /// the same pass).
+    async fn whole_match(&self) -> Result<Option<Manifest>, String> {
         let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || cache.persist())
             .await
@@ -178,16 +180,22 @@ impl KeyFetch {
             .map_err(|e| e.to_string())?;
         let key = self.key.clone();
         let cache = self.cache.clone();
-        let outcome = tokio::task::spawn_blocking(move || super::verify::verify_file(&key, cache.data_file()))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(matches!(outcome, super::verify::Outcome::Match))
+        let (outcome, manifest) = tokio::task::spawn_blocking(move || {
+            super::verify::verify_file_with_manifest(&key, cache.data_file(), cache.piece_size)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(manifest.filter(|_| matches!(outcome, super::verify::Outcome::Match)))
     }
 
     /// Disputed pieces `(piece, origin, other)` with no third opinion: for each source
     /// involved in turn, takes the other side's copy of every disputed piece and checks the
-    /// whole key; the source whose copies had to go is the liar. Returns it.
-    async fn settle_two_way(&self, disputes: &[(usize, Option<usize>, usize)]) -> Result<Option<usize>, String> {
+    /// whole key; the source whose copies had to go is the liar. Returns it, with the
+    /// manifest of the content that matched.
+    async fn settle_two_way(
+        &self,
+        disputes: &[(usize, Option<usize>, usize)],
+    ) -> Result<Option<(usize, Manifest)>, String> {
         let mut suspects: Vec<usize> = disputes.iter().flat_map(|d| d.1.into_iter().chain([d.2])).collect();
         suspects.sort_unstable();
         suspects.dedup();
@@ -201,8 +209,8 @@ impl KeyFetch {
                     changed.push((i, origin));
                 }
             }
-            if self.whole_matches().await? {
-                return Ok(Some(x));
+            if let Some(m) = self.whole_match().await? {
+                return Ok(Some((x, m)));
             }
             // Put the suspect's copies back before trying the next suspect.
             for (i, origin) in changed {
@@ -224,8 +232,9 @@ impl KeyFetch {
 
     /// After a whole-key mismatch without a manifest: finds the pieces that differ between
     /// sources and the sources that sent them, replaces them, and strikes the senders once
-    /// the whole key matches. Returns whether the key matches now.
-    pub(super) async fn resolve(self: &Arc<Self>) -> Result<(), String> {
+    /// the whole key matches. Returns the manifest of the content that matched, or why nothing
+    /// did.
+    pub(super) async fn resolve(self: &Arc<Self>) -> Result<Manifest, String> {
         let n = self.cache.piece_count();
         let origin: HashMap<usize, usize> = lock(&self.state).origin.clone();
         tracing::warn!("{}: content does not match its key; comparing every piece across sources", self.key);
@@ -256,22 +265,22 @@ impl KeyFetch {
             }
         }
         let matched = if two_way.is_empty() {
-            self.whole_matches().await?
+            self.whole_match().await?
         } else {
             match self.settle_two_way(&two_way).await? {
-                Some(liar) => {
+                Some((liar, m)) => {
                     blamed.extend(two_way.iter().filter(|d| d.1 == Some(liar) || d.2 == liar).map(|d| (liar, d.0)));
-                    true
+                    Some(m)
                 }
-                None => false,
+                None => None,
             }
         };
-        if !matched {
+        let Some(manifest) = matched else {
             return Err(format!(
                 "{replaced} pieces replaced, still no match{}",
                 if unresolved.is_empty() { String::new() } else { format!("; {}", unresolved.join("; ")) }
             ));
-        }
+        };
         for (s, i) in blamed {
             let who = self.sources[s].src.identity().to_string();
             let banned = self.rep.strike(&who, &format!("sent a bad piece {i} of {}", self.key));
@@ -286,7 +295,7 @@ impl KeyFetch {
                 st.set(i, Piece::Present);
             }
         }
-        Ok(())
+        Ok(manifest)
     }
 }
 

@@ -444,7 +444,8 @@ impl Fetcher {
         keys.insert(kb, Arc::downgrade(&kf));
         keys.retain(|_, w| w.strong_count() > 0);
         drop(keys);
-        if let Some(m) = manifest.or_else(|| self.store.load_manifest(key)) {
+        // Callers find the manifest (the cache's copy first) with `manifest::publish::lookup`.
+        if let Some(m) = manifest {
             kf.set_manifest(m);
         }
         Ok(kf)
@@ -1528,19 +1529,9 @@ impl KeyFetch {
                     self.resolve().await
                 };
                 match resolved {
-                    Ok(()) => {
-                        let this = self.clone();
-                        let res = tokio::task::spawn_blocking(move || {
-                            verify::verify_file_with_manifest(&this.key, this.cache.data_file(), this.cache.piece_size)
-                        })
-                        .await;
-                        match res {
-                            Ok((verify::Outcome::Match, m)) => {
-                                tracing::warn!("{}: bad pieces replaced; content now matches its key", self.key);
-                                self.verified(m, false).await;
-                            }
-                            _ => self.quarantine(&format!("hash {got}; pieces replaced but still no match")),
-                        }
+                    Ok(m) => {
+                        tracing::warn!("{}: bad pieces replaced; content now matches its key", self.key);
+                        self.verified(Some(m), false).await;
                     }
                     Err(why) => self.quarantine(&format!("hash {got}; {why}")),
                 }

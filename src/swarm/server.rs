@@ -66,6 +66,9 @@ struct Node {
     token: Option<String>,
     pace: Option<Arc<Limiter>>,
     stats: Arc<ServeStats>,
+    /// Manifests read from the cache, regrouped and checked: every request for a piece of a
+    /// key needs its key's, and a large key's is large.
+    manifests: Mutex<lru::LruCache<Vec<u8>, Arc<Manifest>>>,
 }
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -97,12 +100,26 @@ impl Node {
         if cache.poisoned().is_some() {
             return None;
         }
-        let manifest = store
+        let manifest = self.cached_manifest(store, key, cache.piece_size);
+        (cache.is_verified() || manifest.is_some()).then_some(Holding::Cache { cache, manifest })
+    }
+
+    /// The cache's manifest of `key` in pieces of `piece_size`, read once per key (a key
+    /// without one is looked at again: a manifest may arrive later).
+    fn cached_manifest(&self, store: &PieceStore, key: &Key, piece_size: u64) -> Option<Arc<Manifest>> {
+        let kb = key.to_bytes();
+        if let Some(m) = lock(&self.manifests).get(&kb) {
+            return Some(m.clone());
+        }
+        let m = store
             .load_manifest(key)
-            .and_then(|m| m.regroup(cache.piece_size).ok())
+            .and_then(|m| m.regroup(piece_size).ok())
             .filter(|m| m.trust().is_ok())
             .map(Arc::new);
-        (cache.is_verified() || manifest.is_some()).then_some(Holding::Cache { cache, manifest })
+        if let Some(m) = &m {
+            lock(&self.manifests).put(kb, m.clone());
+        }
+        m
     }
 
     fn have(&self, key: &Key) -> HaveMap {
@@ -356,6 +373,10 @@ fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64) -> Chunks {
     }))
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A socket that notes when bytes last moved, for the idle timeout.
 struct Watched {
     inner: tokio::net::TcpStream,
@@ -429,6 +450,9 @@ pub fn start(
             .bwlimit
             .map(|r| Arc::new(Limiter::new(crate::annex::settings::Limits { bwlimit: Some(r), maxconnections: None }))),
         stats: stats.clone(),
+        manifests: Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN),
+        )),
     });
     let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -442,7 +466,7 @@ pub fn start(
                 continue;
             };
             {
-                let mut m = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(&per_ip);
                 let n = m.entry(peer.ip()).or_insert(0);
                 if *n >= cfg.per_peer {
                     node.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -479,7 +503,7 @@ pub fn start(
                     _ = conn => {}
                     () = watchdog => tracing::debug!("swarm: closing a connection from {peer} idle for {idle:?}"),
                 }
-                let mut m = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(&per_ip);
                 if let Some(n) = m.get_mut(&peer.ip()) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {

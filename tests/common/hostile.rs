@@ -92,6 +92,19 @@ pub fn start(rt: &tokio::runtime::Runtime, data: Arc<Vec<u8>>, mode: Mode, rate:
     Mirror { url, served }
 }
 
+/// Reads one request's head (up to the blank line); `None` when the connection ends first.
+pub async fn read_head(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&req).into_owned())
+}
+
 async fn throttle(rate: Option<u64>, budget: &tokio::sync::Mutex<tokio::time::Instant>, n: usize) {
     let Some(rate) = rate else { return };
     let wait = {
@@ -115,15 +128,8 @@ async fn answer(
 ) {
     // Keep-alive: answer requests on this connection until it closes.
     loop {
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+        let Some(text) = read_head(&mut sock).await else { return };
+        let text = text.to_ascii_lowercase();
         let range = text.lines().find_map(|l| l.strip_prefix("range: bytes=")).and_then(|r| {
             let (a, b) = r.trim().split_once('-')?;
             Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))

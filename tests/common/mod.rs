@@ -170,3 +170,21 @@ pub fn report(line: serde_json::Value) {
 pub fn wrong_bytes(got: &[u8], want: &[u8]) -> usize {
     got.iter().zip(want).filter(|(a, b)| a != b).count() + got.len().saturating_sub(want.len())
 }
+
+/// The SHA256E key of `data` (extension `.bin`).
+pub fn sha256_key(data: &[u8]) -> annexfs::annex::Key {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    annexfs::annex::Key::parse_str(&format!("SHA256E-s{}--{hex}.bin", data.len())).unwrap()
+}
+
+/// The piece manifest of `data` under `key`, with the cache's piece size.
+pub fn manifest_of(key: &annexfs::annex::Key, data: &[u8]) -> annexfs::manifest::Manifest {
+    let size = data.len() as u64;
+    annexfs::manifest::Manifest::build(key, size, annexfs::pieces::piece_size_for(size), |off, buf| {
+        let a = usize::try_from(off).unwrap();
+        buf.copy_from_slice(&data[a..a + buf.len()]);
+        Ok(())
+    })
+    .unwrap()
+}
