@@ -88,7 +88,7 @@ fn strict_mode_without_a_manifest_serves_only_the_verified_key_and_bans_the_liar
     let published = r.published.lock().unwrap().clone();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0], manifest_of(&key, &data));
-    assert_eq!(r.fetcher.store().load_manifest(&key).unwrap(), published[0]);
+    assert_eq!(annexfs::manifest::cached::load(r.fetcher.store(), &key).unwrap(), published[0]);
 }
 
 #[test]

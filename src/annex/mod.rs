@@ -9,6 +9,7 @@
 //! Lock order: `Annex::meta` is never held while the branch is read (the branch has its own
 //! locks, see [`branch`]).
 
+pub mod backend;
 pub mod branch;
 pub mod key;
 pub mod logs;

@@ -122,7 +122,7 @@ fn get_one(
     }
     if verified {
         eprintln!("{file}: {size} bytes, verified");
-    } else if crate::fetch::verify::hasher_for(key.variety()).is_some() {
+    } else if crate::annex::backend::hasher_for(key.variety()).is_some() {
         return Err(anyhow!("{key}: complete but not verified"));
     } else {
         eprintln!("{file}: {size} bytes (its backend has no hash to verify)");

@@ -5,10 +5,11 @@
 //! it is, as git-annex trusts it.
 
 use super::sources::{annexed_files, open_base};
+use crate::annex::backend::Outcome;
 use crate::cli::IndexArgs;
-use crate::fetch::verify::{Outcome, verify_file_with_manifest};
 use crate::manifest::Manifest;
 use crate::manifest::publish::{publish, recorded};
+use crate::manifest::whole::verify_file_with_manifest;
 use crate::pieces::piece_size_for;
 use crate::source::{LocalFile, RangeRead};
 

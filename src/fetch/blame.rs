@@ -181,11 +181,11 @@ impl KeyFetch {
         let key = self.key.clone();
         let cache = self.cache.clone();
         let (outcome, manifest) = tokio::task::spawn_blocking(move || {
-            super::verify::verify_file_with_manifest(&key, cache.data_file(), cache.piece_size)
+            crate::manifest::whole::verify_file_with_manifest(&key, cache.data_file(), cache.piece_size)
         })
         .await
         .map_err(|e| e.to_string())?;
-        Ok(manifest.filter(|_| matches!(outcome, super::verify::Outcome::Match)))
+        Ok(manifest.filter(|_| matches!(outcome, crate::annex::backend::Outcome::Match)))
     }
 
     /// Disputed pieces `(piece, origin, other)` with no third opinion: for each source

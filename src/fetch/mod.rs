@@ -29,7 +29,6 @@
 
 pub mod blame;
 pub mod limits;
-pub mod verify;
 
 pub use blame::Reputation;
 
@@ -719,7 +718,7 @@ impl KeyFetch {
     /// needs a backend with a hash and room for the whole key in the cache.
     fn strict_possible(&self) -> Result<(), ReadError> {
         let fail = |why: String| Err(ReadError::Strict { key: self.key.to_string_lossy(), why });
-        if verify::hasher_for(self.key.variety()).is_none() {
+        if crate::annex::backend::hasher_for(self.key.variety()).is_none() {
             return fail(format!(
                 "its backend {} has no hash to verify it with, and it has no piece manifest",
                 String::from_utf8_lossy(self.key.variety())
@@ -1512,16 +1511,16 @@ impl KeyFetch {
         let this = self.clone();
         let res = tokio::task::spawn_blocking(move || {
             let _ = this.cache.persist();
-            verify::verify_file_with_manifest(&this.key, this.cache.data_file(), this.cache.piece_size)
+            crate::manifest::whole::verify_file_with_manifest(&this.key, this.cache.data_file(), this.cache.piece_size)
         })
         .await;
         let Ok((outcome, manifest)) = res else { return };
         match outcome {
-            verify::Outcome::Match => self.verified(manifest, had_manifest).await,
-            verify::Outcome::Unverifiable(why) => {
+            crate::annex::backend::Outcome::Match => self.verified(manifest, had_manifest).await,
+            crate::annex::backend::Outcome::Unverifiable(why) => {
                 tracing::info!("{}: complete; not verifiable ({why})", self.key);
             }
-            verify::Outcome::Mismatch(got) => {
+            crate::annex::backend::Outcome::Mismatch(got) => {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
                 let resolved = if had_manifest {
                     Err("every piece matched the piece manifest, so the manifest itself is wrong".to_string())
@@ -1536,7 +1535,7 @@ impl KeyFetch {
                     Err(why) => self.quarantine(&format!("hash {got}; {why}")),
                 }
             }
-            verify::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", self.key),
+            crate::annex::backend::Outcome::Io(e) => tracing::warn!("{}: verify: {e}", self.key),
         }
     }
 
@@ -1559,7 +1558,7 @@ impl KeyFetch {
         let Some(m) = manifest.filter(|_| !had_manifest) else { return };
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = this.store.save_manifest(&m) {
+            if let Err(e) = crate::manifest::cached::save(&this.store, &m) {
                 tracing::warn!("{}: keep its piece manifest in the cache: {e}", this.key);
             }
             if let Some(hook) = &this.cfg.on_verified {

@@ -24,7 +24,9 @@
 //! <64 hex digits>        one line per piece, in order
 //! ```
 
+pub mod cached;
 pub mod publish;
+pub mod whole;
 
 use crate::annex::Key;
 use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
@@ -182,7 +184,7 @@ impl Manifest {
         if !is_blake3(&self.key) {
             return Ok(Trust::FromOrigin);
         }
-        let want = crate::fetch::verify::expected_hash(&self.key);
+        let want = crate::annex::backend::expected_hash(&self.key);
         if want.as_deref() == Some(&self.root()[..]) {
             Ok(Trust::SelfVerified)
         } else {

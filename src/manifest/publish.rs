@@ -9,8 +9,8 @@
 //! no file, so `git annex unused` lists them; dropping them only loses the manifests.
 
 use super::{MAX_MANIFEST_BYTES, Manifest};
+use crate::annex::backend as verify;
 use crate::annex::{Annex, Key};
-use crate::fetch::verify;
 use crate::source::discover::discover;
 use crate::source::http::HttpClient;
 use crate::source::open_location;
@@ -185,12 +185,12 @@ pub fn lookup(
     rt: &tokio::runtime::Handle,
     store: &crate::pieces::PieceStore,
 ) -> Option<Manifest> {
-    if let Some(m) = store.load_manifest(key) {
+    if let Some(m) = super::cached::load(store, key) {
         return Some(m);
     }
     match find(annex, key, http, peers, rt) {
         Ok(Some(m)) => {
-            if let Err(e) = store.save_manifest(&m) {
+            if let Err(e) = super::cached::save(store, &m) {
                 tracing::warn!("{key}: keep its manifest in the cache: {e}");
             }
             Some(m)
@@ -198,7 +198,7 @@ pub fn lookup(
         Ok(None) => {
             // A BLAKE3 key's manifest can come from any peer: it is checked against the key.
             let m = peers?.manifest(key)?;
-            if let Err(e) = store.save_manifest(&m) {
+            if let Err(e) = super::cached::save(store, &m) {
                 tracing::warn!("{key}: keep its manifest in the cache: {e}");
             }
             Some(m)

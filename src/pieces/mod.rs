@@ -621,13 +621,14 @@ impl PieceStore {
         dir.join(format!("{h}.manifest"))
     }
 
-    /// Keeps the manifest of a key (made from verified content, or checked on arrival).
-    pub fn save_manifest(&self, m: &crate::manifest::Manifest) -> Result<(), CacheError> {
-        let path = self.manifest_path(&m.key);
+    /// Keeps the manifest of a key, as the manifest layer serialised it (the store does not
+    /// interpret it: whoever loads it parses and checks it against the key).
+    pub fn save_manifest_bytes(&self, key: &Key, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.manifest_path(key);
         if let Some(dir) = path.parent() {
             private_dir(dir)?;
         }
-        write_atomic(&path, &m.to_bytes())
+        write_atomic(&path, bytes)
     }
 
     /// Whether a manifest of `key` is kept.
@@ -635,19 +636,13 @@ impl PieceStore {
         self.manifest_path(key).is_file()
     }
 
-    /// The kept manifest of `key`, if any (one that no longer parses is ignored).
-    pub fn load_manifest(&self, key: &Key) -> Option<crate::manifest::Manifest> {
+    /// The kept manifest bytes of `key` (at most `max` bytes read), and where they are kept.
+    pub fn load_manifest_bytes(&self, key: &Key, max: u64) -> Option<(Vec<u8>, PathBuf)> {
         let path = self.manifest_path(key);
         let f = std::fs::File::open(&path).ok()?;
         let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(f, crate::manifest::MAX_MANIFEST_BYTES), &mut bytes).ok()?;
-        match crate::manifest::Manifest::parse(&bytes, key) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!("{}: ignoring {}: {e}", key.to_string_lossy(), path.display());
-                None
-            }
-        }
+        io::Read::read_to_end(&mut io::Read::take(f, max), &mut bytes).ok()?;
+        Some((bytes, path))
     }
 
     /// Opens `key` only if the cache has a record of it (never creates files: for serving).

@@ -111,8 +111,7 @@ impl Node {
         if let Some(m) = lock(&self.manifests).get(&kb) {
             return Some(m.clone());
         }
-        let m = store
-            .load_manifest(key)
+        let m = crate::manifest::cached::load(store, key)
             .and_then(|m| m.regroup(piece_size).ok())
             .filter(|m| m.trust().is_ok())
             .map(Arc::new);
@@ -134,15 +133,17 @@ impl Node {
     }
 
     fn manifest(&self, key: &Key) -> Option<Vec<u8>> {
-        if let Some(m) = self.store.as_ref().and_then(|s| s.load_manifest(key)) {
+        if let Some(m) = self.store.as_ref().and_then(|s| crate::manifest::cached::load(s, key)) {
             return Some(m.to_bytes());
         }
         // The repository's own content: its manifest is made on demand.
         let p = self.annex.present_object(key)?;
         let f = LocalFile::open(&p, key.size()).ok()?;
         let m = Manifest::from_file(key, f.file(), crate::pieces::piece_size_for(f.len())).ok()?;
-        if let Some(s) = &self.store {
-            let _ = s.save_manifest(&m);
+        if let Some(s) = &self.store
+            && let Err(e) = crate::manifest::cached::save(s, &m)
+        {
+            tracing::warn!("{key}: keep its piece manifest in the cache: {e}");
         }
         Some(m.to_bytes())
     }

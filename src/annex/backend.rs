@@ -1,14 +1,13 @@
-//! Whole-key verification: the content's hash under the key's backend, compared with the
-//! hash in the key's name.
+//! git-annex's hash backends: the content's hash under a key's backend, compared with the
+//! hash in the key's name. Pure backend knowledge: no cache, no manifests.
 //!
 //! Backends with a hash: MD5, SHA1, SHA224/256/384/512, SHA3_224/256/384/512, SKEIN256/512,
 //! BLAKE2B160/224/256/384/512, BLAKE2BP512, BLAKE2S160/224/256, BLAKE2SP224/256, BLAKE3_256,
 //! each also with the `E` (extension) suffix. WORM, URL, VURL, external and unknown backends
 //! carry no hash of the content and are reported as not verifiable.
 
-use crate::annex::Key;
-use crate::annex::key::variety_has_extension;
-use crate::manifest::Manifest;
+use super::Key;
+use super::key::variety_has_extension;
 use std::fs::File;
 use std::io::Read;
 
@@ -111,7 +110,7 @@ pub enum Outcome {
     Io(std::io::Error),
 }
 
-fn hex(b: &[u8]) -> String {
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -158,44 +157,6 @@ pub fn verify_file(key: &Key, file: &File) -> Outcome {
         }
     }
     verify_reader(key, At(file, 0))
-}
-
-/// Verifies a file holding a key's whole content and, when it matches, makes its piece
-/// manifest in the same pass (pieces of `piece_size`).
-pub fn verify_file_with_manifest(key: &Key, file: &File, piece_size: u64) -> (Outcome, Option<Manifest>) {
-    use std::os::unix::fs::FileExt;
-    let Some(mut h) = hasher_for(key.variety()) else {
-        let why = format!("backend {} has no content hash", String::from_utf8_lossy(key.variety()));
-        return (Outcome::Unverifiable(why), None);
-    };
-    let Some(expected) = expected_hash(key) else {
-        return (Outcome::Unverifiable("the key's name is not a hash".into()), None);
-    };
-    let size = match key.size() {
-        Some(s) => s,
-        None => match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => return (Outcome::Io(e), None),
-        },
-    };
-    let built = Manifest::build(key, size, piece_size, |off, buf| {
-        file.read_exact_at(buf, off)?;
-        h.update(buf);
-        Ok(())
-    });
-    let manifest = match built {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return (Outcome::Mismatch(format!("fewer than {size} bytes")), None);
-        }
-        Err(e) => return (Outcome::Io(e), None),
-    };
-    // The whole file, not only the key's size, is the content.
-    if file.metadata().is_ok_and(|m| m.len() != size) {
-        return (Outcome::Mismatch(format!("file is not {size} bytes")), None);
-    }
-    let got = h.finish();
-    if got == expected { (Outcome::Match, Some(manifest)) } else { (Outcome::Mismatch(hex(&got)), None) }
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+//! Manifests kept in the piece store. The store keeps bytes; this layer gives them meaning:
+//! a kept manifest is parsed and checked against its key each time it is loaded.
+
+use super::{MAX_MANIFEST_BYTES, Manifest};
+use crate::annex::Key;
+use crate::pieces::{CacheError, PieceStore};
+
+/// Keeps the manifest of a key (made from verified content, or checked on arrival).
+pub fn save(store: &PieceStore, m: &Manifest) -> Result<(), CacheError> {
+    store.save_manifest_bytes(&m.key, &m.to_bytes())
+}
+
+/// The kept manifest of `key`, if any; one that no longer parses is ignored with a warning.
+pub fn load(store: &PieceStore, key: &Key) -> Option<Manifest> {
+    let (bytes, path) = store.load_manifest_bytes(key, MAX_MANIFEST_BYTES)?;
+    match Manifest::parse(&bytes, key) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("{}: ignoring {}: {e}", key.to_string_lossy(), path.display());
+            None
+        }
+    }
+}
