@@ -12,7 +12,7 @@
 //!
 //! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`.
 
-use crate::fs::{AnnexFs, Attr, Kind};
+use crate::fs::{AnnexFs, Attr, FsError, Kind};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -227,10 +227,19 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.pool.spawn_blocking(move || match fs.read(fh.0, offset, size) {
+        let rt = self.pool.clone();
+        // The one async boundary: a read may wait on the network, so it leaves the FUSE
+        // threads for the blocking pool and runs the filesystem's read there to completion.
+        self.pool.spawn_blocking(move || match rt.block_on(fs.read(fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         });
+    }
+
+    /// Every close(2) flushes. Nothing is ever written, so there is nothing to flush; answering
+    /// (instead of fuser's default ENOSYS) keeps a warning per close out of the log.
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
     }
 
     fn release(
@@ -295,7 +304,7 @@ impl Filesystem for FuseAdapter {
         match self.fs.getxattr(ino.0, name) {
             Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(_) => reply.error(errno(&FsError::Range)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -304,14 +313,14 @@ impl Filesystem for FuseAdapter {
         match self.fs.listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(_) => reply.error(errno(&FsError::Range)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         if mask.bits() & libc::W_OK != 0 {
-            return reply.error(Errno::from_i32(libc::EROFS));
+            return reply.error(errno(&FsError::ReadOnly));
         }
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),

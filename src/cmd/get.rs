@@ -3,14 +3,14 @@
 //! with `git annex reinject`, so that it becomes present in the repository through
 //! git-annex's own rules (annexfs never writes the repository itself).
 
+use super::Network;
 use super::mount::parse_size;
 use super::sources::{annexed_files, open_base};
 use crate::annex::Key;
 use crate::cli::GetArgs;
-use crate::fetch::{Fetcher, KeyFetch};
+use crate::fetch::KeyFetch;
 use crate::pieces::{DEFAULT_CACHE_SIZE, PieceStore};
-use crate::source::discover::{LocalSource, discover};
-use crate::source::http::HttpClient;
+use crate::source::discover::LocalSource;
 use crate::source::remote::RangeSource;
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,8 +42,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
     };
     let opts = super::FetchOptions { verify: args.verify.verify, publish: !args.verify.no_publish };
     let swarm = super::SwarmOptions { peers: args.swarm.peers.clone(), ..Default::default() };
-    let parts = super::remote_parts(&annex, &cache_dir, cache_size, &rt, opts, &swarm)?;
-    let (fetcher, http) = (&parts.fetcher, &parts.http);
+    let net = super::assemble::network(&annex, &cache_dir, cache_size, &rt, opts, &swarm)?;
     let tty = std::io::stderr().is_terminal();
 
     for (file, key) in files {
@@ -51,7 +50,7 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
             eprintln!("{file}: already present in the repository");
             continue;
         }
-        match get_one(&rt, fetcher, &annex, http, &parts.peers, &file, &key, tty) {
+        match get_one(&rt, &net, &annex, &file, &key, tty) {
             Ok(kf) => {
                 if args.into_annex
                     && let Err(e) = reinject(&base, &cache_dir, &file, &kf)
@@ -65,19 +64,17 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn get_one(
     rt: &tokio::runtime::Runtime,
-    fetcher: &Fetcher,
+    net: &Network,
     annex: &crate::annex::Annex,
-    http: &HttpClient,
-    peers: &Arc<crate::swarm::Peers>,
     file: &str,
     key: &Key,
     tty: bool,
 ) -> anyhow::Result<Arc<KeyFetch>> {
     let size = key.size().ok_or_else(|| anyhow!("{key} has no size: it cannot be fetched by ranges"))?;
-    let found = discover(annex, key, Some(http)).map_err(|e| anyhow!(e))?;
+    let (found, manifest) = rt.block_on(async { (net.parts(annex, key).await, net.manifest(annex, key).await) });
+    let found = found?;
     let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
     let mut why = found.unusable;
     // Local copies join the same scheduler as network sources.
@@ -88,11 +85,7 @@ fn get_one(
         }
     }
     sources.extend(found.remote);
-    if found.local.is_empty() {
-        sources.extend(peers.sources(key));
-    }
-    let manifest = crate::manifest::publish::lookup(annex, key, Some(http), Some(peers), rt.handle(), fetcher.store());
-    let kf = fetcher.key(key, sources, manifest).map_err(|e| anyhow!("{e}"))?;
+    let kf = net.fetcher.key(key, sources, manifest).map_err(|e| anyhow!("{e}"))?;
     let pb = if tty {
         ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr())
     } else {

@@ -9,6 +9,7 @@
 //! The daemon unmounts itself on SIGTERM, SIGINT or SIGHUP, and exits when the filesystem is
 //! unmounted from outside (`annexfs umount`, `fusermount3 -u`, `umount`).
 
+use super::Network;
 use crate::annex::Annex;
 use crate::annex::repo::clean_path;
 use crate::cli::{MountArgs, UmountArgs};
@@ -545,12 +546,12 @@ pub fn serve(plan: &MountPlan, mut ready: Option<std::fs::File>) -> anyhow::Resu
         };
         r.write_all(msg.as_bytes()).context("tell the parent process")?;
     }
-    let (fs, bg, rt) = mounted?;
+    let (fs, net, bg, rt) = mounted?;
     tracing::info!("mounted {} on {}", plan.repo.display(), plan.mountpoint.display());
-    wait(plan, fs, bg, rt)
+    wait(plan, fs, net, bg, rt)
 }
 
-type Mounted = (Arc<AnnexFs>, fuser::BackgroundSession, tokio::runtime::Runtime);
+type Mounted = (Arc<AnnexFs>, Arc<Network>, fuser::BackgroundSession, tokio::runtime::Runtime);
 
 /// Mounts, and checks that the mount answers.
 fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
@@ -568,7 +569,7 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         .enable_all()
         .build()
         .context("start the I/O thread pool")?;
-    let remote = super::remote_parts(
+    let net = super::assemble::network(
         &annex,
         &plan.cache_dir,
         plan.cache_size,
@@ -586,14 +587,15 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     )?;
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
-    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_remote(remote));
-    if let (Some(addr), Some(parts)) = (plan.serve, fs.remote()) {
+    let holders = Arc::new(super::assemble::MountHolders { annex: annex.clone(), net: net.clone() });
+    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_holders(holders));
+    if let Some(addr) = plan.serve {
         let mut c = crate::swarm::server::ServeConfig::new(addr);
         c.bwlimit = plan.serve_bwlimit;
-        let store = Some(parts.fetcher.store().clone());
-        let server = crate::swarm::server::start(c, fs.annex().clone(), store, parts.peers.clone(), rt.handle())
+        let store = Some(net.store().clone());
+        let server = crate::swarm::server::start(c, fs.annex().clone(), store, net.peers.clone(), rt.handle())
             .context("serve the swarm")?;
-        let _ = parts.serving.set(server);
+        let _ = net.serving.set(server);
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 
@@ -636,13 +638,14 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         let _ = unmount(&plan.mountpoint, true);
         bail!("the new mount on {} does not answer: {e}", plan.mountpoint.display());
     }
-    Ok((fs, bg, rt))
+    Ok((fs, net, bg, rt))
 }
 
 /// Serves until the filesystem is unmounted; unmounts on SIGTERM, SIGINT and SIGHUP.
 fn wait(
     plan: &MountPlan,
     fs: Arc<AnnexFs>,
+    net: Arc<Network>,
     bg: fuser::BackgroundSession,
     rt: tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
@@ -683,7 +686,7 @@ fn wait(
             crate::fetch::VerifyMode::Stream => "stream",
             crate::fetch::VerifyMode::Strict => "strict",
         };
-        let make = Arc::new(move || super::status::snapshot(&fs, &mp, &repo, verify, &cache));
+        let make = Arc::new(move || super::status::snapshot(&fs, &net, &mp, &repo, verify, &cache));
         match super::status::serve(&plan.mountpoint, make) {
             Ok(p) => Some(p),
             Err(e) => {

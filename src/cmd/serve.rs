@@ -34,7 +34,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
         advertise: args.advertise.clone(),
     };
     let opts = super::FetchOptions { verify: crate::fetch::VerifyMode::Stream, publish: false };
-    let parts = super::remote_parts(&annex, &cache_dir, crate::pieces::DEFAULT_CACHE_SIZE, &rt, opts, &swarm)?;
+    let parts = super::assemble::network(&annex, &cache_dir, crate::pieces::DEFAULT_CACHE_SIZE, &rt, opts, &swarm)?;
     let server =
         crate::swarm::server::start(cfg, annex, Some(parts.fetcher.store().clone()), parts.peers.clone(), rt.handle())?;
     eprintln!("annexfs: serving {} on http://{}", repo.display(), server.addr);

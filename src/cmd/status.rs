@@ -156,7 +156,14 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 }
 
 /// What the daemon of one mount knows, now.
-pub fn snapshot(fs: &AnnexFs, mountpoint: &Path, repo: &Path, verify: &str, cache_dir: &Path) -> MountStatus {
+pub(crate) fn snapshot(
+    fs: &AnnexFs,
+    net: &super::Network,
+    mountpoint: &Path,
+    repo: &Path,
+    verify: &str,
+    cache_dir: &Path,
+) -> MountStatus {
     let mut st = MountStatus {
         mountpoint: mountpoint.display().to_string(),
         repo: repo.display().to_string(),
@@ -169,18 +176,7 @@ pub fn snapshot(fs: &AnnexFs, mountpoint: &Path, repo: &Path, verify: &str, cach
             .collect(),
         ..Default::default()
     };
-    let Some(parts) = fs.remote() else {
-        st.open_files = fs
-            .open_files()
-            .into_iter()
-            .map(|(file, key)| {
-                let size = key.size().unwrap_or(0);
-                let present = if fs.annex().present_object(&key).is_some() { size } else { 0 };
-                OpenFile { file, key: key.to_string(), size, present_bytes: present, ..Default::default() }
-            })
-            .collect();
-        return st;
-    };
+    let parts = net;
     st.peers = parts.peers.live();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Errors of filesystem operations and their one errno mapping.
 
+use crate::fetch::ReadError;
 use crate::source::SourceError;
 
 /// An error answered to a filesystem request.
@@ -35,6 +36,14 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading through the piece cache failed (the fetcher's log lines say what each source
+    /// did).
+    #[error("read {what}: {source}")]
+    Fetch {
+        what: String,
+        #[source]
+        source: ReadError,
+    },
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("git: {0}")]
@@ -59,6 +68,9 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::Unavailable { .. } => libc::EIO,
             FsError::Io { .. } => libc::EIO,
+            // A full cache disk is the one fetch failure the reader can act on.
+            FsError::Fetch { source, .. } if source.is_no_space() => libc::ENOSPC,
+            FsError::Fetch { .. } => libc::EIO,
             FsError::Source(_) => libc::EIO,
             FsError::Git(_) => libc::EIO,
         }

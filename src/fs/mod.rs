@@ -16,15 +16,16 @@
 //! new namespace is built.
 
 pub mod error;
+pub mod holders;
+mod inodes;
 
 pub use error::FsError;
+pub use holders::{Holders, LocalHolders, Opened};
+use inodes::{InodeTable, ident_of};
 
 use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent, ROOT};
 use crate::annex::{Annex, Key};
-use crate::fetch::{Fetcher, KeyFetch};
-use crate::source::discover::discover;
-use crate::source::http::HttpClient;
-use crate::source::{LocalFile, Memory, RangeRead, open_location};
+use crate::source::{LocalFile, Memory};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -71,59 +72,6 @@ pub struct Attr {
     pub gid: u32,
 }
 
-/// The identity of what is at a path; see the module doc.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Ident {
-    Dir,
-    Annexed(Key),
-    Plain(PlainId),
-    Symlink(Vec<u8>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum PlainId {
-    Blob(git2::Oid),
-    /// A working-tree file: its size and mtime stand for its content.
-    Worktree(u64, SystemTime),
-}
-
-fn ident_of(kind: &EntryKind, mtime: SystemTime) -> Ident {
-    match kind {
-        EntryKind::Dir => Ident::Dir,
-        EntryKind::Annexed(k) => Ident::Annexed(k.clone()),
-        EntryKind::Plain { content: PlainContent::Blob(oid), .. } => Ident::Plain(PlainId::Blob(*oid)),
-        EntryKind::Plain { size, content: PlainContent::Worktree(_) } => Ident::Plain(PlainId::Worktree(*size, mtime)),
-        EntryKind::Symlink(t) => Ident::Symlink(t.clone()),
-    }
-}
-
-/// Inode numbers for (path, identity) pairs. Numbers are never reused.
-struct InodeTable {
-    by_ident: HashMap<(Vec<u8>, Ident), u64>,
-    by_ino: HashMap<u64, (Vec<u8>, Ident)>,
-    next: u64,
-}
-
-impl InodeTable {
-    fn new() -> InodeTable {
-        let mut t = InodeTable { by_ident: HashMap::new(), by_ino: HashMap::new(), next: ROOT_INO + 1 };
-        t.by_ident.insert((Vec::new(), Ident::Dir), ROOT_INO);
-        t.by_ino.insert(ROOT_INO, (Vec::new(), Ident::Dir));
-        t
-    }
-
-    fn ino(&mut self, path: &[u8], ident: &Ident) -> u64 {
-        if let Some(&ino) = self.by_ident.get(&(path.to_vec(), ident.clone())) {
-            return ino;
-        }
-        let ino = self.next;
-        self.next += 1;
-        self.by_ident.insert((path.to_vec(), ident.clone()), ino);
-        self.by_ino.insert(ino, (path.to_vec(), ident.clone()));
-        ino
-    }
-}
-
 /// Where an open file's bytes come from.
 enum Content {
     Annexed(Key),
@@ -135,7 +83,7 @@ struct Handle {
     /// Path in the repository, for log lines.
     file: String,
     content: Content,
-    reader: Mutex<Option<Arc<dyn RangeRead>>>,
+    reader: Mutex<Option<Opened>>,
 }
 
 /// Mount-wide settings of the filesystem core.
@@ -159,46 +107,8 @@ pub struct AnnexFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     cfg: FsConfig,
-    /// Network sources and the piece cache; without it only local holders are read.
-    remote: Option<RemoteParts>,
-}
-
-/// What reading from network sources needs.
-#[derive(Clone)]
-pub struct RemoteParts {
-    pub fetcher: Arc<Fetcher>,
-    pub http: HttpClient,
-    pub rt: tokio::runtime::Handle,
-    /// Swarm peers: sources for the pieces they hold.
-    pub peers: Arc<crate::swarm::Peers>,
-    /// This node's swarm server, once it serves.
-    pub serving: Arc<std::sync::OnceLock<crate::swarm::server::Server>>,
-}
-
-/// Reads a key through the fetcher and the piece cache.
-struct CachedReader {
-    kf: Arc<KeyFetch>,
-    rt: tokio::runtime::Handle,
-    what: String,
-}
-
-impl RangeRead for CachedReader {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        match self.rt.block_on(self.kf.read(offset, buf.len() as u64)) {
-            Ok(data) => {
-                buf[..data.len()].copy_from_slice(&data);
-                Ok(data.len())
-            }
-            Err(e) if e.is_no_space() => Err(std::io::Error::other(format!("ENOSPC: {e}"))),
-            Err(e) => Err(std::io::Error::other(e.to_string())),
-        }
-    }
-    fn len(&self) -> u64 {
-        self.kf.size()
-    }
-    fn describe(&self) -> String {
-        self.what.clone()
-    }
+    /// Where annexed content is read from, as the mount assembled it.
+    holders: Arc<dyn Holders>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,7 +132,6 @@ impl AnnexFs {
         };
         let index_path = repo.path().join("index");
         let fs = AnnexFs {
-            annex,
             view,
             repo: Mutex::new(repo),
             index_stamp: Mutex::new(stamp_of(&index_path)),
@@ -233,16 +142,17 @@ impl AnnexFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cfg,
-            remote: None,
+            holders: Arc::new(LocalHolders { annex: annex.clone() }),
+            annex,
         };
         let ns = fs.build_namespace()?;
         *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
         Ok(fs)
     }
 
-    /// Lets the filesystem read network holders through the fetcher and the piece cache.
-    pub fn with_remote(mut self, parts: RemoteParts) -> AnnexFs {
-        self.remote = Some(parts);
+    /// Reads annexed content through `holders` (by default, local copies only).
+    pub fn with_holders(mut self, holders: Arc<dyn Holders>) -> AnnexFs {
+        self.holders = holders;
         self
     }
 
@@ -431,11 +341,7 @@ impl AnnexFs {
     pub fn keep_cache(&self, ino: u64) -> bool {
         let Ok((ns, id, _)) = self.resolve(ino) else { return true };
         let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return true };
-        let Some(parts) = &self.remote else { return true };
-        self.annex.present_object(key).is_some()
-            || parts.fetcher.config().verify == crate::fetch::VerifyMode::Strict
-            || parts.fetcher.has_manifest(key)
-            || parts.fetcher.store().has_manifest(key)
+        self.annex.present_object(key).is_some() || self.holders.keep_cache(key)
     }
 
     /// The annexed files open now: (path, key), one entry per path.
@@ -452,36 +358,28 @@ impl AnnexFs {
         v
     }
 
-    /// The fetcher, when network sources are read.
-    pub fn remote(&self) -> Option<&RemoteParts> {
-        self.remote.as_ref()
-    }
-
     /// Closes a handle.
     pub fn release(&self, fh: u64) {
         lock(&self.handles).remove(&fh);
     }
 
-    /// Reads up to `size` bytes at `offset`. Blocking: call it off the FUSE threads.
+    /// Reads up to `size` bytes at `offset`. It may wait on the network: the adapter calls it
+    /// on the blocking pool, never on the FUSE threads.
     #[tracing::instrument(level = "trace", skip(self))]
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
-        let mut buf = vec![0u8; size as usize];
         let mut failed: Vec<String> = Vec::new();
         // A source can fail mid-read (a drop, a disk going away): the next holder is tried.
         loop {
-            let reader = self.reader(&handle, &failed)?;
-            match reader.read_at(&mut buf, offset) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
+            let reader = self.reader(&handle, &failed).await?;
+            match reader.read(offset, size).await {
+                Ok(data) => return Ok(data),
                 Err(e) => {
                     let what = reader.describe();
                     tracing::warn!("{}: read at {offset} from {what} failed: {e}; trying other holders", handle.file);
                     *lock(&handle.reader) = None;
                     if matches!(handle.content, Content::Plain(_)) || failed.contains(&what) {
-                        return Err(FsError::Io { what, source: e });
+                        return Err(e);
                     }
                     failed.push(what);
                 }
@@ -489,81 +387,27 @@ impl AnnexFs {
         }
     }
 
-    fn reader(&self, handle: &Handle, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
-        let mut slot = lock(&handle.reader);
-        if let Some(r) = slot.as_ref() {
+    async fn reader(&self, handle: &Handle, skip: &[String]) -> Result<Opened, FsError> {
+        if let Some(r) = lock(&handle.reader).as_ref() {
             return Ok(r.clone());
         }
-        let r: Arc<dyn RangeRead> = match &handle.content {
-            Content::Plain(PlainContent::Worktree(p)) => Arc::new(LocalFile::open(p, None)?),
+        let r = match &handle.content {
+            Content::Plain(PlainContent::Worktree(p)) => Opened::Local(Arc::new(LocalFile::open(p, None)?)),
             Content::Plain(PlainContent::Blob(oid)) => {
-                let repo = lock(&self.repo);
-                let blob = repo.find_blob(*oid)?;
-                Arc::new(Memory { bytes: blob.content().to_vec(), what: format!("git blob {oid}") })
-            }
-            Content::Annexed(key) => self.open_annexed(&handle.file, key, skip)?,
-        };
-        *slot = Some(r.clone());
-        Ok(r)
-    }
-
-    /// Finds a readable copy of `key`: the repository's own annex first, then every holder in
-    /// the order of [`Annex::holders`].
-    fn open_annexed(&self, file: &str, key: &Key, skip: &[String]) -> Result<Arc<dyn RangeRead>, FsError> {
-        let unavailable = |why: String| FsError::Unavailable { key: key.to_string_lossy(), why };
-        let mut found = discover(&self.annex, key, self.remote.as_ref().map(|r| &r.http)).map_err(unavailable)?;
-        if found.local.is_empty()
-            && let Some(parts) = &self.remote
-        {
-            found.remote.extend(parts.peers.sources(key));
-        }
-        let mut tried = found.unusable;
-        // Local copies are read in place.
-        for (name, loc) in &found.local {
-            match open_location(loc, key.size()) {
-                Ok(r) if skip.contains(&r.describe()) => {}
-                Ok(r) => {
-                    tracing::debug!("{file}: reading from {name} ({}), key {key}", r.describe());
-                    return Ok(Arc::from(r));
-                }
-                Err(e) => tried.push(format!("{name}: {e}")),
-            }
-        }
-        // Network holders go through the fetcher and the piece cache (which may also hold
-        // the key already, from an earlier mount).
-        if let Some(parts) = &self.remote
-            && key.size().is_some()
-            && (!found.remote.is_empty() || parts.fetcher.store().present_bytes(key) > 0)
-        {
-            let names: Vec<String> = found.remote.iter().map(|s| s.name().to_string()).collect();
-            let what = format!(
-                "piece cache of {key} (sources: {})",
-                if names.is_empty() { "none".into() } else { names.join(", ") }
-            );
-            if !skip.contains(&what) {
-                let manifest = if parts.fetcher.has_manifest(key) {
-                    None
-                } else {
-                    crate::manifest::publish::lookup(
-                        &self.annex,
-                        key,
-                        Some(&parts.http),
-                        Some(&parts.peers),
-                        &parts.rt,
-                        parts.fetcher.store(),
-                    )
+                let bytes = {
+                    let repo = lock(&self.repo);
+                    repo.find_blob(*oid)?.content().to_vec()
                 };
-                let kf = parts.fetcher.key(key, found.remote, manifest).map_err(|e| unavailable(e.to_string()))?;
-                tracing::debug!("{file}: reading from the {what}");
-                return Ok(Arc::new(CachedReader { kf, rt: parts.rt.clone(), what }));
+                Opened::Local(Arc::new(Memory { bytes, what: format!("git blob {oid}") }))
             }
-        }
-        if !found.any_holder {
-            tried.push("no repository is known to hold it".into());
-        }
-        let why = tried.join("; ");
-        tracing::error!("{file}: cannot read {key}: {why}");
-        Err(unavailable(why))
+            Content::Annexed(key) => {
+                let r = self.holders.open(&handle.file, key, skip).await?;
+                tracing::debug!("{}: reading {key} from {}", handle.file, r.describe());
+                r
+            }
+        };
+        // Two reads racing to open keep the first reader, so that both use one.
+        Ok(lock(&handle.reader).get_or_insert(r).clone())
     }
 
     /// An extended attribute's value.
@@ -578,7 +422,7 @@ impl AnnexFs {
         match name.to_str() {
             Some(XATTR_KEY) => Ok(key.to_bytes()),
             Some(XATTR_PRESENT) => {
-                let cached = self.remote.as_ref().map_or(0, |r| r.fetcher.store().present_bytes(key));
+                let cached = self.holders.cached_bytes(key);
                 Ok(self.local_size(key).unwrap_or(cached).to_string().into_bytes())
             }
             _ => Err(FsError::NoAttr),
@@ -609,17 +453,5 @@ mod tests {
         assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
         assert_eq!(FsError::Unavailable { key: "k".into(), why: "w".into() }.errno(), libc::EIO);
         assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
-    }
-
-    #[test]
-    fn inode_numbers_follow_identity() {
-        let mut t = InodeTable::new();
-        let k1 = Key::parse_str("SHA256E-s1--a").unwrap();
-        let k2 = Key::parse_str("SHA256E-s2--b").unwrap();
-        let a = t.ino(b"f", &Ident::Annexed(k1.clone()));
-        assert_eq!(t.ino(b"f", &Ident::Annexed(k1)), a);
-        let b = t.ino(b"f", &Ident::Annexed(k2));
-        assert_ne!(a, b, "another key at the same path is another inode");
-        assert_eq!(t.ino(b"", &Ident::Dir), ROOT_INO);
     }
 }

@@ -14,9 +14,11 @@ use crate::annex::{Annex, Key};
 use crate::source::discover::discover;
 use crate::source::http::HttpClient;
 use crate::source::open_location;
+use crate::source::remote::{BoxFuture, RangeSource};
 use futures_util::StreamExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The metadata field naming a key's manifest.
@@ -38,102 +40,147 @@ pub fn recorded(annex: &Annex, key: &Key) -> Vec<Key> {
     md.get(FIELD.as_bytes()).map(|vals| vals.iter().filter_map(|v| Key::parse(v).ok()).collect()).unwrap_or_default()
 }
 
+/// Why a published manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("the manifest key {0} has no size")]
+    NoSize(String),
+    #[error("manifest {0} of {1} bytes is too large")]
+    TooLarge(String, u64),
+    #[error(transparent)]
+    Discover(#[from] crate::source::discover::DiscoverError),
+    /// Every holder of the manifest object was tried: what went wrong with each.
+    #[error("{}", tried_text(.0))]
+    NoGoodCopy(Vec<String>),
+    #[error("{0}: {1}")]
+    Invalid(String, super::ManifestError),
+    /// Several recorded manifests, none usable.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    All(Vec<FindError>),
+}
+
+fn tried_text(tried: &[String]) -> String {
+    if tried.is_empty() { "no repository holds it".into() } else { tried.join("; ") }
+}
+
+/// Why publishing a manifest failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("run git annex: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("git annex {command}: {stderr}")]
+    GitAnnex { command: String, stderr: String },
+    #[error("temporary file: {0}")]
+    Temp(#[source] std::io::Error),
+}
+
+/// Holders of an object that the repository does not record (the swarm's peers), supplied by
+/// whoever assembles a key's look-up; this layer knows nothing of them.
+pub trait MoreHolders: Sync {
+    fn sources<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Vec<Arc<dyn RangeSource>>>;
+}
+
+/// Reads a whole small object from one network source, bounded in size and time.
+async fn fetch_whole(src: &dyn RangeSource, size: u64, len: usize) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(FETCH_TIMEOUT, async {
+        let mut stream = src.get(0, size).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(len);
+        while let Some(c) = stream.next().await {
+            out.extend_from_slice(&c.map_err(|e| e.to_string())?);
+            if out.len() > len {
+                return Err("longer than its key".to_string());
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
+/// Reads a whole small object from a local location.
+fn read_local(loc: &crate::annex::remotes::Location, size: u64, len: usize) -> Result<Vec<u8>, String> {
+    let r = open_location(loc, Some(size)).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; len];
+    let mut at = 0;
+    while at < len {
+        match r.read_at(&mut buf[at..], at as u64) {
+            Ok(0) => return Err("short object".to_string()),
+            Ok(n) => at += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(buf)
+}
+
 /// Reads the whole object of `mkey` from wherever it is (this repository, a local remote, a
-/// network source, a swarm peer): the first copy that matches its key.
-fn read_object(
+/// network source, `more` holders): the first copy that matches its key.
+async fn read_object(
     annex: &Annex,
     mkey: &Key,
     http: Option<&HttpClient>,
-    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
-    rt: &tokio::runtime::Handle,
-) -> Result<Vec<u8>, String> {
-    let size = mkey.size().ok_or("the manifest key has no size")?;
+    more: Option<&dyn MoreHolders>,
+) -> Result<Vec<u8>, FindError> {
+    let name = mkey.to_string_lossy();
+    let size = mkey.size().ok_or_else(|| FindError::NoSize(name.clone()))?;
     if size > MAX_MANIFEST_BYTES {
-        return Err(format!("manifest of {size} bytes is too large"));
+        return Err(FindError::TooLarge(name, size));
     }
-    let len = usize::try_from(size).map_err(|e| e.to_string())?;
+    let len = usize::try_from(size).map_err(|_| FindError::TooLarge(name, size))?;
     let mut found = discover(annex, mkey, http)?;
     if found.local.is_empty()
-        && let Some(p) = peers
+        && let Some(m) = more
     {
-        found.remote.extend(p.sources(mkey));
+        found.remote.extend(m.sources(mkey).await);
     }
     let mut tried = found.unusable;
     let matches = |b: &[u8]| matches!(verify::verify_reader(mkey, b), verify::Outcome::Match);
-    for (name, loc) in &found.local {
-        let read = open_location(loc, Some(size)).map_err(|e| e.to_string()).and_then(|r| {
-            let mut buf = vec![0u8; len];
-            let mut at = 0;
-            while at < len {
-                match r.read_at(&mut buf[at..], at as u64) {
-                    Ok(0) => return Err("short object".to_string()),
-                    Ok(n) => at += n,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            Ok(buf)
-        });
-        match read {
+    for (who, loc) in &found.local {
+        match read_local(loc, size, len) {
             Ok(b) if matches(&b) => return Ok(b),
-            Ok(_) => tried.push(format!("{name}: the object does not match its key")),
-            Err(e) => tried.push(format!("{name}: {e}")),
+            Ok(_) => tried.push(format!("{who}: the object does not match its key")),
+            Err(e) => tried.push(format!("{who}: {e}")),
         }
     }
     for src in &found.remote {
-        let got = rt.block_on(async {
-            tokio::time::timeout(FETCH_TIMEOUT, async {
-                let mut stream = src.get(0, size).await.map_err(|e| e.to_string())?;
-                let mut out = Vec::with_capacity(len);
-                while let Some(c) = stream.next().await {
-                    out.extend_from_slice(&c.map_err(|e| e.to_string())?);
-                    if out.len() > len {
-                        return Err("longer than its key".to_string());
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(|_| "timed out".to_string())?
-        });
-        match got {
+        match fetch_whole(src.as_ref(), size, len).await {
             Ok(b) if matches(&b) => return Ok(b),
             Ok(_) => tried.push(format!("{}: the object does not match its key", src.name())),
             Err(e) => tried.push(format!("{}: {e}", src.name())),
         }
     }
-    if tried.is_empty() {
-        tried.push("no repository holds it".into());
-    }
-    Err(tried.join("; "))
+    Err(FindError::NoGoodCopy(tried))
 }
 
 /// The published manifest of `key`, fetched and checked: its object against its own key, its
 /// content against `key`. `Ok(None)` when none is published.
-pub fn find(
+pub async fn find(
     annex: &Annex,
     key: &Key,
     http: Option<&HttpClient>,
-    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
-    rt: &tokio::runtime::Handle,
-) -> Result<Option<Manifest>, String> {
+    more: Option<&dyn MoreHolders>,
+) -> Result<Option<Manifest>, FindError> {
     let mut errors = Vec::new();
     for mkey in recorded(annex, key) {
-        let bytes = match read_object(annex, &mkey, http, peers, rt) {
+        let bytes = match read_object(annex, &mkey, http, more).await {
             Ok(b) => b,
             Err(e) => {
-                errors.push(format!("{}: {e}", mkey.to_string_lossy()));
+                errors.push(e);
                 continue;
             }
         };
         match Manifest::parse(&bytes, key) {
             Ok(m) => return Ok(Some(m)),
-            Err(e) => errors.push(format!("{}: {e}", mkey.to_string_lossy())),
+            Err(e) => errors.push(FindError::Invalid(mkey.to_string_lossy(), e)),
         }
     }
-    if errors.is_empty() { Ok(None) } else { Err(errors.join("; ")) }
+    match errors.len() {
+        0 => Ok(None),
+        1 => Err(errors.remove(0)),
+        _ => Err(FindError::All(errors)),
+    }
 }
 
-fn git_annex(dir: &Path, args: &[&str]) -> Result<(), String> {
+fn git_annex(dir: &Path, args: &[&str]) -> Result<(), PublishError> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -141,17 +188,20 @@ fn git_annex(dir: &Path, args: &[&str]) -> Result<(), String> {
         .args(args)
         .arg("--quiet")
         .output()
-        .map_err(|e| format!("run git annex: {e}"))?;
+        .map_err(PublishError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("git annex {}: {}", args[0], String::from_utf8_lossy(&out.stderr).trim()))
+        Err(PublishError::GitAnnex {
+            command: args.first().copied().unwrap_or_default().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Stores `m` in the repository at `annex` and records it for its key, unless a manifest is
 /// recorded already. Returns the manifest's key.
-pub fn publish(annex: &Annex, m: &Manifest) -> Result<Key, String> {
+pub fn publish(annex: &Annex, m: &Manifest) -> Result<Key, PublishError> {
     if let Some(k) = recorded(annex, &m.key).into_iter().next() {
         return Ok(k);
     }
@@ -159,11 +209,8 @@ pub fn publish(annex: &Annex, m: &Manifest) -> Result<Key, String> {
     let mkey = manifest_key(&bytes);
     let dir = annex.base_dir();
     if annex.present_object(&mkey).is_none() {
-        let tmp = tempfile::Builder::new()
-            .prefix("annexfs-manifest")
-            .tempfile()
-            .map_err(|e| format!("temporary file: {e}"))?;
-        std::fs::write(tmp.path(), &bytes).map_err(|e| format!("write {}: {e}", tmp.path().display()))?;
+        let tmp = tempfile::Builder::new().prefix("annexfs-manifest").tempfile().map_err(PublishError::Temp)?;
+        std::fs::write(tmp.path(), &bytes).map_err(PublishError::Temp)?;
         let path = tmp.path().to_string_lossy().into_owned();
         // setkey moves the file into the annex (and checks it against the key).
         git_annex(dir, &["setkey", &mkey.to_string_lossy(), &path])?;
@@ -172,40 +219,4 @@ pub fn publish(annex: &Annex, m: &Manifest) -> Result<Key, String> {
     let set = format!("{FIELD}={}", mkey.to_string_lossy());
     git_annex(dir, &["metadata", &key, "-s", &set])?;
     Ok(mkey)
-}
-
-/// The manifest of `key` for a fetch: the one kept in the cache, else the published one
-/// (kept in the cache once found). Problems are logged, never fatal: without a manifest the
-/// key is verified whole.
-pub fn lookup(
-    annex: &Annex,
-    key: &Key,
-    http: Option<&HttpClient>,
-    peers: Option<&std::sync::Arc<crate::swarm::Peers>>,
-    rt: &tokio::runtime::Handle,
-    store: &crate::pieces::PieceStore,
-) -> Option<Manifest> {
-    if let Some(m) = super::cached::load(store, key) {
-        return Some(m);
-    }
-    match find(annex, key, http, peers, rt) {
-        Ok(Some(m)) => {
-            if let Err(e) = super::cached::save(store, &m) {
-                tracing::warn!("{key}: keep its manifest in the cache: {e}");
-            }
-            Some(m)
-        }
-        Ok(None) => {
-            // A BLAKE3 key's manifest can come from any peer: it is checked against the key.
-            let m = peers?.manifest(key)?;
-            if let Err(e) = super::cached::save(store, &m) {
-                tracing::warn!("{key}: keep its manifest in the cache: {e}");
-            }
-            Some(m)
-        }
-        Err(e) => {
-            tracing::warn!("{key}: published piece manifest not usable: {e}");
-            None
-        }
-    }
 }

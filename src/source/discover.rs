@@ -22,14 +22,21 @@ pub struct Discovered {
     pub any_holder: bool,
 }
 
+/// Why the holders of a key could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("read the git-annex branch: {0}")]
+    Branch(#[source] crate::annex::branch::BranchError),
+}
+
 /// Finds every place `key` can be read from. Without an HTTP client, network holders are
 /// reported as unusable.
-pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<Discovered, String> {
+pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<Discovered, DiscoverError> {
     let mut d = Discovered::default();
     if let Some(p) = annex.local_object(key) {
         d.local.push(("this repository".into(), Location::Path(p)));
     }
-    let holders = annex.holders(key).map_err(|e| format!("read the git-annex branch: {e}"))?;
+    let holders = annex.holders(key).map_err(DiscoverError::Branch)?;
     d.any_holder = !holders.is_empty();
     for h in &holders {
         let name =

@@ -235,20 +235,21 @@ impl Peers {
     /// The piece manifest of a BLAKE3 key from the first peer that has one that hashes to the
     /// key (such a manifest needs no trust in the peer). `None` for other keys: their
     /// manifests are taken only from the repository.
-    pub fn manifest(self: &Arc<Self>, key: &Key) -> Option<crate::manifest::Manifest> {
+    pub async fn manifest(&self, key: &Key) -> Option<crate::manifest::Manifest> {
         if !matches!(key.variety(), b"BLAKE3_256" | b"BLAKE3_256E") {
             return None;
         }
         for p in self.live() {
             let url = format!("{p}/v1/keys/{}/manifest", key_segment(key));
-            let got = self.rt.block_on(async {
+            let got = async {
                 let r = self.request(reqwest::Method::GET, &url).send().await.ok()?;
                 if !r.status().is_success() {
                     return None;
                 }
                 let b = r.bytes().await.ok()?;
                 (b.len() as u64 <= crate::manifest::MAX_MANIFEST_BYTES).then_some(b)
-            });
+            }
+            .await;
             let Some(bytes) = got else { continue };
             match crate::manifest::Manifest::parse(&bytes, key) {
                 Ok(m) if m.trust() == Ok(crate::manifest::Trust::SelfVerified) => {
@@ -263,22 +264,15 @@ impl Peers {
     }
 
     /// A source for each live peer that answers for `key` (asked in parallel).
-    pub fn sources(self: &Arc<Self>, key: &Key) -> Vec<Arc<dyn RangeSource>> {
+    pub async fn sources(self: &Arc<Self>, key: &Key) -> Vec<Arc<dyn RangeSource>> {
         let Some(size) = key.size() else { return Vec::new() };
         let peers = self.live();
         if peers.is_empty() {
             return Vec::new();
         }
-        let this = self.clone();
-        let k = key.clone();
-        let maps = self.rt.block_on(async move {
-            futures_util::future::join_all(peers.iter().map(|p| {
-                let (this, k) = (this.clone(), k.clone());
-                let p = p.clone();
-                async move { (p.clone(), this.have(&p, &k).await) }
-            }))
-            .await
-        });
+        let maps =
+            futures_util::future::join_all(peers.iter().map(|p| async move { (p.clone(), self.have(p, key).await) }))
+                .await;
         maps.into_iter()
             .filter_map(|(p, h)| {
                 let h = h?;

@@ -1,0 +1,233 @@
+//! The one place that assembles, per key, what it is read from: local copies, network
+//! sources (remotes and web URLs from the git-annex branch, then the swarm's peers) and its
+//! piece manifest (the cache, then the repository, then peers for BLAKE3 keys). The
+//! fetcher, fs and the commands get a key's parts from here; none of them climbs back up.
+//!
+//! [`Network`] is the mount's (or a command's) network side: piece cache, fetcher, HTTP
+//! client and peers. [`MountHolders`] hands it to fs as an [`fs::Holders`](crate::fs::Holders).
+
+use crate::annex::remotes::Location;
+use crate::annex::{Annex, Key};
+use crate::fetch::{FetchConfig, Fetcher, OnVerified, VerifyMode};
+use crate::fs::FsError;
+use crate::fs::holders::{Holders, Opened, open_local, unavailable};
+use crate::manifest::Manifest;
+use crate::manifest::publish::MoreHolders;
+use crate::pieces::PieceStore;
+use crate::source::discover::discover;
+use crate::source::http::{HttpClient, learn_http_remotes};
+use crate::source::remote::{BoxFuture, RangeSource};
+use crate::swarm::Peers;
+use anyhow::{Context, anyhow};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// How a command's fetcher verifies and publishes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchOptions {
+    pub verify: VerifyMode,
+    /// Publish the manifests of keys verified whole (see [`crate::manifest::publish`]).
+    pub publish: bool,
+}
+
+/// The swarm side of a command: peers given on the command line, and whether (and how) this
+/// node serves.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SwarmOptions {
+    pub peers: Vec<String>,
+    pub serve: Option<crate::swarm::server::ServeConfig>,
+    /// The URL other nodes reach this one at (default: `http://` + the listening address).
+    pub advertise: Option<String>,
+}
+
+/// What reading from network sources needs.
+pub(crate) struct Network {
+    pub fetcher: Arc<Fetcher>,
+    pub http: HttpClient,
+    /// Swarm peers: sources for the pieces they hold.
+    pub peers: Arc<Peers>,
+    /// This node's swarm server, once it serves.
+    pub serving: OnceLock<crate::swarm::server::Server>,
+}
+
+/// Every place one key can be read from, assembled.
+pub(crate) struct KeyParts {
+    /// Local copies in try order: (who, where).
+    pub local: Vec<(String, Location)>,
+    /// Network sources: remotes, web URLs, then peers (only when no local copy exists).
+    pub remote: Vec<Arc<dyn RangeSource>>,
+    /// Holders that cannot be used, and why.
+    pub unusable: Vec<String>,
+    pub any_holder: bool,
+}
+
+/// The swarm's peers as extra holders of a manifest object.
+struct PeerHolders<'a>(&'a Arc<Peers>);
+
+impl MoreHolders for PeerHolders<'_> {
+    fn sources<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Vec<Arc<dyn RangeSource>>> {
+        Box::pin(self.0.sources(key))
+    }
+}
+
+impl Network {
+    /// The piece cache.
+    pub fn store(&self) -> &Arc<PieceStore> {
+        self.fetcher.store()
+    }
+
+    /// Every place `key` can be read from.
+    pub async fn parts(&self, annex: &Annex, key: &Key) -> Result<KeyParts, FsError> {
+        let found = discover(annex, key, Some(&self.http))
+            .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+        let mut parts = KeyParts {
+            local: found.local,
+            remote: found.remote,
+            unusable: found.unusable,
+            any_holder: found.any_holder,
+        };
+        // Peers are asked only when no disk here has the content.
+        if parts.local.is_empty() {
+            parts.remote.extend(self.peers.sources(key).await);
+        }
+        Ok(parts)
+    }
+
+    /// The manifest of `key` for a fetch: the one kept in the cache, else the published one,
+    /// else (for BLAKE3 keys, whose manifests need no trust) one from a peer; kept in the
+    /// cache once found. Problems are logged, never fatal: without a manifest the key is
+    /// verified whole.
+    pub async fn manifest(&self, annex: &Annex, key: &Key) -> Option<Manifest> {
+        if let Some(m) = crate::manifest::cached::load(self.store(), key) {
+            return Some(m);
+        }
+        let found = crate::manifest::publish::find(annex, key, Some(&self.http), Some(&PeerHolders(&self.peers))).await;
+        let m = match found {
+            Ok(Some(m)) => m,
+            Ok(None) => self.peers.manifest(key).await?,
+            Err(e) => {
+                tracing::warn!("{key}: published piece manifest not usable: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = crate::manifest::cached::save(self.store(), &m) {
+            tracing::warn!("{key}: keep its manifest in the cache: {e}");
+        }
+        Some(m)
+    }
+}
+
+/// The piece cache, the fetcher, the HTTP client and the peers for `annex`, on runtime `rt`;
+/// http git remotes whose UUID `.git/config` does not give are asked for it first.
+pub(crate) fn network(
+    annex: &Annex,
+    cache_dir: &Path,
+    cache_size: u64,
+    rt: &tokio::runtime::Runtime,
+    opts: FetchOptions,
+    swarm: &SwarmOptions,
+) -> anyhow::Result<Arc<Network>> {
+    let store = Arc::new(
+        PieceStore::open(cache_dir, cache_size)
+            .with_context(|| format!("open the piece cache in {}", cache_dir.display()))?,
+    );
+    let mut cfg = FetchConfig { verify: opts.verify, ..FetchConfig::default() };
+    // Limits per remote, from git config and .annexfs.toml, looked up by the source's remote.
+    let settings = annex.settings();
+    let mut names: Vec<String> =
+        annex.meta().map(|m| m.remotes.iter().map(|r| r.name.clone()).collect()).unwrap_or_default();
+    names.push("web".into());
+    let limits: std::collections::HashMap<String, crate::annex::settings::Limits> = names
+        .into_iter()
+        .map(|n| {
+            let l = annex.remote_limits(&n, &settings);
+            (n, l)
+        })
+        .filter(|(_, l)| !l.is_none())
+        .collect();
+    // Peers: by URL, from `[[peer]]`.
+    let peer_limits: std::collections::HashMap<String, u64> =
+        settings.peers.iter().filter_map(|p| Some((p.url.trim_end_matches('/').to_string(), p.bwlimit?))).collect();
+    if !limits.is_empty() || !peer_limits.is_empty() {
+        cfg.limits = Some(crate::fetch::limits::LimitsFn(Arc::new(move |id: &str| {
+            if let Some(url) = id.strip_prefix("peer ") {
+                let bwlimit = peer_limits.get(url.trim_end_matches('/')).copied();
+                return crate::annex::settings::Limits { bwlimit, maxconnections: None };
+            }
+            limits.get(crate::fetch::limits::remote_of(id)).copied().unwrap_or_default()
+        })));
+    }
+    if opts.publish {
+        let base = annex.base_dir().to_path_buf();
+        cfg.on_verified = Some(OnVerified(Arc::new(move |m| {
+            // A fresh view of the repository: the mount's may be a snapshot of a ref.
+            let published = Annex::open(&base)
+                .map_err(anyhow::Error::from)
+                .and_then(|a| crate::manifest::publish::publish(&a, m).map_err(anyhow::Error::from));
+            match published {
+                Ok(k) => tracing::info!("{}: piece manifest published as {k}", m.key),
+                Err(e) => tracing::info!("{}: piece manifest not published: {e:#}", m.key),
+            }
+        })));
+    }
+    let fetcher = Arc::new(Fetcher::new(store, rt.handle().clone(), cfg));
+    let http = HttpClient::new(annex.policy.clone()).map_err(|e| anyhow!("{e}"))?;
+    rt.block_on(learn_http_remotes(annex, &http));
+    let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
+    urls.extend(swarm.peers.iter().cloned());
+    let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
+    let peers = Peers::new(&urls, own, http.client.clone(), rt.handle().clone());
+    if !urls.is_empty() || swarm.serve.is_some() {
+        // A first round now, so that the peers' peers are known before the first read.
+        let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
+        peers.start();
+    }
+    Ok(Arc::new(Network { fetcher, http, peers, serving: OnceLock::new() }))
+}
+
+/// The holders fs reads annexed content from: local copies in place, then the piece cache
+/// filled from the network parts.
+pub(crate) struct MountHolders {
+    pub annex: Arc<Annex>,
+    pub net: Arc<Network>,
+}
+
+impl Holders for MountHolders {
+    fn open<'a>(&'a self, file: &'a str, key: &'a Key, skip: &'a [String]) -> BoxFuture<'a, Result<Opened, FsError>> {
+        Box::pin(async move {
+            let parts = self.net.parts(&self.annex, key).await?;
+            let mut tried = parts.unusable;
+            if let Some(r) = open_local(&parts.local, key, skip, &mut tried) {
+                return Ok(Opened::Local(r));
+            }
+            // Network holders go through the fetcher and the piece cache (which may also
+            // hold the key already, from an earlier mount).
+            let fetcher = &self.net.fetcher;
+            if key.size().is_some() && (!parts.remote.is_empty() || self.net.store().present_bytes(key) > 0) {
+                let names: Vec<&str> = parts.remote.iter().map(|s| s.name()).collect();
+                let what = format!(
+                    "piece cache of {key} (sources: {})",
+                    if names.is_empty() { "none".into() } else { names.join(", ") }
+                );
+                if !skip.contains(&what) {
+                    let manifest =
+                        if fetcher.has_manifest(key) { None } else { self.net.manifest(&self.annex, key).await };
+                    let kf = fetcher
+                        .key(key, parts.remote, manifest)
+                        .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                    return Ok(Opened::Fetched { kf, what });
+                }
+            }
+            Err(unavailable(file, key, tried, parts.any_holder))
+        })
+    }
+
+    fn keep_cache(&self, key: &Key) -> bool {
+        let f = &self.net.fetcher;
+        f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key)
+    }
+
+    fn cached_bytes(&self, key: &Key) -> u64 {
+        self.net.store().present_bytes(key)
+    }
+}
