@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Request headers must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server waits after a failed accept (descriptors or memory exhausted).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Keys longer than this are refused (git-annex keys are far shorter).
 const MAX_KEY_BYTES: usize = 1024;
 /// Bytes read from disk per step of a response.
@@ -460,7 +462,16 @@ pub fn start(
     tracing::info!("swarm: serving on http://{addr}");
     rt.spawn(async move {
         loop {
-            let Ok((sock, peer)) = listener.accept().await else { continue };
+            let (sock, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE) or memory: accepting again at once
+                    // would fail again and spin a core. Wait for connections to close.
+                    tracing::warn!("swarm: accept on {addr}: {e}; pausing {ACCEPT_PAUSE:?}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            };
             let Ok(permit) = conns.clone().try_acquire_owned() else {
                 node.stats.refused.fetch_add(1, Ordering::Relaxed);
                 drop(sock);
