@@ -65,7 +65,7 @@ pub struct Holder {
     /// This is the repository itself.
     pub here: bool,
     pub trust: Trust,
-    pub readable: Result<(), String>,
+    pub readable: Result<(), remotes::Unreadable>,
     pub cost: u32,
     /// Where the bytes are, in the order to try.
     pub locations: Vec<Location>,
@@ -324,7 +324,7 @@ impl Annex {
                     Access { remote: String::new(), cost: remotes::cost::HERE, readable: Ok(()), locations: vec![] };
                 match self.local_object(key) {
                     Some(p) => acc.locations.push(Location::Path(p)),
-                    None => acc.readable = Err("content is not present in this repository's annex".into()),
+                    None => acc.readable = Err(remotes::Unreadable::NotHere),
                 }
                 accesses.push(acc);
             }
@@ -367,18 +367,16 @@ impl Annex {
                         .collect(),
                 },
                 None => {
-                    let why = if accesses.is_empty() {
-                        "no remote in git config has this repository's UUID".to_string()
-                    } else {
-                        accesses
-                            .iter()
-                            .map(|a| match &a.readable {
-                                Err(e) if a.remote.is_empty() => e.clone(),
-                                Err(e) => format!("{}: {e}", a.remote),
-                                Ok(()) => String::new(),
-                            })
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                    let why = match accesses.as_slice() {
+                        [] => remotes::Unreadable::NoRemote,
+                        // One remote: its own reason, as it is.
+                        [a] if a.remote.is_empty() => a.readable.clone().err().unwrap_or(remotes::Unreadable::NoRemote),
+                        _ => remotes::Unreadable::NoRemoteReadable(
+                            accesses
+                                .iter()
+                                .filter_map(|a| Some((a.remote.clone(), a.readable.clone().err()?)))
+                                .collect(),
+                        ),
                     };
                     Holder {
                         uuid,

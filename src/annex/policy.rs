@@ -33,15 +33,15 @@ impl AddressPolicy {
         self.allow_all || self.allowed.contains(&canonical(ip)) || !is_restricted(ip)
     }
 
-    /// Checks the host of an http(s) URL; `Err` gives the reason in a sentence.
-    pub fn check_url(&self, url: &str) -> Result<(), String> {
+    /// Checks the host of an http(s) URL.
+    pub fn check_url(&self, url: &str) -> Result<(), PolicyError> {
         let lower = url.to_ascii_lowercase();
         let rest = if let Some(r) = lower.strip_prefix("http://") {
             r
         } else if let Some(r) = lower.strip_prefix("https://") {
             r
         } else {
-            return Err(format!("{url}: only http and https URLs can be read"));
+            return Err(PolicyError::Scheme(url.to_string()));
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let hostport = authority.rsplit('@').next().unwrap_or("");
@@ -51,7 +51,7 @@ impl AddressPolicy {
             hostport.split(':').next().unwrap_or("")
         };
         if host.is_empty() {
-            return Err(format!("{url}: no host"));
+            return Err(PolicyError::NoHost(url.to_string()));
         }
         let ips: Vec<IpAddr> = if host == "localhost" || host.ends_with(".localhost") {
             vec![IpAddr::from([127, 0, 0, 1])]
@@ -62,9 +62,20 @@ impl AddressPolicy {
         };
         match ips.into_iter().find(|ip| !self.allows(*ip)) {
             None => Ok(()),
-            Some(ip) => Err(format!("{url}: address {ip} is not allowed by annex.security.allowed-ip-addresses")),
+            Some(ip) => Err(PolicyError::Address { url: url.to_string(), ip }),
         }
     }
+}
+
+/// Why a URL may not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}: only http and https URLs can be read")]
+    Scheme(String),
+    #[error("{0}: no host")]
+    NoHost(String),
+    #[error("{url}: address {ip} is not allowed by annex.security.allowed-ip-addresses")]
+    Address { url: String, ip: IpAddr },
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -7,7 +7,7 @@
 
 use super::key::Key;
 use super::logs::Trust;
-use super::policy::AddressPolicy;
+use super::policy::{AddressPolicy, PolicyError};
 use super::repo::{GitConfig, HashDirKind, ObjectLayout, clean_path, resolve_gitdir};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -72,12 +72,51 @@ pub struct Remote {
     pub trust_override: Option<Trust>,
 }
 
+/// Why annexfs cannot read a key from a holder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("annex-ignore is set for this remote")]
+    Ignored,
+    #[error("{} is not a reachable git repository", .0.display())]
+    NotARepository(PathBuf),
+    #[error("no object for the key under {}", .0.display())]
+    NoObject(PathBuf),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("git remote {0} is not on a local path or http(s)")]
+    UnsupportedGitUrl(String),
+    #[error("encrypted special remote: its content cannot be read by ranges")]
+    Encrypted,
+    #[error("directory special remote without annex-directory in git config")]
+    NoDirectory,
+    #[error("no object or chunks for the key under {}", .0.display())]
+    NoChunks(PathBuf),
+    #[error("httpalso remote without url= in remote.log")]
+    NoHttpAlsoUrl,
+    #[error("no http(s) URL recorded for the key")]
+    NoUrl,
+    /// Every recorded URL was refused.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    UrlsRefused(Vec<PolicyError>),
+    #[error("bittorrent content is not byte-range addressable")]
+    BitTorrent,
+    #[error("{0} special remotes are not supported yet")]
+    UnsupportedType(String),
+    #[error("content is not present in this repository's annex")]
+    NotHere,
+    #[error("no remote in git config has this repository's UUID")]
+    NoRemote,
+    /// Each remote with the holder's UUID, and why it cannot be read.
+    #[error("{}", .0.iter().map(|(r, e)| if r.is_empty() { e.to_string() } else { format!("{r}: {e}") }).collect::<Vec<_>>().join("; "))]
+    NoRemoteReadable(Vec<(String, Unreadable)>),
+}
+
 /// For one key and one remote: can annexfs read it, and from where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     pub remote: String,
     pub cost: u32,
-    pub readable: Result<(), String>,
+    pub readable: Result<(), Unreadable>,
     pub locations: Vec<Location>,
 }
 
@@ -266,7 +305,7 @@ impl Remote {
     pub fn access(&self, facts: &KeyFacts<'_>) -> Access {
         let mut acc = Access { remote: self.name.clone(), cost: self.cost, readable: Ok(()), locations: Vec::new() };
         if self.ignore {
-            acc.readable = Err("annex-ignore is set for this remote".into());
+            acc.readable = Err(Unreadable::Ignored);
             return acc;
         }
         let key = facts.key;
@@ -274,23 +313,20 @@ impl Remote {
             RemoteKind::GitLocal { path } => {
                 let path = clean_path(&facts.base.join(path));
                 match resolve_gitdir(&path) {
-                    None => acc.readable = Err(format!("{} is not a reachable git repository", path.display())),
+                    None => acc.readable = Err(Unreadable::NotARepository(path)),
                     Some((gitdir, bare)) => {
                         let cfg = GitConfig::from_file(&gitdir.join("config"));
                         let layout = ObjectLayout::for_repo(&gitdir, bare, &cfg);
                         match layout.find(key) {
                             Some(p) => acc.locations.push(Location::Path(p)),
-                            None => {
-                                acc.readable =
-                                    Err(format!("no object for the key under {}", layout.objects_dir.display()))
-                            }
+                            None => acc.readable = Err(Unreadable::NoObject(layout.objects_dir.clone())),
                         }
                     }
                 }
             }
             RemoteKind::GitHttp { url, bare, annex_url } => {
                 if let Err(e) = facts.policy.check_url(url) {
-                    acc.readable = Err(e);
+                    acc.readable = Err(e.into());
                     return acc;
                 }
                 let _ = annex_url; // p2phttp is not byte-range addressable; the plain layout is used.
@@ -307,15 +343,15 @@ impl Remote {
                 acc.locations.push(Location::Urls(urls));
             }
             RemoteKind::GitOther { url } => {
-                acc.readable = Err(format!("git remote {url} is not on a local path or http(s)"));
+                acc.readable = Err(Unreadable::UnsupportedGitUrl(url.clone()));
             }
             RemoteKind::Directory { encrypted: true, .. }
             | RemoteKind::HttpAlso { encrypted: true, .. }
             | RemoteKind::Special { encrypted: true, .. } => {
-                acc.readable = Err("encrypted special remote: its content cannot be read by ranges".into());
+                acc.readable = Err(Unreadable::Encrypted);
             }
             RemoteKind::Directory { dir: None, .. } => {
-                acc.readable = Err("directory special remote without annex-directory in git config".into());
+                acc.readable = Err(Unreadable::NoDirectory);
             }
             RemoteKind::Directory { dir: Some(dir), chunking, encrypted: false } => {
                 let dir = clean_path(&facts.base.join(dir));
@@ -327,15 +363,15 @@ impl Remote {
                     facts.chunk_log.get(uuid).map(Vec::as_slice).unwrap_or(&[]),
                 ) {
                     Some(loc) => acc.locations.push(loc),
-                    None => acc.readable = Err(format!("no object or chunks for the key under {}", dir.display())),
+                    None => acc.readable = Err(Unreadable::NoChunks(dir)),
                 }
             }
             RemoteKind::HttpAlso { url: None, .. } => {
-                acc.readable = Err("httpalso remote without url= in remote.log".into());
+                acc.readable = Err(Unreadable::NoHttpAlsoUrl);
             }
             RemoteKind::HttpAlso { url: Some(url), encrypted: false } => {
                 if let Err(e) = facts.policy.check_url(url) {
-                    acc.readable = Err(e);
+                    acc.readable = Err(e.into());
                     return acc;
                 }
                 acc.locations.push(Location::Urls(httpalso_urls(url, key)));
@@ -349,15 +385,14 @@ impl Remote {
                     }
                 }
                 if acc.locations.is_empty() {
-                    acc.readable =
-                        Err(if why.is_empty() { "no http(s) URL recorded for the key".into() } else { why.join("; ") });
+                    acc.readable = Err(if why.is_empty() { Unreadable::NoUrl } else { Unreadable::UrlsRefused(why) });
                 }
             }
             RemoteKind::BitTorrent => {
-                acc.readable = Err("bittorrent content is not byte-range addressable".into());
+                acc.readable = Err(Unreadable::BitTorrent);
             }
             RemoteKind::Special { type_, encrypted: false } => {
-                acc.readable = Err(format!("{type_} special remotes are not supported yet"));
+                acc.readable = Err(Unreadable::UnsupportedType(type_.clone()));
             }
         }
         acc

@@ -130,22 +130,33 @@ struct Raw {
     peer: Vec<RawPeer>,
 }
 
-fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, String> {
+/// Why `.annexfs.toml` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("{what}: not a size: {text:?}")]
+    NotASize { what: String, text: String },
+}
+
+fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, SettingsError> {
     match s {
         None => Ok(None),
         Some(Size::Number(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| format!("{what}: not a size: {t:?}")),
+        Some(Size::Text(t)) => {
+            parse_size(&t).map(Some).ok_or_else(|| SettingsError::NotASize { what: what.to_string(), text: t })
+        }
     }
 }
 
-fn limits(r: RawLimits, what: &str) -> Result<Limits, String> {
+fn limits(r: RawLimits, what: &str) -> Result<Limits, SettingsError> {
     Ok(Limits { bwlimit: size(r.bwlimit, what)?, maxconnections: r.maxconnections })
 }
 
 impl Settings {
     /// Parses `.annexfs.toml`.
-    pub fn parse(text: &str) -> Result<Settings, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Settings, SettingsError> {
+        let raw: Raw = toml::from_str(text)?;
         let mut s = Settings { cache_size: size(raw.cache.and_then(|c| c.size), "cache.size")?, ..Default::default() };
         for (name, r) in raw.remote {
             let l = limits(r, &format!("remote.{name}"))?;

@@ -24,7 +24,7 @@ struct JsonHolder<'a> {
     trust: &'static str,
     readable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    reason: Option<String>,
     cost: u32,
     locations: Vec<String>,
 }
@@ -190,7 +190,7 @@ fn holder_json(h: &Holder) -> JsonHolder<'_> {
         here: h.here,
         trust: h.trust.as_str(),
         readable: h.readable.is_ok(),
-        reason: h.readable.as_ref().err().map(String::as_str),
+        reason: h.readable.as_ref().err().map(ToString::to_string),
         cost: h.cost,
         locations: h.locations.iter().flat_map(|l| l.strings()).collect(),
     }

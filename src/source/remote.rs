@@ -36,7 +36,7 @@ pub enum FetchError {
     #[error("content-encoding {0} refused (annexfs needs the raw bytes)")]
     Encoding(String),
     #[error("{0}")]
-    Policy(String),
+    Policy(#[from] crate::annex::policy::PolicyError),
     #[error("{0}")]
     Transport(String),
     #[error("sent piece {0}, which fails its check against the manifest")]
