@@ -157,6 +157,22 @@ impl State {
             refused: HashMap::new(),
         }
     }
+
+    /// Invariants between the pieces and the requests, checked in debug builds whenever
+    /// scheduling has run: a piece in flight belongs to a running request, and a hedge owns
+    /// no piece.
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) && self.pieces.len() <= 1 << 14 {
+            for i in self.pieces.indices() {
+                if let Piece::InFlight(r) = self.pieces.get(i) {
+                    debug_assert!(
+                        self.requests.get(&r).is_some_and(|r| !r.hedge),
+                        "piece {i} in flight on request {r}, which is not a running request"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// One key being read, shared by every handle of this process.

@@ -70,9 +70,10 @@ impl KeyFetch {
                         replan = true;
                         break;
                     }
-                    Done::Stop => return,
+                    Done::Stop => break,
                 }
             }
+            st.debug_check();
             if !replan {
                 return;
             }
