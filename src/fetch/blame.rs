@@ -2,25 +2,33 @@
 //!
 //! - With a manifest, a piece that fails its hash is refused before it is stored; the source
 //!   that sent it gets a strike and is not asked for that piece again.
-//! - Without one, only the whole key can be checked. On a mismatch [`KeyFetch::resolve`] asks
-//!   another source for every piece and compares; where they differ a third source decides
-//!   (two against one), the disagreeing copy is replaced and its sender struck. When only two
-//!   sources exist, the other copy is taken and the whole key checked again.
+//! - Without one, only the whole key can be checked. On a mismatch [`resolve`] asks another
+//!   source for every piece and compares; where they differ a third source decides (two
+//!   against one), the disagreeing copy is replaced. When only two sources exist, the other
+//!   copy is taken and the whole key checked again. Once the whole key matches, the senders
+//!   of the copies that had to go are returned to be struck.
+//!
+//! [`resolve`] sees the key's fetch only through [`Witnesses`]: its sources, a piece from a
+//! source, the cached piece's hash, replacing a cached piece, checking the whole key. It
+//! neither reads nor changes the fetcher's state; the caller strikes and updates it.
 //!
 //! [`STRIKES_TO_BAN`] strikes ban an identity ([`RangeSource::identity`]) for the life of the
 //! fetcher (the mount): it is asked for nothing more, for any key.
 //!
 //! Lock order: `Reputation::map` is a leaf (taken alone or last).
 
-use super::{KeyFetch, Piece, lock};
+use super::error::{Doubt, ResolveError};
+use super::lock;
+use super::piece::PieceIndex;
+use super::stats::SourceId;
 use crate::manifest::Manifest;
-use crate::pieces::record::piece_hash;
+use crate::pieces::CacheError;
+use crate::pieces::record::{PieceHash, piece_hash};
 use crate::source::remote::{FetchError, RangeSource};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 
 /// Strikes that ban a source.
 pub const STRIKES_TO_BAN: u32 = 3;
@@ -78,224 +86,188 @@ impl Reputation {
 /// Pieces compared at once while resolving a mismatch.
 const RESOLVE_PARALLEL: usize = 12;
 
+/// What resolving a whole-key mismatch needs from the fetch of a key.
+pub trait Witnesses: Sync {
+    fn piece_count(&self) -> usize;
+    fn source_count(&self) -> usize;
+    fn source(&self, s: SourceId) -> &dyn RangeSource;
+    /// Piece `i` read whole from source `s`.
+    fn fetch_piece(&self, s: SourceId, i: PieceIndex) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
+    /// The hash the cache's record holds for piece `i`.
+    fn recorded_hash(&self, i: PieceIndex) -> Option<PieceHash>;
+    /// Replaces the cached copy of piece `i`.
+    fn replace_piece(&self, i: PieceIndex, data: &[u8]) -> Result<(), CacheError>;
+    /// Checks the whole cached key; on a match, its manifest (made in the same pass).
+    fn whole_match(&self) -> impl Future<Output = Result<Option<Manifest>, ResolveError>> + Send;
+}
+
+/// A resolved mismatch: the manifest of the content that now matches, and who sent which
+/// bad piece (to be struck).
+#[derive(Debug)]
+pub struct Resolution {
+    pub manifest: Manifest,
+    pub blamed: Vec<(SourceId, PieceIndex)>,
+}
+
 /// What resolving one piece found.
 enum Verdict {
     /// Another source sent the same bytes.
     Agreed,
     /// The cached copy was replaced; `Some(source)` sent the bad one (when known).
-    Replaced(Option<usize>),
+    Replaced(Option<SourceId>),
     /// The cached copy stands; this source sent a different one.
-    OtherLied(usize),
+    OtherLied(SourceId),
     /// Two copies differ and no third source can decide.
-    TwoWay { origin: Option<usize>, other: usize },
+    TwoWay { origin: Option<SourceId>, other: SourceId },
     /// No other source could be asked, or all disagree.
-    Unresolved(String),
+    Unresolved(Doubt),
 }
 
-impl KeyFetch {
-    /// Reads piece `i` from source `s` whole.
-    async fn fetch_piece(&self, s: usize, i: usize) -> Result<Vec<u8>, FetchError> {
-        let (a, b) = self.cache.piece_range(i);
-        let src = &self.sources[s].src;
-        let stall = self.cfg.stall_timeout;
-        let mut stream =
-            tokio::time::timeout(stall, src.get(a, b - a)).await.map_err(|_| FetchError::Stalled(stall))??;
-        let want = usize::try_from(b - a).unwrap_or(0);
-        let mut out = Vec::with_capacity(want);
-        while out.len() < want {
-            match tokio::time::timeout(stall, stream.next()).await.map_err(|_| FetchError::Stalled(stall))? {
-                Some(Ok(c)) => out.extend_from_slice(&c),
-                Some(Err(e)) => return Err(e),
-                None => return Err(FetchError::ShortBody { got: out.len() as u64, want: want as u64 }),
-            }
-        }
-        out.truncate(want);
-        let mut ss = lock(&self.sources[s].stats);
-        ss.bytes += want as u64;
-        Ok(out)
-    }
+/// A piece in dispute between two sources: `(piece, origin, other)`.
+type Dispute = (PieceIndex, Option<SourceId>, SourceId);
 
-    /// Sources that may be asked for piece `i`, other than those in `not`, fewest strikes first.
-    fn candidates(&self, i: usize, not: &[usize]) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..self.sources.len())
-            .filter(|s| !not.contains(s))
-            .filter(|&s| !self.rep.is_banned(self.sources[s].src.identity()))
-            .filter(|&s| self.sources[s].src.supports_ranges() || i == 0)
-            .collect();
-        // Spread the pieces over the sources, the least suspect first.
-        v.sort_by_key(|&s| (self.rep.strikes(self.sources[s].src.identity()), (s + i) % self.sources.len().max(1)));
-        v
-    }
+/// Sources that may be asked for piece `i`, other than those in `not`, fewest strikes first.
+fn candidates<W: Witnesses>(w: &W, rep: &Reputation, i: PieceIndex, not: &[SourceId]) -> Vec<SourceId> {
+    let n = w.source_count();
+    let mut v: Vec<SourceId> = (0..n)
+        .map(SourceId)
+        .filter(|s| !not.contains(s))
+        .filter(|&s| !rep.is_banned(w.source(s).identity()))
+        .filter(|&s| w.source(s).supports_ranges() || i.0 == 0)
+        .collect();
+    // Spread the pieces over the sources, the least suspect first.
+    v.sort_by_key(|&s| (rep.strikes(w.source(s).identity()), (s.0 + i.0) % n.max(1)));
+    v
+}
 
-    /// Asks the first source of `cands` that answers for piece `i`.
-    async fn second_opinion(&self, i: usize, cands: &[usize]) -> Option<(usize, Vec<u8>)> {
-        for &t in cands {
-            match self.fetch_piece(t, i).await {
-                Ok(d) => return Some((t, d)),
-                Err(e) => tracing::debug!("{}: piece {i} from {}: {e}", self.key, self.sources[t].src.name()),
-            }
+/// Asks the first source of `cands` that answers for piece `i`.
+async fn second_opinion<W: Witnesses>(w: &W, i: PieceIndex, cands: &[SourceId]) -> Option<(SourceId, Vec<u8>)> {
+    for &t in cands {
+        match w.fetch_piece(t, i).await {
+            Ok(d) => return Some((t, d)),
+            Err(e) => tracing::debug!("piece {i} from {}: {e}", w.source(t).name()),
         }
-        None
     }
+    None
+}
 
-    async fn resolve_piece(&self, i: usize, origin: Option<usize>) -> Verdict {
-        let current = self.cache.recorded_hash(i);
-        let not: Vec<usize> = origin.into_iter().collect();
-        let Some((t, dt)) = self.second_opinion(i, &self.candidates(i, &not)).await else {
-            return Verdict::Unresolved(format!("piece {i}: no other source answered"));
-        };
-        let ht = piece_hash(&dt);
-        if Some(ht) == current {
-            return Verdict::Agreed;
-        }
-        let mut not3 = not.clone();
-        not3.push(t);
-        match self.second_opinion(i, &self.candidates(i, &not3)).await {
-            Some((u, du)) => {
-                let hu = piece_hash(&du);
-                if hu == ht {
-                    match self.replace_piece(i, &dt) {
-                        Ok(()) => Verdict::Replaced(origin),
-                        Err(e) => Verdict::Unresolved(format!("piece {i}: {e}")),
-                    }
-                } else if Some(hu) == current {
-                    Verdict::OtherLied(t)
-                } else {
-                    let names = [t, u].map(|s| self.sources[s].src.name().to_string());
-                    Verdict::Unresolved(format!("piece {i}: {} and {} disagree with each other", names[0], names[1]))
+async fn resolve_piece<W: Witnesses>(w: &W, rep: &Reputation, i: PieceIndex, origin: Option<SourceId>) -> Verdict {
+    let current = w.recorded_hash(i);
+    let not: Vec<SourceId> = origin.into_iter().collect();
+    let Some((t, dt)) = second_opinion(w, i, &candidates(w, rep, i, &not)).await else {
+        return Verdict::Unresolved(Doubt::NoOtherSource(i.0));
+    };
+    let ht = piece_hash(&dt);
+    if Some(ht) == current {
+        return Verdict::Agreed;
+    }
+    let mut not3 = not.clone();
+    not3.push(t);
+    match second_opinion(w, i, &candidates(w, rep, i, &not3)).await {
+        Some((u, du)) => {
+            let hu = piece_hash(&du);
+            if hu == ht {
+                match w.replace_piece(i, &dt) {
+                    Ok(()) => Verdict::Replaced(origin),
+                    Err(source) => Verdict::Unresolved(Doubt::Cache { piece: i.0, source }),
                 }
+            } else if Some(hu) == current {
+                Verdict::OtherLied(t)
+            } else {
+                let [a, b] = [t, u].map(|s| w.source(s).name().to_string());
+                Verdict::Unresolved(Doubt::Disagree { piece: i.0, a, b })
             }
-            // Two sources only: the whole-key check decides (see `settle_two_way`).
-            None => Verdict::TwoWay { origin, other: t },
+        }
+        // Two sources only: the whole-key check decides (see `settle_two_way`).
+        None => Verdict::TwoWay { origin, other: t },
+    }
+}
+
+/// Piece `i` from source `s`, into the cache.
+async fn take_copy<W: Witnesses>(w: &W, s: SourceId, i: PieceIndex) -> Result<(), ResolveError> {
+    let d = w.fetch_piece(s, i).await.map_err(|source| ResolveError::Fetch { piece: i.0, source })?;
+    w.replace_piece(i, &d).map_err(|source| ResolveError::Cache { piece: i.0, source })
+}
+
+/// Disputed pieces with no third opinion: for each source involved in turn, takes the other
+/// side's copy of every disputed piece and checks the whole key; the source whose copies had
+/// to go is the liar. Returns it, with the manifest of the content that matched.
+async fn settle_two_way<W: Witnesses>(
+    w: &W,
+    disputes: &[Dispute],
+) -> Result<Option<(SourceId, Manifest)>, ResolveError> {
+    let mut suspects: Vec<SourceId> = disputes.iter().flat_map(|d| d.1.into_iter().chain([d.2])).collect();
+    suspects.sort_unstable();
+    suspects.dedup();
+    for &x in &suspects {
+        // The copy to keep for each piece: not the suspect's.
+        let mut changed = Vec::new();
+        for &(i, origin, other) in disputes {
+            if origin == Some(x) || (origin.is_none() && other != x) {
+                take_copy(w, other, i).await?;
+                changed.push((i, origin));
+            }
+        }
+        if let Some(m) = w.whole_match().await? {
+            return Ok(Some((x, m)));
+        }
+        // Put the suspect's copies back before trying the next suspect.
+        for (i, origin) in changed {
+            if let Some(o) = origin {
+                take_copy(w, o, i).await?;
+            }
         }
     }
+    Ok(None)
+}
 
-    /// Persists the cache and checks the whole key; on a match, the key's manifest (made in
-    /// the same pass).
-    async fn whole_match(&self) -> Result<Option<Manifest>, String> {
-        let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || cache.persist())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let key = self.key.clone();
-        let cache = self.cache.clone();
-        let (outcome, manifest) = tokio::task::spawn_blocking(move || {
-            crate::manifest::whole::verify_file_with_manifest(&key, cache.data_file(), cache.piece_size)
+/// After a whole-key mismatch without a manifest: finds the pieces that differ between
+/// sources and the sources that sent them (`origin`: who sent each cached piece, when known),
+/// replaces them, and once the whole key matches returns its manifest and whom to strike.
+pub async fn resolve<W: Witnesses>(
+    w: &W,
+    rep: &Reputation,
+    origin: &HashMap<PieceIndex, SourceId>,
+) -> Result<Resolution, ResolveError> {
+    let n = w.piece_count();
+    let verdicts: Vec<(PieceIndex, Verdict)> = futures_util::stream::iter((0..n).map(PieceIndex))
+        .map(|i| {
+            let o = origin.get(&i).copied();
+            async move { (i, resolve_piece(w, rep, i, o).await) }
         })
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(manifest.filter(|_| matches!(outcome, crate::annex::backend::Outcome::Match)))
+        .buffer_unordered(RESOLVE_PARALLEL)
+        .collect()
+        .await;
+    let mut doubts = Vec::new();
+    let mut blamed: Vec<(SourceId, PieceIndex)> = Vec::new();
+    let mut replaced = 0usize;
+    let mut two_way: Vec<Dispute> = Vec::new();
+    for (i, v) in verdicts {
+        match v {
+            Verdict::TwoWay { origin, other } => two_way.push((i, origin, other)),
+            Verdict::Agreed => {}
+            Verdict::Replaced(o) => {
+                replaced += 1;
+                blamed.extend(o.map(|s| (s, i)));
+            }
+            Verdict::OtherLied(t) => blamed.push((t, i)),
+            Verdict::Unresolved(why) => doubts.push(why),
+        }
     }
-
-    /// Disputed pieces `(piece, origin, other)` with no third opinion: for each source
-    /// involved in turn, takes the other side's copy of every disputed piece and checks the
-    /// whole key; the source whose copies had to go is the liar. Returns it, with the
-    /// manifest of the content that matched.
-    async fn settle_two_way(
-        &self,
-        disputes: &[(usize, Option<usize>, usize)],
-    ) -> Result<Option<(usize, Manifest)>, String> {
-        let mut suspects: Vec<usize> = disputes.iter().flat_map(|d| d.1.into_iter().chain([d.2])).collect();
-        suspects.sort_unstable();
-        suspects.dedup();
-        for &x in &suspects {
-            // The copy to keep for each piece: not the suspect's.
-            let mut changed = Vec::new();
-            for &(i, origin, other) in disputes {
-                if origin == Some(x) || (origin.is_none() && other != x) {
-                    let d = self.fetch_piece(other, i).await.map_err(|e| format!("piece {i}: {e}"))?;
-                    self.replace_piece(i, &d).map_err(|e| e.to_string())?;
-                    changed.push((i, origin));
-                }
+    let matched = if two_way.is_empty() {
+        w.whole_match().await?
+    } else {
+        match settle_two_way(w, &two_way).await? {
+            Some((liar, m)) => {
+                blamed.extend(two_way.iter().filter(|d| d.1 == Some(liar) || d.2 == liar).map(|d| (liar, d.0)));
+                Some(m)
             }
-            if let Some(m) = self.whole_match().await? {
-                return Ok(Some((x, m)));
-            }
-            // Put the suspect's copies back before trying the next suspect.
-            for (i, origin) in changed {
-                if let Some(o) = origin {
-                    let d = self.fetch_piece(o, i).await.map_err(|e| format!("piece {i}: {e}"))?;
-                    self.replace_piece(i, &d).map_err(|e| e.to_string())?;
-                }
-            }
+            None => None,
         }
-        Ok(None)
-    }
-
-    fn replace_piece(&self, i: usize, data: &[u8]) -> Result<(), crate::pieces::CacheError> {
-        self.cache.replace_piece(i, data)?;
-        let mut st = lock(&self.state);
-        st.origin.remove(&i);
-        Ok(())
-    }
-
-    /// After a whole-key mismatch without a manifest: finds the pieces that differ between
-    /// sources and the sources that sent them, replaces them, and strikes the senders once
-    /// the whole key matches. Returns the manifest of the content that matched, or why nothing
-    /// did.
-    pub(super) async fn resolve(self: &Arc<Self>) -> Result<Manifest, String> {
-        let n = self.cache.piece_count();
-        let origin: HashMap<usize, usize> = lock(&self.state).origin.clone();
-        tracing::warn!("{}: content does not match its key; comparing every piece across sources", self.key);
-        let verdicts: Vec<(usize, Verdict)> = futures_util::stream::iter(0..n)
-            .map(|i| {
-                let o = origin.get(&i).copied();
-                async move { (i, self.resolve_piece(i, o).await) }
-            })
-            .buffer_unordered(RESOLVE_PARALLEL)
-            .collect()
-            .await;
-        let mut unresolved = Vec::new();
-        let mut blamed: Vec<(usize, usize)> = Vec::new();
-        let mut replaced = 0usize;
-        let mut two_way: Vec<(usize, Option<usize>, usize)> = Vec::new();
-        for (i, v) in verdicts {
-            match v {
-                Verdict::TwoWay { origin, other } => two_way.push((i, origin, other)),
-                Verdict::Agreed => {}
-                Verdict::Replaced(o) => {
-                    replaced += 1;
-                    if let Some(s) = o {
-                        blamed.push((s, i));
-                    }
-                }
-                Verdict::OtherLied(t) => blamed.push((t, i)),
-                Verdict::Unresolved(why) => unresolved.push(why),
-            }
-        }
-        let matched = if two_way.is_empty() {
-            self.whole_match().await?
-        } else {
-            match self.settle_two_way(&two_way).await? {
-                Some((liar, m)) => {
-                    blamed.extend(two_way.iter().filter(|d| d.1 == Some(liar) || d.2 == liar).map(|d| (liar, d.0)));
-                    Some(m)
-                }
-                None => None,
-            }
-        };
-        let Some(manifest) = matched else {
-            return Err(format!(
-                "{replaced} pieces replaced, still no match{}",
-                if unresolved.is_empty() { String::new() } else { format!("; {}", unresolved.join("; ")) }
-            ));
-        };
-        for (s, i) in blamed {
-            let who = self.sources[s].src.identity().to_string();
-            let banned = self.rep.strike(&who, &format!("sent a bad piece {i} of {}", self.key));
-            if banned {
-                lock(&self.sources[s].stats).dead = Some(FetchError::Banned(who));
-            }
-            self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut st = lock(&self.state);
-        for i in 0..n {
-            if st.pieces[i] != Piece::Present && self.cache.has(i) {
-                st.set(i, Piece::Present);
-            }
-        }
-        Ok(manifest)
+    };
+    match matched {
+        Some(manifest) => Ok(Resolution { manifest, blamed }),
+        None => Err(ResolveError::NoMatch { replaced, doubts }),
     }
 }
 

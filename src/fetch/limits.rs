@@ -51,6 +51,12 @@ impl Limiter {
         self.limits.maxconnections.is_none_or(|m| self.inflight.load(Ordering::Relaxed) < m.max(1))
     }
 
+    /// How many more requests may start now (`None`: no limit).
+    pub fn room(&self) -> Option<u32> {
+        let m = self.limits.maxconnections?.max(1);
+        Some(m.saturating_sub(self.inflight.load(Ordering::Relaxed)))
+    }
+
     pub fn started(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,0 +1,412 @@
+//! The scheduler, pure: from the pieces' states, the requests running, the sources' figures
+//! and the time (a [`Board`]) to a list of [`Action`]s. No I/O, no locks, no clock: the
+//! fetcher builds the board under its state lock and carries the actions out
+//! (`request.rs`); tests build boards by hand.
+//!
+//! Which pieces are wanted, in order ([`wanted`]): pieces readers are blocked on (`demand`),
+//! lowest first; then the readahead window (every piece when a strict reader waits for the
+//! whole key).
+//!
+//! Sources choose fastest first. Each source that is not dead, not backing off, under its
+//! limiter's room and under [`MAX_INFLIGHT`] requests (plus [`DEMAND_EXTRA`] while a reader is
+//! blocked) gets, in turn:
+//! - the first wanted missing piece it may be asked for, and a run after it sized to its
+//!   measured throughput ([`TARGET_REQUEST_SECS`]; one piece while unmeasured, for a fast
+//!   first byte). Demanded pieces are **spread**: a run takes at most its share of the
+//!   demanded pieces still missing, and starting one **preempts** the source's readahead
+//!   requests (they finish the piece they receive and give the rest back). Near the end of
+//!   what is wanted a run takes at most its share of what is missing (the **end game**), so
+//!   the last pieces are asked of several sources rather than left in one long run;
+//! - when nothing is missing: a **steal** of the back half of the largest unstarted remainder
+//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`] there;
+//! - a **hedge** of a demanded piece whose request stopped delivering (silent for
+//!   [`SILENT_HEDGE_AFTER`], or quiet for [`HEDGE_AFTER`], or dripping far slower than this
+//!   source could): a second request for it, whichever copy lands first is kept. A reader
+//!   stuck that way comes before readahead.
+//!
+//! A source [`SLOW_FACTOR`] times slower than the best working one is only probed, once per
+//! [`PROBE_EVERY`]: it would hold pieces readers soon wait on.
+//!
+//! The plan assumes every claim succeeds; the fetcher stops carrying it out where one does
+//! not (the piece is held by another process, or landed there) and plans again.
+
+use super::config::{
+    DEMAND_EXTRA, DRIP_BPS, HEDGE_AFTER, MAX_INFLIGHT, MAX_RUN_BYTES, PROBE_EVERY, SILENT_HEDGE_AFTER, SLOW_FACTOR,
+    STEAL_IF_LEFT_SECS, TARGET_REQUEST_SECS,
+};
+use super::piece::{Piece, PieceIndex, PieceTable, RequestId};
+use super::stats::SourceId;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// A source as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct SourceView {
+    /// Measured throughput (bytes/s); 0 until measured.
+    pub bps: f64,
+    pub inflight: u32,
+    /// Given up for this key, or banned.
+    pub dead: bool,
+    pub backoff_until: Option<Instant>,
+    pub fails_in_row: u32,
+    pub last_probe: Option<Instant>,
+    /// How many more requests its limiter lets start (`None`: no limit).
+    pub room: Option<u32>,
+    /// It serves byte ranges (else only from the start of the key).
+    pub ranges: bool,
+}
+
+/// A running request as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    pub id: RequestId,
+    pub source: SourceId,
+    /// The piece it is receiving now.
+    pub next: PieceIndex,
+    /// One past the last piece it may deliver.
+    pub end: PieceIndex,
+    pub started: Instant,
+    pub hedge: bool,
+    /// Bytes received so far.
+    pub got: u64,
+    /// When bytes last arrived (`started` before any did).
+    pub last_progress: Instant,
+}
+
+/// Everything a scheduling decision depends on.
+pub struct Board<'a> {
+    pub pieces: &'a PieceTable,
+    pub piece_size: u64,
+    pub demand: &'a BTreeSet<PieceIndex>,
+    pub hedged: &'a BTreeSet<PieceIndex>,
+    /// Sources that sent a piece that failed its check: not asked for that piece again.
+    pub refused: &'a HashMap<PieceIndex, Vec<SourceId>>,
+    pub window_start: PieceIndex,
+    pub window_pieces: usize,
+    /// Every piece is wanted (a strict reader waits for the whole key).
+    pub want_all: bool,
+    pub sources: Vec<SourceView>,
+    /// In order of their ids.
+    pub requests: Vec<RequestView>,
+    /// The id the next request will get.
+    pub next_id: RequestId,
+    /// Whether a source holds a piece (a peer may hold only some ranges).
+    pub holds: &'a dyn Fn(SourceId, PieceIndex) -> bool,
+}
+
+/// What the fetcher is to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A slow source is given a request now and then: remember when.
+    Probe { source: SourceId },
+    /// Request `id` on `source` for pieces `from..to` (all missing), claiming them first.
+    Start { id: RequestId, source: SourceId, from: PieceIndex, to: PieceIndex },
+    /// Request `victim` stops at `split`: pieces `split..end` go back to missing (a `Start`
+    /// for the thief follows when it may take any).
+    Steal { victim: RequestId, split: PieceIndex, end: PieceIndex },
+    /// A source's readahead request finishes the piece it receives (`keep` is one past it) and
+    /// gives `keep..end` back, for a read blocked on the same source.
+    Preempt { request: RequestId, keep: PieceIndex, end: PieceIndex },
+    /// Request `id` on `source` for demanded `piece`, already in flight on another source.
+    Hedge { id: RequestId, source: SourceId, piece: PieceIndex },
+}
+
+/// Pieces wanted now, in priority order: demanded ones, then the readahead window.
+pub fn wanted(b: &Board<'_>) -> Vec<PieceIndex> {
+    let n = b.pieces.len();
+    let mut out: Vec<PieceIndex> = b.demand.iter().copied().collect();
+    let (from, to) = if b.want_all {
+        (0, n)
+    } else {
+        let from = b.window_start.0.min(n);
+        (from, from.saturating_add(b.window_pieces).min(n))
+    };
+    out.extend((from..to).map(PieceIndex).filter(|i| !b.demand.contains(i)));
+    out
+}
+
+/// The actions that hand work to idle sources (see the module doc).
+pub fn plan(b: &Board<'_>, now: Instant) -> Vec<Action> {
+    if b.pieces.complete() {
+        return Vec::new();
+    }
+    let wanted = wanted(b);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut p = Planner {
+        b,
+        now,
+        wanted_set: wanted.iter().copied().collect(),
+        wanted,
+        changed: HashMap::new(),
+        hedged: BTreeSet::new(),
+        sources: b.sources.clone(),
+        requests: b.requests.clone(),
+        next_id: b.next_id,
+        actions: Vec::new(),
+    };
+    p.run();
+    p.actions
+}
+
+struct Planner<'a, 'b> {
+    b: &'a Board<'b>,
+    now: Instant,
+    wanted: Vec<PieceIndex>,
+    wanted_set: BTreeSet<PieceIndex>,
+    /// Pieces whose state this plan changed.
+    changed: HashMap<PieceIndex, Piece>,
+    /// Pieces this plan hedged.
+    hedged: BTreeSet<PieceIndex>,
+    sources: Vec<SourceView>,
+    requests: Vec<RequestView>,
+    next_id: RequestId,
+    actions: Vec<Action>,
+}
+
+impl Planner<'_, '_> {
+    fn piece(&self, i: PieceIndex) -> Piece {
+        self.changed.get(&i).copied().unwrap_or_else(|| self.b.pieces.get(i))
+    }
+
+    fn missing(&self, i: PieceIndex) -> bool {
+        self.piece(i) == Piece::Missing
+    }
+
+    fn refused(&self, s: SourceId, i: PieceIndex) -> bool {
+        self.b.refused.get(&i).is_some_and(|v| v.contains(&s))
+    }
+
+    /// Whether source `s` may be asked for piece `i`.
+    fn may_ask(&self, s: SourceId, i: PieceIndex) -> bool {
+        !self.refused(s, i) && (self.b.holds)(s, i) && !self.sources[s.0].dead && (i.0 == 0 || self.sources[s.0].ranges)
+    }
+
+    fn run(&mut self) {
+        let now = self.now;
+        // Faster sources choose first.
+        let mut order: Vec<SourceId> = (0..self.sources.len()).map(SourceId).collect();
+        order.sort_by(|a, b| {
+            self.sources[b.0].bps.partial_cmp(&self.sources[a.0].bps).unwrap_or(std::cmp::Ordering::Equal)
+        });
+        // The best speed among sources that work now (a source that sends fast and then
+        // fails is no yardstick).
+        let best_bps =
+            self.sources.iter().filter(|v| !v.dead && v.fails_in_row == 0).map(|v| v.bps).fold(0.0, f64::max);
+        let usable = self.sources.iter().filter(|v| !v.dead && v.backoff_until.is_none_or(|t| t <= now)).count().max(1);
+        for s in order {
+            let v = &mut self.sources[s.0];
+            if v.bps > 0.0 && v.bps * SLOW_FACTOR < best_bps {
+                if v.inflight > 0 || v.last_probe.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
+                    continue;
+                }
+                v.last_probe = Some(now);
+                self.actions.push(Action::Probe { source: s });
+            }
+            while self.one(s, usable) {}
+        }
+    }
+
+    /// Gives source `s` one piece of work; returns whether it did.
+    fn one(&mut self, s: SourceId, usable: usize) -> bool {
+        // A piece a reader waits on may use a source beyond its usual number of requests: it
+        // must not queue behind long readahead runs.
+        let demand_missing = self.b.demand.iter().filter(|&&i| self.missing(i)).count();
+        let stuck = self.overdue_demand(s).is_some();
+        let limit = if demand_missing > 0 || stuck { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
+        let v = &self.sources[s.0];
+        let backing_off = v.backoff_until.is_some_and(|t| t > self.now);
+        if v.dead || backing_off || v.inflight >= limit || v.room == Some(0) {
+            return false;
+        }
+        let busy = v.inflight >= MAX_INFLIGHT;
+        let start = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i));
+        match start {
+            Some(p) if self.b.demand.contains(&p) => {
+                // Spread the demanded pieces over the sources, for the earliest finish.
+                self.assign_run(s, p, demand_missing.div_ceil(usable).max(1));
+                self.preempt_readahead(s);
+                true
+            }
+            // The extra requests are only for pieces readers wait on.
+            _ if busy => stuck && self.hedge(s),
+            // A reader stuck on a piece held by a silent source comes before readahead.
+            _ if stuck => self.hedge(s),
+            Some(p) => {
+                // The end game: near the end of what is wanted, split it over every source.
+                let missing = self.wanted.iter().filter(|&&i| self.missing(i)).count();
+                self.assign_run(s, p, missing.div_ceil(usable).max(1));
+                true
+            }
+            None => self.steal(s) || self.hedge(s),
+        }
+    }
+
+    /// Plans request `id` on `s` for `from..to` (hedge: one piece, left in flight elsewhere).
+    fn start(&mut self, s: SourceId, from: PieceIndex, to: PieceIndex, hedge: bool) -> RequestId {
+        let id = self.next_id;
+        self.next_id = RequestId(id.0 + 1);
+        if !hedge {
+            for i in PieceIndex::range(from, to) {
+                self.changed.insert(i, Piece::InFlight(id));
+            }
+        }
+        let v = &mut self.sources[s.0];
+        v.inflight += 1;
+        if let Some(r) = &mut v.room {
+            *r = r.saturating_sub(1);
+        }
+        let now = self.now;
+        self.requests.push(RequestView {
+            id,
+            source: s,
+            next: from,
+            end: to,
+            started: now,
+            hedge,
+            got: 0,
+            last_progress: now,
+        });
+        id
+    }
+
+    /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.
+    fn assign_run(&mut self, s: SourceId, p: PieceIndex, cap: usize) {
+        let ps = self.b.piece_size.max(1);
+        let bps = self.sources[s.0].bps;
+        let max_run = if bps <= 0.0 {
+            // Not measured yet: one piece, so that the first bytes come soonest and the source
+            // is measured before it is given more.
+            1
+        } else {
+            // A float of pieces, clamped just below: the cast saturates, nothing is lost.
+            #[allow(clippy::cast_possible_truncation)]
+            let by_speed = (bps * TARGET_REQUEST_SECS / ps as f64).min(1e9) as usize;
+            by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
+        };
+        let max_run = max_run.min(cap);
+        let mut end = p;
+        while end.0 < self.b.pieces.len()
+            && end.0 - p.0 < max_run
+            && self.missing(end)
+            && self.wanted_set.contains(&end)
+            && !self.refused(s, end)
+            && (self.b.holds)(s, end)
+        {
+            end = end.next();
+        }
+        let id = self.start(s, p, end, false);
+        self.actions.push(Action::Start { id, source: s, from: p, to: end });
+    }
+
+    /// Source `s` starts a demand request: its readahead requests give back what they have
+    /// not begun receiving.
+    fn preempt_readahead(&mut self, s: SourceId) {
+        for k in 0..self.requests.len() {
+            let r = &self.requests[k];
+            if r.source != s || r.hedge {
+                continue;
+            }
+            // Requests for pieces readers wait on keep going.
+            if PieceIndex::range(r.next, r.end).any(|i| self.b.demand.contains(&i)) {
+                continue;
+            }
+            let (id, keep, end) = (r.id, r.next.next(), r.end);
+            if end <= keep {
+                continue;
+            }
+            self.requests[k].end = keep;
+            self.give_back(id, keep, end);
+            self.actions.push(Action::Preempt { request: id, keep, end });
+        }
+    }
+
+    /// Pieces `from..to` still owned by request `id` go back to missing.
+    fn give_back(&mut self, id: RequestId, from: PieceIndex, to: PieceIndex) {
+        for i in PieceIndex::range(from, to) {
+            if self.piece(i) == Piece::InFlight(id) {
+                self.changed.insert(i, Piece::Missing);
+            }
+        }
+    }
+
+    /// Idle source `s` takes the back half of the largest unstarted remainder of another
+    /// source's request that would take long where it is.
+    fn steal(&mut self, s: SourceId) -> bool {
+        let ps = self.b.piece_size as f64;
+        let now = self.now;
+        let victim = self
+            .requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.source != s && !r.hedge)
+            // The piece being received now stays with its request.
+            .map(|(k, r)| (k, r, r.next.next(), r.end))
+            .filter(|&(_, _, from, end)| end.0 > from.0 + 1)
+            // Only work that would take long where it is: splitting a request about to finish
+            // anyway wastes what its connection already has in flight.
+            .filter(|&(_, r, from, end)| {
+                let bps = self.sources[r.source.0].bps;
+                let left = (end.0 - from.0) as f64 * ps;
+                let slow_start = bps <= 0.0 && now.saturating_duration_since(r.started) > HEDGE_AFTER;
+                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS)
+            })
+            .map(|(k, _, from, end)| (k, from, end))
+            .max_by_key(|&(_, from, end)| end.0 - from.0);
+        let Some((k, from, end)) = victim else { return false };
+        let split = PieceIndex(from.0 + (end.0 - from.0) / 2);
+        let victim = self.requests[k].id;
+        self.requests[k].end = split;
+        self.give_back(victim, split, end);
+        self.actions.push(Action::Steal { victim, split, end });
+        let mut to = split;
+        while to < end && self.missing(to) && self.may_ask(s, to) {
+            to = to.next();
+        }
+        if to == split {
+            return false;
+        }
+        let id = self.start(s, split, to, false);
+        self.actions.push(Action::Start { id, source: s, from: split, to });
+        true
+    }
+
+    /// A demanded piece in flight on another source, not hedged yet, whose request stopped
+    /// delivering: silent ones get less patience than ones that were sending; one sending far
+    /// slower than `s` could (a mirror that drips) counts too.
+    fn overdue_demand(&self, s: SourceId) -> Option<PieceIndex> {
+        let s_bps = self.sources[s.0].bps;
+        let now = self.now;
+        self.b.demand.iter().copied().find(|&i| {
+            if self.b.hedged.contains(&i) || self.hedged.contains(&i) {
+                return false;
+            }
+            let Piece::InFlight(id) = self.piece(i) else { return false };
+            if self.refused(s, i) || !(self.b.holds)(s, i) {
+                return false;
+            }
+            self.requests.iter().find(|r| r.id == id).is_some_and(|r| {
+                let silent = r.got == 0;
+                let age = now.saturating_duration_since(r.started);
+                let rate = r.got as f64 / age.as_secs_f64().max(1e-3);
+                let dripping = age > SILENT_HEDGE_AFTER && rate < (s_bps / 4.0).max(DRIP_BPS);
+                let patience: Duration = if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER };
+                r.source != s && (dripping || now.saturating_duration_since(r.last_progress) > patience)
+            })
+        })
+    }
+
+    /// Duplicates an overdue demanded piece on `s`.
+    fn hedge(&mut self, s: SourceId) -> bool {
+        let Some(i) = self.overdue_demand(s) else { return false };
+        self.hedged.insert(i);
+        let id = self.start(s, i, i.next(), true);
+        self.actions.push(Action::Hedge { id, source: s, piece: i });
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

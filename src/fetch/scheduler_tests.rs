@@ -1,0 +1,245 @@
+//! Deterministic tests of the scheduler: boards built by hand, the time passed in.
+
+use super::*;
+
+const PS: u64 = 256 * 1024;
+const MB: f64 = 1e6;
+
+fn source(bps: f64) -> SourceView {
+    SourceView {
+        bps,
+        inflight: 0,
+        dead: false,
+        backoff_until: None,
+        fails_in_row: 0,
+        last_probe: None,
+        room: None,
+        ranges: true,
+    }
+}
+
+struct Fixture {
+    pieces: PieceTable,
+    demand: BTreeSet<PieceIndex>,
+    hedged: BTreeSet<PieceIndex>,
+    refused: HashMap<PieceIndex, Vec<SourceId>>,
+    window: (usize, usize),
+    sources: Vec<SourceView>,
+    requests: Vec<RequestView>,
+    next_id: u64,
+}
+
+impl Fixture {
+    /// `n` missing pieces, no readahead window.
+    fn new(n: usize, sources: Vec<SourceView>) -> Fixture {
+        Fixture {
+            pieces: PieceTable::new(vec![Piece::Missing; n]),
+            demand: BTreeSet::new(),
+            hedged: BTreeSet::new(),
+            refused: HashMap::new(),
+            window: (n, 0),
+            sources,
+            requests: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn demand(mut self, pieces: impl IntoIterator<Item = usize>) -> Fixture {
+        self.demand.extend(pieces.into_iter().map(PieceIndex));
+        self
+    }
+
+    fn window(mut self, from: usize, len: usize) -> Fixture {
+        self.window = (from, len);
+        self
+    }
+
+    fn present(mut self, pieces: std::ops::Range<usize>) -> Fixture {
+        for i in pieces {
+            self.pieces.set(PieceIndex(i), Piece::Present);
+        }
+        self
+    }
+
+    /// A request on `source` for `from..to`, started at `started`, that got `got` bytes, the
+    /// last of them at `last`.
+    fn request(
+        &mut self,
+        source: usize,
+        from: usize,
+        to: usize,
+        started: Instant,
+        got: u64,
+        last: Instant,
+    ) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        for i in from..to {
+            self.pieces.set(PieceIndex(i), Piece::InFlight(id));
+        }
+        self.sources[source].inflight += 1;
+        self.requests.push(RequestView {
+            id,
+            source: SourceId(source),
+            next: PieceIndex(from),
+            end: PieceIndex(to),
+            started,
+            hedge: false,
+            got,
+            last_progress: last,
+        });
+        id
+    }
+
+    fn plan(&self, now: Instant) -> Vec<Action> {
+        let holds = |_: SourceId, _: PieceIndex| true;
+        let b = Board {
+            pieces: &self.pieces,
+            piece_size: PS,
+            demand: &self.demand,
+            hedged: &self.hedged,
+            refused: &self.refused,
+            window_start: PieceIndex(self.window.0),
+            window_pieces: self.window.1,
+            want_all: false,
+            sources: self.sources.clone(),
+            requests: self.requests.clone(),
+            next_id: RequestId(self.next_id),
+            holds: &holds,
+        };
+        plan(&b, now)
+    }
+}
+
+/// The `Start`s of a plan, as (source, from, to).
+fn starts(actions: &[Action]) -> Vec<(usize, usize, usize)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { source, from, to, .. } => Some((source.0, from.0, to.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_blocked_read_goes_first_and_is_spread() {
+    let f = Fixture::new(64, vec![source(10.0 * MB), source(10.0 * MB)]).window(0, 32).demand(40..44);
+    let actions = f.plan(Instant::now());
+    let s = starts(&actions);
+    assert!(s.len() >= 4, "{actions:?}");
+    // Every demanded piece is asked for before any readahead piece.
+    let first_readahead = s.iter().position(|&(_, from, _)| from < 40).expect("readahead planned too");
+    let demanded: Vec<usize> = s[..first_readahead].iter().flat_map(|&(_, a, b)| a..b).collect();
+    assert_eq!(demanded, vec![40, 41, 42, 43], "{actions:?}");
+    // Spread: no request takes more than its share (4 pieces over 2 sources).
+    assert!(s[..first_readahead].len() >= 2 && s[..first_readahead].iter().all(|&(_, a, b)| b - a <= 2), "{s:?}");
+}
+
+#[test]
+fn an_idle_fast_source_steals_from_a_slow_one() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(40, vec![source(0.5 * MB), source(10.0 * MB)]).window(0, 40);
+    let slow = f.request(0, 0, 40, t0, 300_000, t0 + Duration::from_millis(900));
+    let actions = f.plan(t0 + Duration::from_secs(1));
+    // The piece being received (0) stays; the back half of the rest moves to the fast source.
+    assert_eq!(
+        actions[..2],
+        [
+            Action::Steal { victim: slow, split: PieceIndex(20), end: PieceIndex(40) },
+            Action::Start { id: RequestId(2), source: SourceId(1), from: PieceIndex(20), to: PieceIndex(40) },
+        ],
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn nothing_is_stolen_that_is_about_to_finish() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(4, vec![source(100.0 * MB), source(100.0 * MB)]).window(0, 4);
+    f.request(0, 0, 4, t0, 0, t0);
+    assert_eq!(f.plan(t0 + Duration::from_millis(10)), vec![]);
+}
+
+#[test]
+fn a_stalled_demand_request_is_hedged_after_the_delay() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(8, vec![source(MB), source(MB)]).demand([5]);
+    f.request(0, 5, 6, t0, 0, t0);
+    // Silent for less than the hedge delay: patience.
+    assert_eq!(f.plan(t0 + SILENT_HEDGE_AFTER / 2), vec![]);
+    assert_eq!(
+        f.plan(t0 + SILENT_HEDGE_AFTER + Duration::from_millis(50)),
+        vec![Action::Hedge { id: RequestId(2), source: SourceId(1), piece: PieceIndex(5) }]
+    );
+    // Hedged once only.
+    f.hedged.insert(PieceIndex(5));
+    assert_eq!(f.plan(t0 + Duration::from_secs(2)), vec![]);
+}
+
+#[test]
+fn a_request_that_was_sending_gets_the_longer_delay() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(8, vec![source(MB), source(MB)]).demand([5]);
+    let last = t0 + Duration::from_millis(50);
+    f.request(0, 5, 6, t0, 1 << 20, last);
+    assert_eq!(f.plan(last + HEDGE_AFTER - Duration::from_millis(100)), vec![]);
+    let actions = f.plan(last + HEDGE_AFTER + Duration::from_millis(100));
+    assert_eq!(actions, vec![Action::Hedge { id: RequestId(2), source: SourceId(1), piece: PieceIndex(5) }]);
+}
+
+#[test]
+fn the_end_game_asks_a_second_source_for_the_last_pieces() {
+    let f = Fixture::new(16, vec![source(100.0 * MB), source(50.0 * MB)]).present(0..12).window(12, 4);
+    let s = starts(&f.plan(Instant::now()));
+    // The fast source alone would take all four in one run; the last ones go to the other.
+    assert!(s.iter().all(|&(_, a, b)| b - a <= 2), "{s:?}");
+    assert!(s.iter().any(|&(src, ..)| src == 1), "{s:?}");
+    let covered: BTreeSet<usize> = s.iter().flat_map(|&(_, a, b)| a..b).collect();
+    assert_eq!(covered, (12..16).collect());
+}
+
+#[test]
+fn a_demand_read_preempts_the_sources_readahead() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).window(10, 20).demand([2]);
+    let readahead = f.request(0, 10, 30, t0, 1000, t0);
+    let actions = f.plan(t0 + Duration::from_millis(20));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Start { id: RequestId(2), source: SourceId(0), from: PieceIndex(2), to: PieceIndex(3) },
+            Action::Preempt { request: readahead, keep: PieceIndex(11), end: PieceIndex(30) },
+        ]
+    );
+}
+
+#[test]
+fn a_far_slower_source_is_only_probed() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(64, vec![source(100.0 * MB), source(MB)]).window(0, 64);
+    let actions = f.plan(t0);
+    assert!(actions.contains(&Action::Probe { source: SourceId(1) }), "{actions:?}");
+    f.sources[1].last_probe = Some(t0);
+    let later = f.plan(t0 + PROBE_EVERY / 2);
+    assert!(starts(&later).iter().all(|&(s, ..)| s == 0), "{later:?}");
+}
+
+#[test]
+fn dead_backing_off_or_capped_sources_get_nothing() {
+    let now = Instant::now();
+    let mut f = Fixture::new(8, vec![source(MB), source(MB), source(MB)]).window(0, 8);
+    f.sources[0].dead = true;
+    f.sources[1].backoff_until = Some(now + Duration::from_secs(1));
+    f.sources[2].room = Some(0);
+    assert_eq!(f.plan(now), vec![]);
+    f.sources[2].room = Some(1);
+    assert_eq!(starts(&f.plan(now)), vec![(2, 0, 1)], "one request, unmeasured: one piece");
+}
+
+#[test]
+fn a_refused_source_is_not_asked_for_that_piece() {
+    let mut f = Fixture::new(4, vec![source(MB)]).demand([0]);
+    f.refused.insert(PieceIndex(0), vec![SourceId(0)]);
+    assert_eq!(f.plan(Instant::now()), vec![]);
+}
