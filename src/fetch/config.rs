@@ -56,12 +56,10 @@ pub enum VerifyMode {
     Strict,
 }
 
-/// The error stays a `String` while `cmd/mount.rs` names it so; [`VerifyMode::parse`] is the
-/// typed form, and this becomes `type Err = UnknownVerifyMode` with that one line.
 impl std::str::FromStr for VerifyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        VerifyMode::parse(s).map_err(|e| e.to_string())
+    type Err = UnknownVerifyMode;
+    fn from_str(s: &str) -> Result<Self, UnknownVerifyMode> {
+        VerifyMode::parse(s)
     }
 }
 

@@ -110,7 +110,7 @@ pub(super) fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Re
                 plan.cache_size = parse_size(v)?;
                 plan.cache_size_given = true;
             }
-            ("verify", Some(v)) => plan.verify = v.parse().map_err(|e: String| anyhow!("{e}"))?,
+            ("verify", Some(v)) => plan.verify = v.parse::<crate::fetch::VerifyMode>()?,
             ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
             ("publish", Some("no" | "false" | "0")) => plan.publish = false,
             ("nonempty", None) => plan.nonempty = true,
