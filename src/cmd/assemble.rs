@@ -165,8 +165,8 @@ pub(crate) fn network(
                 .map_err(anyhow::Error::from)
                 .and_then(|a| crate::manifest::publish::publish(&a, m).map_err(anyhow::Error::from));
             match published {
-                Ok(k) => tracing::info!("{}: piece manifest published as {k}", m.key),
-                Err(e) => tracing::info!("{}: piece manifest not published: {e:#}", m.key),
+                Ok(k) => tracing::info!("{}: piece manifest published as {k}", m.key()),
+                Err(e) => tracing::info!("{}: piece manifest not published: {e:#}", m.key()),
             }
         })));
     }

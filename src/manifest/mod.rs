@@ -38,13 +38,15 @@ const MAGIC: &str = "annexfs-manifest 1";
 /// The largest manifest annexfs reads (about 1.6 million pieces).
 pub const MAX_MANIFEST_BYTES: u64 = 100 << 20;
 
-/// A hash per piece of one key's content.
+/// A hash per piece of one key's content. Only [`Manifest::build`], [`Manifest::parse`] and
+/// [`Manifest::regroup`] make one, so a manifest always has a valid piece size and exactly
+/// one entry per piece of its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    pub key: Key,
-    pub size: u64,
-    pub piece_size: u64,
-    pub hashes: Vec<[u8; 32]>,
+    key: Key,
+    size: u64,
+    piece_size: u64,
+    hashes: Vec<[u8; 32]>,
 }
 
 /// Why a manifest was refused.
@@ -159,6 +161,26 @@ impl Manifest {
             .map_or_else(|| file.metadata().map(|m| m.len()), Ok)
             .map_err(|e| io::Error::new(e.kind(), format!("size of {}: {e}", key.to_string_lossy())))?;
         Self::build(key, size, piece_size, |off, buf| file.read_exact_at(buf, off))
+    }
+
+    /// The key whose content this describes.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The content's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The size of every piece but the last.
+    pub fn piece_size(&self) -> u64 {
+        self.piece_size
+    }
+
+    /// The entry of each piece, in order.
+    pub fn hashes(&self) -> &[[u8; 32]] {
+        &self.hashes
     }
 
     pub fn count(&self) -> usize {
