@@ -16,6 +16,7 @@ use crate::manifest::publish::MoreHolders;
 use crate::pieces::PieceStore;
 use crate::source::discover::discover;
 use crate::source::http::{HttpClient, learn_http_remotes};
+use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
 use crate::swarm::Peers;
 use anyhow::{Context, anyhow};
@@ -43,7 +44,8 @@ pub(crate) struct SwarmOptions {
 /// What reading from network sources needs.
 pub(crate) struct Network {
     pub fetcher: Arc<Fetcher>,
-    pub http: HttpClient,
+    /// The means to reach network holders (HTTP, ssh, external programs).
+    pub reach: Arc<Reach>,
     /// Swarm peers: sources for the pieces they hold.
     pub peers: Arc<Peers>,
     /// This node's swarm server, once it serves.
@@ -78,7 +80,7 @@ impl Network {
 
     /// Every place `key` can be read from.
     pub async fn parts(&self, annex: &Annex, key: &Key) -> Result<KeyParts, FsError> {
-        let found = discover(annex, key, Some(&self.http))
+        let found = discover(annex, key, Some(&self.reach))
             .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
         let mut parts = KeyParts {
             local: found.local,
@@ -101,7 +103,8 @@ impl Network {
         if let Some(m) = crate::manifest::cached::load(self.store(), key) {
             return Some(m);
         }
-        let found = crate::manifest::publish::find(annex, key, Some(&self.http), Some(&PeerHolders(&self.peers))).await;
+        let found =
+            crate::manifest::publish::find(annex, key, Some(&self.reach), Some(&PeerHolders(&self.peers))).await;
         let m = match found {
             Ok(Some(m)) => m,
             Ok(None) => self.peers.manifest(key).await?,
@@ -182,7 +185,7 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    Ok(Arc::new(Network { fetcher, http, peers, serving: OnceLock::new() }))
+    Ok(Arc::new(Network { fetcher, reach: Arc::new(Reach::new(http)), peers, serving: OnceLock::new() }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache

@@ -12,8 +12,8 @@ use super::{MAX_MANIFEST_BYTES, Manifest};
 use crate::annex::backend as verify;
 use crate::annex::{Annex, Key};
 use crate::source::discover::discover;
-use crate::source::http::HttpClient;
 use crate::source::open_location;
+use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
 use futures_util::StreamExt;
 use std::path::Path;
@@ -117,7 +117,7 @@ fn read_local(loc: &crate::annex::remotes::Location, size: u64, len: usize) -> R
 async fn read_object(
     annex: &Annex,
     mkey: &Key,
-    http: Option<&HttpClient>,
+    reach: Option<&Reach>,
     more: Option<&dyn MoreHolders>,
 ) -> Result<Vec<u8>, FindError> {
     let name = mkey.to_string_lossy();
@@ -126,7 +126,7 @@ async fn read_object(
         return Err(FindError::TooLarge(name, size));
     }
     let len = usize::try_from(size).map_err(|_| FindError::TooLarge(name, size))?;
-    let mut found = discover(annex, mkey, http)?;
+    let mut found = discover(annex, mkey, reach)?;
     if found.local.is_empty()
         && let Some(m) = more
     {
@@ -156,12 +156,12 @@ async fn read_object(
 pub async fn find(
     annex: &Annex,
     key: &Key,
-    http: Option<&HttpClient>,
+    reach: Option<&Reach>,
     more: Option<&dyn MoreHolders>,
 ) -> Result<Option<Manifest>, FindError> {
     let mut errors = Vec::new();
     for mkey in recorded(annex, key) {
-        let bytes = match read_object(annex, &mkey, http, more).await {
+        let bytes = match read_object(annex, &mkey, reach, more).await {
             Ok(b) => b,
             Err(e) => {
                 errors.push(e);

@@ -1,7 +1,8 @@
 //! Where a key's bytes can be read, from the annex layer's holders: local copies (read in
 //! place) and network sources (fetched by ranges), in the order annexfs tries them.
 
-use super::http::{HttpClient, HttpSource};
+use super::http::HttpSource;
+use super::reach::Reach;
 use super::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
 use super::{RangeRead, SourceError, open_location};
 use crate::annex::remotes::Location;
@@ -29,9 +30,10 @@ pub enum DiscoverError {
     Branch(#[source] crate::annex::branch::BranchError),
 }
 
-/// Finds every place `key` can be read from. Without an HTTP client, network holders are
-/// reported as unusable.
-pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<Discovered, DiscoverError> {
+/// Finds every place `key` can be read from. Without the means to reach the network, network
+/// holders are reported as unusable.
+pub fn discover(annex: &Annex, key: &Key, reach: Option<&Reach>) -> Result<Discovered, DiscoverError> {
+    let http = reach.map(|r| &r.http);
     let mut d = Discovered::default();
     if let Some(p) = annex.local_object(key) {
         d.local.push(("this repository".into(), Location::Path(p)));
@@ -46,6 +48,27 @@ pub fn discover(annex: &Annex, key: &Key, http: Option<&HttpClient>) -> Result<D
             continue;
         }
         for loc in &h.locations {
+            let made = match (loc, reach) {
+                (Location::Ssh(l), Some(r)) => Some(super::ssh::source(l, key, r).map_err(|e| e.to_string())),
+                (Location::P2pHttp(l), Some(r)) => Some(super::p2phttp::source(l, key, r).map_err(|e| e.to_string())),
+                (Location::S3(l), Some(r)) => Some(super::s3::source(l, key, r).map_err(|e| e.to_string())),
+                (Location::External(l), Some(r)) => Some(super::external::source(l, key, r).map_err(|e| e.to_string())),
+                (Location::Ssh(_) | Location::P2pHttp(_) | Location::S3(_) | Location::External(_), None) => {
+                    Some(Err("network remotes are not read here".to_string()))
+                }
+                _ => None,
+            };
+            match made {
+                Some(Ok(src)) => {
+                    d.remote.push(src);
+                    continue;
+                }
+                Some(Err(why)) => {
+                    d.unusable.push(format!("{name} ({}): {why}", h.uuid));
+                    continue;
+                }
+                None => {}
+            }
             let urls = match loc {
                 Location::Url(u) => vec![u.clone()],
                 Location::Urls(u) => u.clone(),

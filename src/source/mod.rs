@@ -10,8 +10,13 @@
 //! Network sources (HTTP, peers) implement the same [`RangeRead`] trait in later layers.
 
 pub mod discover;
+pub mod external;
 pub mod http;
+pub mod p2phttp;
+pub mod reach;
 pub mod remote;
+pub mod s3;
+pub mod ssh;
 
 use crate::annex::remotes::Location;
 use std::fs::File;
@@ -206,6 +211,9 @@ pub fn open_location(loc: &Location, expected: Option<u64>) -> Result<Box<dyn Ra
         Location::Chunks(c) => Ok(Box::new(Chunked::open(c, expected)?)),
         Location::Url(u) => Err(SourceError::Remote(u.clone())),
         Location::Urls(u) => Err(SourceError::Remote(u.join(" "))),
+        Location::Ssh(_) | Location::P2pHttp(_) | Location::S3(_) | Location::External(_) => {
+            Err(SourceError::Remote(loc.strings().join(" ")))
+        }
     }
 }
 

@@ -5,6 +5,11 @@
 //! an [`Access`]: readable or not (with the reason), and where (paths, URLs), in the order to
 //! try them. Nothing here touches the network; local paths are checked with `stat` only.
 
+pub mod external;
+pub mod p2phttp;
+pub mod s3;
+pub mod ssh;
+
 use super::key::Key;
 use super::logs::Trust;
 use super::policy::{AddressPolicy, PolicyError};
@@ -45,7 +50,12 @@ pub enum RemoteKind {
     GitLocal { path: PathBuf },
     /// A git remote over http(s).
     GitHttp { url: String, bare: Option<bool>, annex_url: Option<String> },
-    /// A git remote reached some other way (ssh, …): not readable by annexfs yet.
+    /// A git remote over ssh (`ssh://…`, `user@host:path`), read with `git-annex-shell
+    /// p2pstdio`.
+    GitSsh(ssh::SshRemote),
+    /// A git remote served by `git annex p2phttp` (`annex+http(s)://…`).
+    P2pHttp(p2phttp::P2pHttpRemote),
+    /// A git remote reached some other way (`git://`, …): not readable by annexfs.
     GitOther { url: String },
     /// A directory special remote.
     Directory { dir: Option<PathBuf>, chunking: Chunking, encrypted: bool },
@@ -55,7 +65,11 @@ pub enum RemoteKind {
     Web,
     /// The built-in bittorrent remote.
     BitTorrent,
-    /// Any other special remote type (S3, rsync, external, …).
+    /// An S3 special remote without encryption.
+    S3(s3::S3Remote),
+    /// An external special remote (`type=external`) without encryption.
+    External(external::ExternalRemote),
+    /// Any other special remote type (rsync, gcrypt, …), and encrypted S3 or external ones.
     Special { type_: String, encrypted: bool },
 }
 
@@ -132,6 +146,14 @@ pub enum Location {
     /// Candidate URLs of one source, tried in order until one is not 404 (the hash-directory
     /// layouts of an http git remote or an httpalso remote).
     Urls(Vec<String>),
+    /// A repository behind ssh.
+    Ssh(ssh::SshLocation),
+    /// A p2phttp server.
+    P2pHttp(p2phttp::P2pHttpLocation),
+    /// Objects in an S3 bucket.
+    S3(s3::S3Location),
+    /// An external special remote program.
+    External(external::ExternalLocation),
 }
 
 impl Location {
@@ -142,6 +164,10 @@ impl Location {
             Location::Chunks(c) => c.iter().map(|(p, _)| p.display().to_string()).collect(),
             Location::Url(u) => vec![u.clone()],
             Location::Urls(u) => u.clone(),
+            Location::Ssh(l) => l.strings(),
+            Location::P2pHttp(l) => l.strings(),
+            Location::S3(l) => l.strings(),
+            Location::External(l) => l.strings(),
         }
     }
 }
@@ -224,6 +250,10 @@ pub fn load_remotes(cfg: &GitConfig, remote_log: &BTreeMap<String, BTreeMap<Stri
             RemoteKind::Web
         } else if type_.as_deref() == Some("bittorrent") || uuid.as_deref() == Some(BITTORRENT_UUID) {
             RemoteKind::BitTorrent
+        } else if type_.as_deref() == Some("S3") && !encrypted {
+            RemoteKind::S3(s3::S3Remote::from_config(&name, &rcfg, cfg))
+        } else if type_.as_deref() == Some("external") && !encrypted {
+            RemoteKind::External(external::ExternalRemote::from_config(&name, &rcfg, cfg))
         } else if let Some(t) = type_.filter(|t| t != "git") {
             RemoteKind::Special { type_: t, encrypted }
         } else if let Some(url) = url {
@@ -274,7 +304,13 @@ fn git_kind(name: &str, url: &str, cfg: &GitConfig) -> RemoteKind {
     let colon = url.find(':');
     let slash = url.find('/');
     let is_scp = matches!((colon, slash), (Some(c), Some(s)) if c < s) || (colon.is_some() && slash.is_none());
-    if url.contains("://") || is_scp {
+    if lower.starts_with("annex+http://") || lower.starts_with("annex+https://") {
+        return RemoteKind::P2pHttp(p2phttp::P2pHttpRemote::from_config(name, url, cfg));
+    }
+    if lower.starts_with("ssh://") || lower.starts_with("git+ssh://") || lower.starts_with("ssh+git://") || is_scp {
+        return RemoteKind::GitSsh(ssh::SshRemote::from_config(name, url, cfg));
+    }
+    if url.contains("://") {
         return RemoteKind::GitOther { url: url.to_string() };
     }
     RemoteKind::GitLocal { path: PathBuf::from(url) }
@@ -342,6 +378,10 @@ impl Remote {
                     .collect();
                 acc.locations.push(Location::Urls(urls));
             }
+            RemoteKind::GitSsh(r) => r.access(self, facts, &mut acc),
+            RemoteKind::P2pHttp(r) => r.access(self, facts, &mut acc),
+            RemoteKind::S3(r) => r.access(self, facts, &mut acc),
+            RemoteKind::External(r) => r.access(self, facts, &mut acc),
             RemoteKind::GitOther { url } => {
                 acc.readable = Err(Unreadable::UnsupportedGitUrl(url.clone()));
             }
@@ -550,7 +590,7 @@ mod tests {
         assert_eq!(by("origin").cost, 150);
         assert!(matches!(by("origin").kind, RemoteKind::GitLocal { .. }));
         assert!(matches!(by("web1").kind, RemoteKind::GitHttp { bare: Some(false), .. }));
-        assert!(matches!(by("ssh").kind, RemoteKind::GitOther { .. }));
+        assert!(matches!(by("ssh").kind, RemoteKind::GitSsh(_)));
         assert_eq!(
             by("dplain").kind,
             RemoteKind::Directory { dir: Some("/srv/dsr".into()), chunking: Chunking::Chunk(30720), encrypted: false }
