@@ -80,33 +80,49 @@ pub trait MoreHolders: Sync {
     fn sources<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Vec<Arc<dyn RangeSource>>>;
 }
 
+/// Why one copy of a manifest object could not be read.
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Fetch(#[from] crate::source::remote::FetchError),
+    #[error("read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shorter than its key")]
+    Short,
+    #[error("longer than its key")]
+    Long,
+    #[error("timed out")]
+    TimedOut,
+}
+
 /// Reads a whole small object from one network source, bounded in size and time.
-async fn fetch_whole(src: &dyn RangeSource, size: u64, len: usize) -> Result<Vec<u8>, String> {
+async fn fetch_whole(src: &dyn RangeSource, size: u64, len: usize) -> Result<Vec<u8>, CopyError> {
     tokio::time::timeout(FETCH_TIMEOUT, async {
-        let mut stream = src.get(0, size).await.map_err(|e| e.to_string())?;
+        let mut stream = src.get(0, size).await?;
         let mut out = Vec::with_capacity(len);
         while let Some(c) = stream.next().await {
-            out.extend_from_slice(&c.map_err(|e| e.to_string())?);
+            out.extend_from_slice(&c?);
             if out.len() > len {
-                return Err("longer than its key".to_string());
+                return Err(CopyError::Long);
             }
         }
         Ok(out)
     })
     .await
-    .map_err(|_| "timed out".to_string())?
+    .map_err(|_| CopyError::TimedOut)?
 }
 
 /// Reads a whole small object from a local location.
-fn read_local(loc: &crate::annex::remotes::Location, size: u64, len: usize) -> Result<Vec<u8>, String> {
-    let r = open_location(loc, Some(size)).map_err(|e| e.to_string())?;
+fn read_local(loc: &crate::annex::remotes::Location, size: u64, len: usize) -> Result<Vec<u8>, CopyError> {
+    let r = open_location(loc, Some(size))?;
     let mut buf = vec![0u8; len];
     let mut at = 0;
     while at < len {
-        match r.read_at(&mut buf[at..], at as u64) {
-            Ok(0) => return Err("short object".to_string()),
-            Ok(n) => at += n,
-            Err(e) => return Err(e.to_string()),
+        match r.read_at(&mut buf[at..], at as u64)? {
+            0 => return Err(CopyError::Short),
+            n => at += n,
         }
     }
     Ok(buf)
