@@ -3,7 +3,7 @@
 tools it is compared with, run alternately in the same run, each run checked.
 
     measure.py ROWS.jsonl --section S --name N --unit MiB/s|s|ms [--size BYTES] [--runs N]
-        [--better higher|lower] [--target TEXT] [--cond KEY=VALUE ...]
+        [--better higher|lower] [--target TEXT] [--cond KEY=VALUE ...] [--warmup N]
         --contender annexfs --cmd 'SH' [--prepare 'SH'] [--verify 'SH'] [--post 'SH'] [--dd] [--json]
         --contender 'aria2c' --cmd 'SH' ... [--runs N]
 
@@ -22,7 +22,7 @@ import json, os, re, statistics, subprocess, sys, time
 
 def parse(argv):
     rows = argv[0]
-    row = {"cond": {}, "runs": 3, "better": "higher", "size": None, "target": None}
+    row = {"cond": {}, "runs": 3, "warmup": 0, "better": "higher", "size": None, "target": None}
     contenders, cur = [], None
     i = 1
     while i < len(argv):
@@ -41,8 +41,8 @@ def parse(argv):
             row["cond"][k] = val
         elif cur is not None and a in ("--cmd", "--prepare", "--verify", "--post", "--probe", "--runs"):
             cur[a[2:]] = int(v) if a == "--runs" else v
-        elif cur is None and a in ("--section", "--name", "--unit", "--size", "--runs", "--better", "--target"):
-            row[a[2:]] = int(v) if a in ("--size", "--runs") else v
+        elif cur is None and a in ("--section", "--name", "--unit", "--size", "--runs", "--warmup", "--better", "--target"):
+            row[a[2:]] = int(v) if a in ("--size", "--runs", "--warmup") else v
         else:
             sys.exit(f"measure.py: unexpected {a}")
     return rows, row, contenders
@@ -137,7 +137,14 @@ def main():
     res = {label: {"runs": [], "extra": [], "ok": True, "error": None} for _, label, _ in plan}
     env = dict(os.environ)
     nmax = max(c.get("runs", row["runs"]) for _, _, c in plan)
-    # Alternate: run i of every contender before run i+1 of any.
+    # Warm-up runs (checked like the others, not kept), then alternate: run i of every
+    # contender before run i+1 of any.
+    for i in range(row["warmup"]):
+        for role, label, c in plan:
+            try:
+                one_run(c, row, env)
+            except RuntimeError as e:
+                res[label]["ok"], res[label]["error"] = False, f"warm-up: {e}"
     for i in range(nmax):
         for role, label, c in plan:
             r = res[label]
