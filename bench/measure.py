@@ -17,7 +17,7 @@ sampler. Commands run under bash with `{bin}` and `{tag}` replaced by the build'
 ("new=/path/annexfs baseline=/path/annexfs"). A contender that fails a run is FAILED and
 runs no more; the row is recorded (ok false) and prints FAILED, never a figure.
 """
-import json, os, re, statistics, subprocess, sys, time
+import json, os, re, statistics, subprocess, sys, tempfile, time
 
 
 def parse(argv):
@@ -49,8 +49,13 @@ def parse(argv):
 
 
 def sh(cmd, env):
-    p = subprocess.run(["bash", "-c", cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       errors="replace")
+    # Output goes to files, not pipes: a daemon the command starts (a mount) keeps its
+    # inherited descriptors, and a pipe would never see the end of its output.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.run(["bash", "-c", cmd], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        out.seek(0); err.seek(0)
+        p.stdout = out.read().decode(errors="replace")
+        p.stderr = err.read().decode(errors="replace")
     return p
 
 

@@ -138,7 +138,7 @@ def random_during_stream(path, content, samples, cache_dir):
             if time.monotonic() > deadline:
                 raise RuntimeError("the stream made no progress in 60 s")
             time.sleep(0.05)
-        start = alive_or_fail("before the samples")
+        start, t0 = alive_or_fail("before the samples"), time.monotonic()
         for i in range(samples):
             p = alive_or_fail(f"before sample {i + 1}")
             # Ahead of the stream by more than its readahead, and not cached yet.
@@ -156,7 +156,8 @@ def random_during_stream(path, content, samples, cache_dir):
             lat.append(checked_read(fd, cfd, off))
         end = alive_or_fail("after the samples")
         if end <= start:
-            raise RuntimeError("the stream made no progress during the samples")
+            raise RuntimeError(f"the stream made no progress during the {len(lat)} samples "
+                               f"({time.monotonic() - t0:.2f} s, stayed at {start} bytes)")
     except (RuntimeError, OSError) as e:
         proc.kill(); proc.wait()
         result(ok=False, error=str(e))
