@@ -2,7 +2,7 @@
 """Benchmark results: merge a run's rows into the results file, and write the Markdown page.
 
     report.py merge ROWS.jsonl RESULTS.json --command 'bench/run read' --sections 'read net'
-        [--baseline REV] [--note TEXT]
+        [--baseline REV] [--note TEXT] [--commit SHA --dirty yes|no]
         Replaces the named sections of RESULTS.json with this run's rows, each section stamped
         with the commit (and whether the work tree was dirty), date, machine and command.
     report.py md RESULTS.json > docs/BENCHMARKS.md
@@ -45,10 +45,15 @@ def merge(a):
             res = json.load(f)
     except FileNotFoundError:
         res = {"sections": {}}
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], stdout=subprocess.PIPE,
-                           text=True).stdout.strip() != ""
+    # The commit and dirty flag as they were when the run started (bench/run passes them).
+    if a.commit:
+        commit, dirty = a.commit, a.dirty == "yes"
+    else:
+        commit = git("rev-parse", "HEAD")
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], stdout=subprocess.PIPE,
+                               text=True).stdout.strip() != ""
     stamp = {
-        "commit": git("rev-parse", "HEAD"),
+        "commit": commit,
         "dirty": dirty,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -159,6 +164,8 @@ def main():
     m.add_argument("--sections", required=True)
     m.add_argument("--baseline")
     m.add_argument("--note")
+    m.add_argument("--commit")
+    m.add_argument("--dirty", choices=["yes", "no"])
     d = sub.add_parser("md")
     d.add_argument("results")
     a = p.parse_args()
