@@ -227,7 +227,13 @@ impl Holders for MountHolders {
 
     fn keep_cache(&self, key: &Key) -> bool {
         let f = &self.net.fetcher;
-        f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key)
+        if f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key) {
+            return true;
+        }
+        // A copy on a local disk is read in place and trusted as git-annex trusts it: its
+        // bytes are never repaired, so its pages may stay (only bytes fetched before they
+        // could be verified may be replaced later).
+        discover(&self.annex, key, None).is_ok_and(|d| !d.local.is_empty())
     }
 
     fn cached_bytes(&self, key: &Key) -> u64 {
