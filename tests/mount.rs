@@ -411,9 +411,7 @@ fn a_read_waiting_on_slow_storage_blocks_nothing_else() {
 
 #[test]
 fn an_ordinary_user_can_mount_and_unmount() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to set up /dev/fuse and switch users");
+    if !common::require("root (to set up /dev/fuse and switch users)", common::is_root()) {
         return;
     }
     // /dev/fuse is 0600 on these machines; distributions ship it 0666.
