@@ -383,30 +383,37 @@ fn a_read_waiting_on_slow_storage_blocks_nothing_else() {
     );
     sb.annex(&r, &["copy", "-q", "--to", "dslow", "slow.bin"]);
     sb.annex(&r, &["drop", "-q", "slow.bin"]);
-    // The remote's directory is now seen through a filesystem whose reads take 3 s.
+    // The remote's directory is now seen through a filesystem whose reads wait until the test
+    // lets them through.
     let slow_mp = sb.path("slowmnt");
     std::fs::create_dir_all(&slow_mp).unwrap();
-    let _slow = common::slowfs::mount_slow(&real, &slow_mp, Duration::from_secs(3));
+    let slow = common::slowfs::mount_gated(&real, &slow_mp);
     sb.git(&r, &["config", "remote.dslow.annex-directory", slow_mp.to_str().unwrap()]);
     let m = mount(&sb, &r, "mnt", &[]);
 
     let slow_path = m.p("slow.bin");
-    let reader = std::thread::spawn(move || {
-        let start = Instant::now();
-        let data = std::fs::read(&slow_path);
-        (data, start.elapsed())
+    let reader = std::thread::spawn(move || std::fs::read(&slow_path));
+    common::wait_until(Duration::from_secs(60), "the read of slow.bin to wait on the slow storage", || {
+        slow.waiting() > 0
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
-    assert_eq!(std::fs::read(m.p("fast.txt")).unwrap(), b"fast\n");
-    assert_eq!(std::fs::read(m.p("d/other.txt")).unwrap(), b"other\n");
-    assert_eq!(std::fs::read_dir(&m.mp).unwrap().count(), 3);
-    assert_eq!(std::fs::metadata(m.p("slow.bin")).unwrap().len(), 3000);
-    let others = start.elapsed();
-    let (data, slow) = reader.join().unwrap();
-    assert_eq!(data.unwrap(), pseudo_random(20, 3000), "the slow read completes byte-exact");
-    assert!(slow >= Duration::from_secs(2), "the read really waited on slow storage ({slow:?})");
-    assert!(others < Duration::from_secs(1), "other operations took {others:?} while a read waited");
+    // Everything else is answered while that read waits: it waits until the gate opens, so
+    // a blocked operation would never finish.
+    let mp = m.mp.clone();
+    let others = std::thread::spawn(move || {
+        (
+            std::fs::read(mp.join("fast.txt")).unwrap(),
+            std::fs::read(mp.join("d/other.txt")).unwrap(),
+            std::fs::read_dir(&mp).unwrap().count(),
+            std::fs::metadata(mp.join("slow.bin")).unwrap().len(),
+        )
+    });
+    common::wait_until(Duration::from_secs(60), "other operations to be answered while a read waits", || {
+        others.is_finished()
+    });
+    assert!(slow.waiting() > 0 && !reader.is_finished(), "the slow read was still waiting meanwhile");
+    assert_eq!(others.join().unwrap(), (b"fast\n".to_vec(), b"other\n".to_vec(), 3, 3000));
+    slow.open();
+    assert_eq!(reader.join().unwrap().unwrap(), pseudo_random(20, 3000), "the slow read completes byte-exact");
 }
 
 #[test]
