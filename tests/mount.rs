@@ -219,12 +219,10 @@ fn mount_follows_the_repository_live() {
     assert_eq!(xattr(&m.p("first.txt"), "user.annexfs.present").unwrap(), b"0");
     assert_eq!(std::fs::read(m.p("change.txt")).unwrap(), b"old content\n");
 
+    // The mount shows a change about a second after it; waited for generously.
     let eventually = |what: &str, f: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !f() {
-            assert!(start.elapsed() < Duration::from_secs(5), "{what} did not show within 5 s; log:\n{}", m.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("{what} to show in the mount (log: {})", m.log.display());
+        common::wait_until(Duration::from_secs(60), &what, f);
     };
     // git annex get: the content is local now.
     sb.annex(&r, &["get", "-q", "first.txt"]);
@@ -359,11 +357,9 @@ fn fusermount3_unmounts_and_the_daemon_exits() {
     assert!(st.success());
     assert!(!is_mounted(&m.mp));
     // The daemon notices and exits: its log says so.
-    let start = Instant::now();
-    while !m.log().contains("unmounted") {
-        assert!(start.elapsed() < Duration::from_secs(5), "daemon did not exit: {}", m.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(Duration::from_secs(60), &format!("the daemon to log its exit in {}", m.log.display()), || {
+        m.log().contains("unmounted")
+    });
 }
 
 #[test]
