@@ -154,10 +154,9 @@ fn no_source_left_is_a_clear_error_naming_the_sources() {
         src("deadB", &data, Faults { dead: true, ..Faults::default() }),
     ];
     let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
-    let start = Instant::now();
     let err = rt.block_on(kf.read(0, 100)).unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(15));
     let msg = err.to_string();
+    // NoSource, not Deadline: it failed once no source was left, without waiting out the deadline.
     assert!(matches!(err, ReadError::NoSource { .. }), "{msg}");
     assert!(msg.contains("deadA") && msg.contains("deadB") && msg.contains("injected failure"), "{msg}");
 }
