@@ -16,9 +16,9 @@ use annexfs::annex::Key;
 use annexfs::pieces::PieceStore;
 use common::mnt::mount;
 use common::nginx::Nginx;
-use common::{Sandbox, mount_status, pseudo_random, wait_until};
+use common::{Sandbox, pseudo_random, wait_until};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const FILES: usize = 3;
@@ -41,9 +41,11 @@ fn read_until_error(path: PathBuf) -> Vec<u8> {
     out
 }
 
-/// The open file of `key` in the status of the mount at `mp`: (pid, present bytes, verified).
-fn open_file(mp: &Path, key: &str) -> Option<(i32, u64, bool)> {
-    let st = mount_status(mp);
+/// The open file of `key` in the status of the mount `m`: (pid, present bytes, verified);
+/// `None` while the status does not list it. The status socket may appear a moment after
+/// `annexfs mount` returns, so a status that fails counts as not yet.
+fn open_file(m: &common::mnt::Mount, key: &str) -> Option<(i32, u64, bool)> {
+    let st = common::try_mount_status(&m.mp).ok()?;
     let pid = i32::try_from(st["pid"].as_u64()?).ok()?;
     let f = st["open_files"].as_array()?.iter().find(|f| f["key"] == key)?.clone();
     Some((pid, f["present_bytes"].as_u64()?, f["verified"].as_bool()?))
@@ -78,8 +80,9 @@ fn killing_the_daemon_mid_fetch_never_loses_or_corrupts_a_piece() {
     }
     sb.annex(&r, &["add", "-q", "."]);
     sb.git(&r, &["commit", "-q", "-m", "files"]);
-    // 1 MB/s per connection, two mirrors: a fetch lasts seconds, long enough to be caught.
-    let nginx = Nginx::start(&www, &sb.path("nginx"), 2, Some(1_000_000));
+    // 300 kB/s per connection, two mirrors: even over many connections a fetch lasts
+    // seconds, long enough to be caught by polling the status.
+    let nginx = Nginx::start(&www, &sb.path("nginx"), 2, Some(300_000));
     let mut keys = Vec::new();
     for (name, _) in &files {
         let key = sb.annex(&r, &["lookupkey", name]).trim().to_string();
@@ -117,7 +120,7 @@ fn killing_the_daemon_mid_fetch_never_loses_or_corrupts_a_piece() {
             let reader = std::thread::spawn(move || read_until_error(p));
             let mut seen = None;
             wait_until(TIMEOUT, &format!("cycle {cycle}: the fetch of {name} to pass {target} bytes"), || {
-                seen = open_file(&dead.mp, &key);
+                seen = open_file(&dead, &key);
                 reader.is_finished() || seen.is_some_and(|(_, present, _)| present >= target)
             });
             let cut = seen.filter(|&(_, present, _)| present > 0 && present < SIZE as u64);
@@ -172,7 +175,7 @@ fn killing_the_daemon_mid_fetch_never_loses_or_corrupts_a_piece() {
             assert!(wrong == 0 && got.len() == SIZE, "cycle {cycle}: the read after the restart is exact");
             m.bytes_verified_after_restart += got.len() as u64;
             wait_until(TIMEOUT, &format!("cycle {cycle}: {name} to verify after the restart"), || {
-                open_file(&alive.mp, &key).is_some_and(|(_, _, verified)| verified)
+                open_file(&alive, &key).is_some_and(|(_, _, verified)| verified)
             });
             m.keys_verified += 1;
             drop(fh);

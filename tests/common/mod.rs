@@ -229,13 +229,20 @@ pub fn wait_until(timeout: std::time::Duration, what: &str, mut cond: impl FnMut
 
 /// The `annexfs status --json` document of the mount at `mp`: its one mount's status.
 pub fn mount_status(mp: &Path) -> serde_json::Value {
+    try_mount_status(mp).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `mount_status`, or why `annexfs status` failed.
+pub fn try_mount_status(mp: &Path) -> Result<serde_json::Value, String> {
     let out = Command::new(env!("CARGO_BIN_EXE_annexfs"))
         .args(["status", "--json"])
         .arg(mp)
         .stdin(Stdio::null())
         .output()
         .expect("run annexfs status");
-    assert!(out.status.success(), "annexfs status: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(format!("annexfs status: {}", String::from_utf8_lossy(&out.stderr)));
+    }
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    doc["mounts"][0].clone()
+    Ok(doc["mounts"][0].clone())
 }
