@@ -8,11 +8,6 @@ use common::mnt::{Mount, is_mounted};
 use common::{Sandbox, pseudo_random};
 use std::path::{Path, PathBuf};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Installs `/sbin/NAME` as a symlink to the annexfs binary for the life of the value.
 struct Helper(PathBuf);
 
@@ -42,20 +37,19 @@ fn status_json(sb: &Sandbox, mp: &Path) -> serde_json::Value {
 
 #[test]
 fn an_fstab_line_mounts_with_mount_t_and_status_describes_it() {
-    if !is_root() {
-        eprintln!("skipped: mount(8) with a helper needs root");
+    if !common::require("root (mount(8) with a helper)", common::is_root()) {
         return;
     }
     // The shipped script for `fuse.annexfs` (told where this build is), the binary itself
     // under the helper's name for `annexfs`.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.fuse.annexfs");
-    let (Some(_h1), Some(_h2)) = (
+    let (h1, h2) = (
         Helper::install("mount.fuse.annexfs", &script),
         Helper::install("mount.annexfs", Path::new(env!("CARGO_BIN_EXE_annexfs"))),
-    ) else {
-        eprintln!("skipped: other annexfs mount helpers are installed");
+    );
+    if !common::require("no other annexfs mount helpers installed in /sbin", h1.is_some() && h2.is_some()) {
         return;
-    };
+    }
     let sb = Sandbox::new();
     let r = sb.init_repo("r", "r");
     let data = pseudo_random(9, 3_000_000);

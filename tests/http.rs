@@ -208,9 +208,7 @@ fn an_httpalso_remote_serves_a_directory_remote_over_http() {
 
 #[test]
 fn a_full_cache_disk_fails_the_read_with_eio_and_serves_no_wrong_byte() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if !common::require("root (to mount a small tmpfs)", common::is_root()) {
         return;
     }
     let w = world(true);

@@ -219,12 +219,10 @@ fn mount_follows_the_repository_live() {
     assert_eq!(xattr(&m.p("first.txt"), "user.annexfs.present").unwrap(), b"0");
     assert_eq!(std::fs::read(m.p("change.txt")).unwrap(), b"old content\n");
 
+    // The mount shows a change about a second after it; waited for generously.
     let eventually = |what: &str, f: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !f() {
-            assert!(start.elapsed() < Duration::from_secs(5), "{what} did not show within 5 s; log:\n{}", m.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("{what} to show in the mount (log: {})", m.log.display());
+        common::wait_until(Duration::from_secs(60), &what, f);
     };
     // git annex get: the content is local now.
     sb.annex(&r, &["get", "-q", "first.txt"]);
@@ -359,11 +357,9 @@ fn fusermount3_unmounts_and_the_daemon_exits() {
     assert!(st.success());
     assert!(!is_mounted(&m.mp));
     // The daemon notices and exits: its log says so.
-    let start = Instant::now();
-    while !m.log().contains("unmounted") {
-        assert!(start.elapsed() < Duration::from_secs(5), "daemon did not exit: {}", m.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(Duration::from_secs(60), &format!("the daemon to log its exit in {}", m.log.display()), || {
+        m.log().contains("unmounted")
+    });
 }
 
 #[test]
@@ -383,37 +379,42 @@ fn a_read_waiting_on_slow_storage_blocks_nothing_else() {
     );
     sb.annex(&r, &["copy", "-q", "--to", "dslow", "slow.bin"]);
     sb.annex(&r, &["drop", "-q", "slow.bin"]);
-    // The remote's directory is now seen through a filesystem whose reads take 3 s.
+    // The remote's directory is now seen through a filesystem whose reads wait until the test
+    // lets them through.
     let slow_mp = sb.path("slowmnt");
     std::fs::create_dir_all(&slow_mp).unwrap();
-    let _slow = common::slowfs::mount_slow(&real, &slow_mp, Duration::from_secs(3));
+    let slow = common::slowfs::mount_gated(&real, &slow_mp);
     sb.git(&r, &["config", "remote.dslow.annex-directory", slow_mp.to_str().unwrap()]);
     let m = mount(&sb, &r, "mnt", &[]);
 
     let slow_path = m.p("slow.bin");
-    let reader = std::thread::spawn(move || {
-        let start = Instant::now();
-        let data = std::fs::read(&slow_path);
-        (data, start.elapsed())
+    let reader = std::thread::spawn(move || std::fs::read(&slow_path));
+    common::wait_until(Duration::from_secs(60), "the read of slow.bin to wait on the slow storage", || {
+        slow.waiting() > 0
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
-    assert_eq!(std::fs::read(m.p("fast.txt")).unwrap(), b"fast\n");
-    assert_eq!(std::fs::read(m.p("d/other.txt")).unwrap(), b"other\n");
-    assert_eq!(std::fs::read_dir(&m.mp).unwrap().count(), 3);
-    assert_eq!(std::fs::metadata(m.p("slow.bin")).unwrap().len(), 3000);
-    let others = start.elapsed();
-    let (data, slow) = reader.join().unwrap();
-    assert_eq!(data.unwrap(), pseudo_random(20, 3000), "the slow read completes byte-exact");
-    assert!(slow >= Duration::from_secs(2), "the read really waited on slow storage ({slow:?})");
-    assert!(others < Duration::from_secs(1), "other operations took {others:?} while a read waited");
+    // Everything else is answered while that read waits: it waits until the gate opens, so
+    // a blocked operation would never finish.
+    let mp = m.mp.clone();
+    let others = std::thread::spawn(move || {
+        (
+            std::fs::read(mp.join("fast.txt")).unwrap(),
+            std::fs::read(mp.join("d/other.txt")).unwrap(),
+            std::fs::read_dir(&mp).unwrap().count(),
+            std::fs::metadata(mp.join("slow.bin")).unwrap().len(),
+        )
+    });
+    common::wait_until(Duration::from_secs(60), "other operations to be answered while a read waits", || {
+        others.is_finished()
+    });
+    assert!(slow.waiting() > 0 && !reader.is_finished(), "the slow read was still waiting meanwhile");
+    assert_eq!(others.join().unwrap(), (b"fast\n".to_vec(), b"other\n".to_vec(), 3, 3000));
+    slow.open();
+    assert_eq!(reader.join().unwrap().unwrap(), pseudo_random(20, 3000), "the slow read completes byte-exact");
 }
 
 #[test]
 fn an_ordinary_user_can_mount_and_unmount() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to set up /dev/fuse and switch users");
+    if !common::require("root (to set up /dev/fuse and switch users)", common::is_root()) {
         return;
     }
     // /dev/fuse is 0600 on these machines; distributions ship it 0666.

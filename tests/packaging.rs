@@ -3,9 +3,13 @@
 //! `dpkg-deb -c`, and lintian when installed); the systemd unit passes `systemd-analyze
 //! verify`; the RPM spec and the PKGBUILD install only files the build makes.
 //!
-//! Needs cargo-deb (the README's test command installs it); without it the Debian part is
-//! skipped unless `ANNEXFS_REQUIRE_PACKAGING` is set.
+//! Needs cargo-deb, lintian, systemd-analyze and rpmspec (`scripts/install-deps` installs
+//! them); a check whose tool is missing is skipped with a message, or fails under
+//! `ANNEXFS_REQUIRE_REAL=1` (CI) or the older `ANNEXFS_REQUIRE_PACKAGING=1`.
 
+mod common;
+
+use common::have;
 use std::path::Path;
 use std::process::Command;
 
@@ -13,17 +17,20 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
+/// `common::require`, also failing under `ANNEXFS_REQUIRE_PACKAGING`.
+fn require(what: &str, available: bool) -> bool {
+    assert!(
+        available || std::env::var_os("ANNEXFS_REQUIRE_PACKAGING").is_none(),
+        "{what} is required (ANNEXFS_REQUIRE_PACKAGING is set; scripts/install-deps installs it)"
+    );
+    common::require(what, available)
 }
 
 #[test]
 fn the_debian_package_holds_the_binary_helpers_man_pages_and_completions() {
-    if !have("cargo", "deb")
-        && Command::new("cargo").args(["deb", "--version"]).output().map_or(true, |o| !o.status.success())
-    {
-        assert!(std::env::var_os("ANNEXFS_REQUIRE_PACKAGING").is_none(), "cargo-deb is not installed");
-        eprintln!("skipped: cargo-deb is not installed (cargo install cargo-deb --locked)");
+    // `cargo deb --version` answers at once; a bare `cargo deb` would build a release.
+    let cargo_deb = Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !require("cargo-deb (cargo install cargo-deb --locked)", cargo_deb) {
         return;
     }
     // The contents are what is checked here: an unoptimised build is packaged (quicker).
@@ -57,7 +64,7 @@ fn the_debian_package_holds_the_binary_helpers_man_pages_and_completions() {
     assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(x.path()).status().unwrap().success());
     let v = Command::new(x.path().join("usr/bin/annexfs")).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("annexfs "), "{v:?}");
-    if have("lintian", "--version") {
+    if require("lintian", have("lintian", "--version")) {
         let l = Command::new("lintian").args(["--no-tag-display-limit"]).arg(&deb).output().unwrap();
         let text = String::from_utf8_lossy(&l.stdout);
         // Errors only: the project has not chosen a licence yet, which lintian warns about.
@@ -68,8 +75,7 @@ fn the_debian_package_holds_the_binary_helpers_man_pages_and_completions() {
 
 #[test]
 fn the_user_unit_passes_systemd_analyze_verify() {
-    if !have("systemd-analyze", "--version") {
-        eprintln!("skipped: systemd-analyze is not installed");
+    if !require("systemd-analyze (Debian package systemd)", have("systemd-analyze", "--version")) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +124,7 @@ fn rpm_spec_and_pkgbuild_install_only_what_the_build_makes() {
     }
     let pkgbuild = root().join("packaging/PKGBUILD");
     assert!(Command::new("bash").arg("-n").arg(&pkgbuild).status().unwrap().success(), "PKGBUILD is valid bash");
-    if have("rpmspec", "--version") {
+    if require("rpmspec (Debian package rpm)", have("rpmspec", "--version")) {
         let out = Command::new("rpmspec").arg("-P").arg(root().join("packaging/annexfs.spec")).output().unwrap();
         assert!(out.status.success(), "rpmspec: {}", String::from_utf8_lossy(&out.stderr));
     }

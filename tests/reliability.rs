@@ -1,8 +1,13 @@
 //! The measured part of the reliability report (`scripts/reliability`; ignored in the normal
-//! test run, since it measures bandwidth): three honest mirrors, each throttled, and one
-//! hostile mirror of every kind. A reader reads the whole file sequentially; recorded per
-//! case: wrong bytes served, the throughput against the sum of the honest mirrors' limits,
-//! and what became of the hostile mirror.
+//! test run, since it measures bandwidth): three honest mirrors and one hostile mirror of every
+//! kind, all four throttled to the same rate (every byte a mirror sends counts against its
+//! limit, whatever it sends). A reader reads the whole file sequentially; recorded per case:
+//! wrong bytes served, the throughput against the sum of the honest mirrors' limits, and what
+//! became of the hostile mirror.
+//!
+//! Every row is asserted: every byte read equals the content, no read fails, the key
+//! verifies. A row that fails is reported as failed (no figure) and fails the test, after the
+//! other rows have run.
 
 mod common;
 
@@ -22,7 +27,15 @@ const SIZE: usize = 96 << 20;
 const HONEST: usize = 3;
 const HONEST_RATE: u64 = 8 << 20;
 
-fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: &Key, manifest: &Manifest) {
+/// Runs one row; `Err` says why it failed.
+fn one(
+    mode: Mode,
+    strict: bool,
+    with_manifest: bool,
+    data: &Arc<Vec<u8>>,
+    key: &Key,
+    manifest: &Manifest,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(PieceStore::open(dir.path(), 1 << 30).unwrap());
@@ -77,7 +90,24 @@ fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: 
         (true, false) => "strict",
         (false, false) => "stream",
     };
-    println!("{mode:?} {guard}: {mib_s:.1} MiB/s of {limit:.0} ({:.0}%), wrong {wrong}, {r:?}", 100.0 * mib_s / limit);
+    let mut failures = Vec::new();
+    if let Some(e) = &error {
+        failures.push(format!("read failed at byte {off}: {e}"));
+    } else if off != SIZE {
+        failures.push(format!("read {off} of {SIZE} bytes"));
+    }
+    if wrong > 0 {
+        failures.push(format!("{wrong} wrong bytes served"));
+    }
+    if !verified {
+        failures.push("the key did not verify".into());
+    }
+    let failure = (!failures.is_empty()).then(|| failures.join("; "));
+    println!(
+        "{mode:?} {guard}: {mib_s:.1} MiB/s of {limit:.0} ({:.0}%), wrong {wrong}, {r:?}{}",
+        100.0 * mib_s / limit,
+        failure.as_deref().map(|f| format!(" FAILED: {f}")).unwrap_or_default()
+    );
     common::report(serde_json::json!({
         "kind": "hostile-bandwidth",
         "mode": format!("{mode:?}"),
@@ -93,7 +123,12 @@ fn one(mode: Mode, strict: bool, with_manifest: bool, data: &Arc<Vec<u8>>, key: 
         "hostile_strikes": r.strikes,
         "hostile_banned": r.banned,
         "hostile_given_up": r.dead,
+        "failure": failure,
     }));
+    match failure {
+        None => Ok(()),
+        Some(f) => Err(format!("{mode:?} {guard}: {f}")),
+    }
 }
 
 #[test]
@@ -104,13 +139,15 @@ fn hostile_mirrors_cost_little_bandwidth_and_serve_no_wrong_byte() {
     let manifest = manifest_of(&key, &data);
     // The reference: honest mirrors only (the hostile one replaced by a fourth honest mirror
     // would change the sum; instead the hostile slot is an honest one here and not counted).
-    one(Mode::Honest, false, false, &data, &key, &manifest);
+    let mut rows = vec![one(Mode::Honest, false, false, &data, &key, &manifest)];
     for mode in Mode::HOSTILE {
-        one(mode, false, true, &data, &key, &manifest);
+        rows.push(one(mode, false, true, &data, &key, &manifest));
         if mode.lies_about_content() {
-            one(mode, true, false, &data, &key, &manifest);
+            rows.push(one(mode, true, false, &data, &key, &manifest));
         } else {
-            one(mode, false, false, &data, &key, &manifest);
+            rows.push(one(mode, false, false, &data, &key, &manifest));
         }
     }
+    let failed: Vec<String> = rows.into_iter().filter_map(Result::err).collect();
+    assert!(failed.is_empty(), "rows failed: {failed:#?}");
 }

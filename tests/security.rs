@@ -12,11 +12,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn chown(p: &Path, uid: u32) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid C string path.
@@ -46,7 +41,7 @@ fn an_unsafe_cache_directory_is_refused_and_a_new_one_is_private() {
     let out = sb.annexfs(&r, &["mount", "--cache-dir", open.to_str().unwrap(), r.to_str().unwrap(), mnt]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not safe") && err.contains("chmod 700"), "{err}");
-    if is_root() {
+    if common::require("root (a cache owned by another user)", common::is_root()) {
         let theirs = sb.path("their-cache");
         std::fs::create_dir_all(&theirs).unwrap();
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -169,8 +164,7 @@ fn crafted_keys_and_names_read_nothing_outside() {
 
 #[test]
 fn the_mount_is_the_owners_alone_unless_allow_other() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    if !common::require("root (to switch users)", common::is_root()) {
         return;
     }
     let sb = Sandbox::new();

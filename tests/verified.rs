@@ -171,10 +171,9 @@ fn when_every_source_lies_the_read_fails_naming_them() {
         })
         .collect();
     let kf = r.fetcher.key(&key, sources, Some(manifest_of(&key, &data))).unwrap();
-    let t = std::time::Instant::now();
     let err = r.rt.block_on(kf.read(0, 1000)).unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(10), "fails without waiting for the deadline");
     let msg = err.to_string();
+    // NoSource, not Deadline: it fails without waiting out the deadline.
     assert!(matches!(err, ReadError::NoSource { .. }), "{msg}");
     assert!(msg.contains("liar0") && msg.contains("liar1"), "{msg}");
 }

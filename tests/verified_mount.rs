@@ -9,7 +9,7 @@ use common::mnt::mount;
 use common::nginx::Nginx;
 use common::{Sandbox, pseudo_random};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SIZE: usize = 24 << 20;
 /// The mirror serving bad bytes.
@@ -53,12 +53,8 @@ fn liar_identity(w: &World) -> String {
     format!("web http://127.0.0.1:{}", w.nginx.ports[LIAR])
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    common::wait_until(Duration::from_secs(60), what, f);
 }
 
 fn manifest_recorded(sb: &Sandbox, repo: &std::path::Path, key: &str) -> String {

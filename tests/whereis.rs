@@ -323,8 +323,7 @@ fn works_in_a_clone_never_annex_inited_and_directories_recurse() {
 
 #[test]
 fn works_as_a_user_who_cannot_write_the_repository() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run a command as another user");
+    if !common::require("root (to run a command as another user)", common::is_root()) {
         return;
     }
     let w = build_world();

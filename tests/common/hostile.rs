@@ -1,6 +1,7 @@
 //! A raw HTTP/1.1 server (tokio TCP) that serves one file honestly or misbehaves on purpose,
 //! for the hostile-remote tests and the reliability report. Each instance is one mirror on a
-//! loopback port; an honest one can be throttled to a bandwidth.
+//! loopback port; any of them can be throttled to a bandwidth, which then bounds every byte it
+//! sends (honest or not), so that hostile and honest mirrors are limited alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,7 @@ pub struct Mirror {
 }
 
 /// Starts a mirror of `data` on a loopback port of runtime `rt`. `rate`: bytes per second
-/// for the whole mirror (honest bytes), if limited.
+/// for the whole mirror (every byte it sends, whatever its mode), if limited.
 pub fn start(rt: &tokio::runtime::Runtime, data: Arc<Vec<u8>>, mode: Mode, rate: Option<u64>) -> Mirror {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -115,6 +116,20 @@ async fn throttle(rate: Option<u64>, budget: &tokio::sync::Mutex<tokio::time::In
         at
     };
     tokio::time::sleep_until(wait).await;
+}
+
+/// Writes `bytes` in 16 KiB chunks, each after its share of the mirror's rate.
+async fn send(
+    sock: &mut tokio::net::TcpStream,
+    bytes: &[u8],
+    rate: Option<u64>,
+    budget: &tokio::sync::Mutex<tokio::time::Instant>,
+) -> std::io::Result<()> {
+    for c in bytes.chunks(16 << 10) {
+        throttle(rate, budget, c.len()).await;
+        sock.write_all(c).await?;
+    }
+    Ok(())
 }
 
 async fn answer(
@@ -172,28 +187,27 @@ async fn answer(
             }
             Mode::IgnoresRange => {
                 let h = close("200 OK", &format!("Content-Length: {total}\r\n"));
-                sock.write_all(&[h.as_bytes(), &data[..]].concat()).await
+                send(&mut sock, &[h.as_bytes(), &data[..]].concat(), rate, &budget).await
             }
             Mode::WrongRange => {
                 let h = close(
                     "206 Partial Content",
                     &format!("Content-Range: bytes {}-{}/{total}\r\nContent-Length: {}\r\n", a + 1, b + 1, body.len()),
                 );
-                sock.write_all(&[h.as_bytes(), &body].concat()).await
+                send(&mut sock, &[h.as_bytes(), &body].concat(), rate, &budget).await
             }
             Mode::Short => {
                 let h = close(
                     "206 Partial Content",
                     &format!("Content-Range: bytes {a}-{b}/{total}\r\nContent-Length: {}\r\n", body.len()),
                 );
-                let _ = sock.write_all(&[h.as_bytes(), &body[..body.len() / 2]].concat()).await;
+                let _ = send(&mut sock, &[h.as_bytes(), &body[..body.len() / 2]].concat(), rate, &budget).await;
                 return;
             }
             Mode::Endless => {
                 let h = close("206 Partial Content", &format!("Content-Range: bytes {a}-{b}/{total}\r\n"));
-                let _ = sock.write_all(h.as_bytes()).await;
-                let _ = sock.write_all(&body).await;
-                while sock.write_all(&[0u8; 65536]).await.is_ok() {}
+                let _ = send(&mut sock, &[h.as_bytes(), &body].concat(), rate, &budget).await;
+                while send(&mut sock, &[0u8; 65536], rate, &budget).await.is_ok() {}
                 return;
             }
             Mode::Gzip => {
@@ -204,7 +218,7 @@ async fn answer(
                         body.len()
                     ),
                 );
-                sock.write_all(&[h.as_bytes(), &body].concat()).await
+                send(&mut sock, &[h.as_bytes(), &body].concat(), rate, &budget).await
             }
             Mode::Drip => {
                 if sock.write_all(ok_head.as_bytes()).await.is_err() {
@@ -224,8 +238,7 @@ async fn answer(
                 return;
             }
             Mode::Reset => {
-                let _ = sock.write_all(ok_head.as_bytes()).await;
-                let _ = sock.write_all(&body[..body.len() / 2]).await;
+                let _ = send(&mut sock, &[ok_head.as_bytes(), &body[..body.len() / 2]].concat(), rate, &budget).await;
                 // A zero linger makes the close a reset (and never blocks, unlike a positive one).
                 #[allow(deprecated)]
                 let _ = sock.set_linger(Some(Duration::ZERO));
@@ -247,7 +260,7 @@ async fn answer(
                     "206 Partial Content",
                     &format!("X-Filler: {big}\r\nContent-Range: bytes {a}-{b}/{total}\r\n"),
                 );
-                sock.write_all(&[h.as_bytes(), &body].concat()).await
+                send(&mut sock, &[h.as_bytes(), &body].concat(), rate, &budget).await
             }
         };
         let keep_alive = matches!(mode, Mode::Honest | Mode::Zeros | Mode::FlippedBits | Mode::OtherFile | Mode::Drip);

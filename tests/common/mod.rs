@@ -188,3 +188,61 @@ pub fn manifest_of(key: &annexfs::annex::Key, data: &[u8]) -> annexfs::manifest:
     })
     .unwrap()
 }
+
+/// Whether tests must run their real checks: `ANNEXFS_REQUIRE_REAL=1` (set by CI, `.ci/run`).
+pub fn real_required() -> bool {
+    std::env::var("ANNEXFS_REQUIRE_REAL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether a test can run its real check that needs `what`. When it cannot: under
+/// `ANNEXFS_REQUIRE_REAL=1` the test fails; otherwise it prints why it is skipped and the
+/// caller returns. Use as `if !common::require("root", is_root()) { return; }`.
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    assert!(!real_required(), "{what} is required (ANNEXFS_REQUIRE_REAL is set; scripts/install-deps installs it)");
+    eprintln!("skipped: needs {what} (set ANNEXFS_REQUIRE_REAL=1 to make this a failure)");
+    false
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `program ARG` runs and succeeds (e.g. `--version`, to find a tool cheaply).
+pub fn have(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).stdin(Stdio::null()).output().is_ok_and(|o| o.status.success())
+}
+
+/// Polls `cond` (every 20 ms) until it holds; panics naming `what` after `timeout`. Tests wait
+/// for conditions with this, generously, instead of sleeping a fixed time.
+pub fn wait_until(timeout: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The `annexfs status --json` document of the mount at `mp`: its one mount's status.
+pub fn mount_status(mp: &Path) -> serde_json::Value {
+    try_mount_status(mp).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `mount_status`, or why `annexfs status` failed.
+pub fn try_mount_status(mp: &Path) -> Result<serde_json::Value, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_annexfs"))
+        .args(["status", "--json"])
+        .arg(mp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run annexfs status");
+    if !out.status.success() {
+        return Err(format!("annexfs status: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    Ok(doc["mounts"][0].clone())
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Nginx {
     child: Child,
@@ -63,12 +63,12 @@ impl Nginx {
             .spawn()
             .unwrap();
         let n = Nginx { child, ports, dir: work.to_path_buf() };
-        let start = Instant::now();
         for p in &n.ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
-                assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start: {}", n.error_log());
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            super::wait_until(
+                Duration::from_secs(60),
+                &format!("nginx to listen on {p} ({})", n.dir.display()),
+                || std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok(),
+            );
         }
         n
     }

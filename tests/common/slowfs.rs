@@ -1,6 +1,7 @@
 //! A fault-injecting FUSE filesystem for tests: it mirrors a real directory read-only and
-//! delays every `read` by a fixed time, to stand in for slow storage (a sleeping USB disk, a
-//! slow NAS) under a directory special remote.
+//! holds every `read` at a gate until the test opens it, to stand in for slow storage (a
+//! sleeping USB disk, a slow NAS) under a directory special remote. The test sees how many
+//! reads wait at the gate, so it knows, without guessing a time, that a read is stuck.
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
@@ -10,11 +11,56 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// Where reads wait until the test lets them through.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A mounted gated filesystem; dropping it opens the gate (even when a test panics), then
+/// unmounts.
+pub struct SlowMount {
+    gate: Arc<Gate>,
+    _session: fuser::BackgroundSession,
+}
+
+impl SlowMount {
+    /// Reads waiting at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.gate.waiting.load(Ordering::SeqCst)
+    }
+    /// Lets every read through, now and from now on.
+    pub fn open(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.cv.notify_all();
+    }
+}
+
+impl Drop for SlowMount {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
 struct SlowFs {
-    delay: Duration,
+    gate: Arc<Gate>,
     inodes: Mutex<(Vec<PathBuf>, HashMap<PathBuf, u64>)>,
 }
 
@@ -84,9 +130,9 @@ impl Filesystem for SlowFs {
         reply: ReplyData,
     ) {
         let Some(p) = self.path(ino) else { return reply.error(Errno::ENOENT) };
-        let delay = self.delay;
+        let gate = self.gate.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(delay);
+            gate.pass();
             let f = match std::fs::File::open(&p) {
                 Ok(f) => f,
                 Err(_) => return reply.error(Errno::EIO),
@@ -100,13 +146,15 @@ impl Filesystem for SlowFs {
     }
 }
 
-/// Mounts `root` at `mountpoint` with every read delayed by `delay`; unmounted when dropped.
-pub fn mount_slow(root: &Path, mountpoint: &Path, delay: Duration) -> fuser::BackgroundSession {
-    let fs = SlowFs { delay, inodes: Mutex::new((vec![root.to_path_buf()], HashMap::new())) };
+/// Mounts `root` at `mountpoint` with every read held at a closed gate; unmounted when dropped.
+pub fn mount_gated(root: &Path, mountpoint: &Path) -> SlowMount {
+    let gate = Arc::new(Gate::default());
+    let fs = SlowFs { gate: gate.clone(), inodes: Mutex::new((vec![root.to_path_buf()], HashMap::new())) };
     fs.inodes.lock().unwrap().1.insert(root.to_path_buf(), 1);
     let mut cfg = fuser::Config::default();
     cfg.mount_options.push(fuser::MountOption::RO);
     cfg.mount_options.push(fuser::MountOption::FSName("slowfs".into()));
     cfg.n_threads = Some(2);
-    fuser::spawn_mount(fs, mountpoint, &cfg).expect("mount the slow test filesystem")
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg).expect("mount the slow test filesystem");
+    SlowMount { gate, _session: session }
 }
