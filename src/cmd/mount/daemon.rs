@@ -94,7 +94,12 @@ enum Event {
 /// Mounts and serves until unmounted. `ready` is told "OK" once the mount answers, or why
 /// the mount failed, and is closed either way.
 pub fn serve(plan: &MountPlan, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
-    let mounted = mount(plan);
+    // The status socket answers before the caller is told the mount is ready, so that
+    // `annexfs status` works as soon as `annexfs mount` returns.
+    let mounted = mount(plan).map(|(fs, net, bg, rt)| {
+        let socket = status_socket(plan, &fs, &net);
+        (fs, bg, rt, socket)
+    });
     if let Some(mut r) = ready.take() {
         let msg = match &mounted {
             Ok(_) => "OK".to_string(),
@@ -102,9 +107,9 @@ pub fn serve(plan: &MountPlan, mut ready: Option<std::fs::File>) -> anyhow::Resu
         };
         r.write_all(msg.as_bytes()).context("tell the parent process")?;
     }
-    let (fs, net, bg, rt) = mounted?;
+    let (fs, bg, rt, socket) = mounted?;
     tracing::info!("mounted {} on {}", plan.repo.display(), plan.mountpoint.display());
-    wait(plan, fs, net, bg, rt)
+    wait(plan, fs, bg, rt, socket)
 }
 
 type Mounted = (Arc<AnnexFs>, Arc<Network>, fuser::BackgroundSession, tokio::runtime::Runtime);
@@ -197,13 +202,32 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     Ok((fs, net, bg, rt))
 }
 
+/// Starts the mount's status socket (see [`crate::cmd::status`]); a mount without one still
+/// works, with a warning.
+fn status_socket(plan: &MountPlan, fs: &Arc<AnnexFs>, net: &Arc<Network>) -> Option<PathBuf> {
+    let (fs, net) = (fs.clone(), net.clone());
+    let (mp, repo, cache) = (plan.mountpoint.clone(), plan.repo.clone(), plan.cache_dir.clone());
+    let verify = match plan.verify {
+        crate::fetch::VerifyMode::Stream => "stream",
+        crate::fetch::VerifyMode::Strict => "strict",
+    };
+    let make = Arc::new(move || crate::cmd::status::snapshot(&fs, &net, &mp, &repo, verify, &cache));
+    match crate::cmd::status::serve(&plan.mountpoint, make) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("no status socket: {e:#}");
+            None
+        }
+    }
+}
+
 /// Serves until the filesystem is unmounted; unmounts on SIGTERM, SIGINT and SIGHUP.
 fn wait(
     plan: &MountPlan,
     fs: Arc<AnnexFs>,
-    net: Arc<Network>,
     bg: fuser::BackgroundSession,
     rt: tokio::runtime::Runtime,
+    socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {
@@ -236,21 +260,6 @@ fn wait(
     std::thread::Builder::new().name("annexfs-session".into()).spawn(move || {
         let _ = tx.send(Event::Ended(bg.join()));
     })?;
-    let socket = {
-        let (fs, mp, repo, cache) = (fs.clone(), plan.mountpoint.clone(), plan.repo.clone(), plan.cache_dir.clone());
-        let verify = match plan.verify {
-            crate::fetch::VerifyMode::Stream => "stream",
-            crate::fetch::VerifyMode::Strict => "strict",
-        };
-        let make = Arc::new(move || crate::cmd::status::snapshot(&fs, &net, &mp, &repo, verify, &cache));
-        match crate::cmd::status::serve(&plan.mountpoint, make) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!("no status socket: {e:#}");
-                None
-            }
-        }
-    };
     loop {
         match rx.recv() {
             Ok(Event::Signal(s)) => {
