@@ -86,6 +86,12 @@ impl HttpClient {
         Ok(HttpClient { client, policy })
     }
 
+    /// Whether `annex.security.allowed-ip-addresses` lets `url` be asked (host names are
+    /// checked again on the addresses they resolve to).
+    pub fn check_url(&self, url: &str) -> Result<(), FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)
+    }
+
     /// Fetches a small document whole (e.g. a git remote's `config`), at most `limit` bytes.
     pub async fn get_small(&self, url: &str, limit: usize) -> Result<Vec<u8>, FetchError> {
         self.policy.check_url(url).map_err(FetchError::Policy)?;
@@ -163,7 +169,7 @@ pub async fn learn_http_remotes(annex: &crate::annex::Annex, client: &HttpClient
     }
 }
 
-fn transport(e: reqwest::Error) -> FetchError {
+pub(crate) fn transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Stalled(STALL_TIMEOUT);
     }
