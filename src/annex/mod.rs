@@ -87,6 +87,8 @@ pub struct Annex {
     meta: Mutex<Option<Arc<Meta>>>,
     /// What was learnt about http git remotes from their `config` (remote name → uuid, bare).
     learned: Mutex<HashMap<String, Learned>>,
+    /// p2phttp URLs learnt from http git remotes' `config` (`annex.url`): remote name → URL.
+    learned_annex_urls: Mutex<HashMap<String, String>>,
 }
 
 /// What an http git remote's `config` said: its UUID and whether it is bare.
@@ -133,6 +135,7 @@ impl Annex {
             branch,
             meta: Mutex::new(None),
             learned: Mutex::new(HashMap::new()),
+            learned_annex_urls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -185,6 +188,12 @@ impl Annex {
                 *bare = *bare_learned;
             }
         }
+        for r in &mut remotes {
+            let urls = self.learned_annex_urls.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(annex_url), remotes::RemoteKind::GitHttp { url, .. }) = (urls.get(&r.name), &r.kind) {
+                r.kind = remotes::RemoteKind::P2pHttp(remotes::p2phttp::P2pHttpRemote::with_git_url(url, annex_url));
+            }
+        }
         for r in &remotes {
             if let (Some(u), Some(t)) = (&r.uuid, r.trust_override) {
                 trust.insert(u.clone(), t);
@@ -208,6 +217,13 @@ impl Annex {
     /// caches it in `.git/config`; annexfs keeps it in memory only.
     pub fn learn_remote(&self, name: &str, uuid: Option<String>, bare: Option<bool>) {
         self.learned.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (uuid, bare));
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Records the p2phttp URL an http git remote's `config` gives as `annex.url`, as
+    /// git-annex caches it in `remote.NAME.annexurl`; annexfs keeps it in memory only.
+    pub fn learn_annex_url(&self, name: &str, url: String) {
+        self.learned_annex_urls.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), url);
         *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

@@ -151,6 +151,22 @@ impl GitConfig {
         names
     }
 
+    /// `(subsection, values)` of every `<section>.<subsection>.<var>` (e.g. the bases of
+    /// `url.<base>.insteadOf`), in a stable order.
+    pub fn subsections_with(&self, section: &str, var: &str) -> Vec<(String, Vec<String>)> {
+        let (prefix, suffix) = (format!("{}.", section.to_ascii_lowercase()), format!(".{}", var.to_ascii_lowercase()));
+        let mut out: Vec<(String, Vec<String>)> = self
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let sub = k.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                Some((sub.to_string(), v.clone()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// `remote.<name>.<var>`.
     pub fn remote(&self, name: &str, var: &str) -> Option<&str> {
         self.get(&format!("remote.{name}.{var}"))

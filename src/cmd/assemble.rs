@@ -185,7 +185,12 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(Reach::new(http)), peers, serving: OnceLock::new() }))
+    Ok(Arc::new(Network {
+        fetcher,
+        reach: Arc::new(Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())),
+        peers,
+        serving: OnceLock::new(),
+    }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache

@@ -86,6 +86,12 @@ impl HttpClient {
         Ok(HttpClient { client, policy })
     }
 
+    /// Whether `annex.security.allowed-ip-addresses` lets `url` be asked (host names are
+    /// checked again on the addresses they resolve to).
+    pub fn check_url(&self, url: &str) -> Result<(), FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)
+    }
+
     /// Fetches a small document whole (e.g. a git remote's `config`), at most `limit` bytes.
     pub async fn get_small(&self, url: &str, limit: usize) -> Result<Vec<u8>, FetchError> {
         self.policy.check_url(url).map_err(FetchError::Policy)?;
@@ -133,13 +139,28 @@ pub fn parse_remote_config(text: &str) -> (Option<String>, Option<bool>) {
 pub async fn learn_http_remotes(annex: &crate::annex::Annex, client: &HttpClient) {
     let Ok(meta) = annex.meta() else { return };
     for r in &meta.remotes {
-        let crate::annex::remotes::RemoteKind::GitHttp { url, bare, .. } = &r.kind else { continue };
+        use crate::annex::remotes::RemoteKind;
+        let (url, bare) = match &r.kind {
+            RemoteKind::GitHttp { url, bare, .. } => (url, *bare),
+            // A p2phttp remote reached through an http git remote: its UUID may be learnt
+            // from the git remote's config.
+            RemoteKind::P2pHttp(p) if r.uuid.is_none() => match &p.git_url {
+                Some(u) => (u, Some(true)),
+                None => continue,
+            },
+            _ => continue,
+        };
         if r.ignore || (r.uuid.is_some() && bare.is_some()) {
             continue;
         }
         match client.get_small(&format!("{url}/config"), 64 * 1024).await {
             Ok(body) => {
-                let (uuid, bare) = parse_remote_config(&String::from_utf8_lossy(&body));
+                let text = String::from_utf8_lossy(&body);
+                if let Some(annex_url) = crate::annex::remotes::p2phttp::annex_url_in_config(&text) {
+                    tracing::info!("remote {}: learnt p2phttp url {annex_url} from {url}/config", r.name);
+                    annex.learn_annex_url(&r.name, annex_url);
+                }
+                let (uuid, bare) = parse_remote_config(&text);
                 tracing::info!("remote {}: learnt uuid {uuid:?}, bare {bare:?} from {url}/config", r.name);
                 annex.learn_remote(&r.name, uuid, bare);
             }
@@ -148,7 +169,7 @@ pub async fn learn_http_remotes(annex: &crate::annex::Annex, client: &HttpClient
     }
 }
 
-fn transport(e: reqwest::Error) -> FetchError {
+pub(crate) fn transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Stalled(STALL_TIMEOUT);
     }

@@ -9,6 +9,7 @@
 //! chunks must add up to it, so a truncated or foreign file is refused instead of served.
 //! Network sources (HTTP, peers) implement the same [`RangeRead`] trait in later layers.
 
+pub mod credential;
 pub mod discover;
 pub mod external;
 pub mod http;

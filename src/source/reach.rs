@@ -5,6 +5,7 @@
 use super::external::Programs;
 use super::http::HttpClient;
 use super::ssh::Connections;
+use std::sync::Arc;
 
 /// The means to reach network holders.
 pub struct Reach {
@@ -13,11 +14,25 @@ pub struct Reach {
     pub ssh: Connections,
     /// Running external special remote programs.
     pub external: Programs,
+    /// This repository's identity and the logins for p2phttp servers.
+    pub p2phttp: Arc<super::p2phttp::Shared>,
 }
 
 impl Reach {
     /// Reaching holders with `http` and nothing started yet.
     pub fn new(http: HttpClient) -> Reach {
-        Reach { http, ssh: Connections::default(), external: Programs::default() }
+        Reach {
+            http,
+            ssh: Connections::default(),
+            external: Programs::default(),
+            p2phttp: Arc::new(super::p2phttp::Shared::new(None, None)),
+        }
+    }
+
+    /// Reaching p2phttp servers as the repository with `uuid` at `dir` (whose git config
+    /// gives the credential helpers).
+    pub fn for_repository(mut self, uuid: Option<String>, dir: &std::path::Path) -> Reach {
+        self.p2phttp = Arc::new(super::p2phttp::Shared::new(uuid, Some(dir.to_path_buf())));
+        self
     }
 }

@@ -45,6 +45,8 @@ pub enum FetchError {
     Banned(String),
     #[error("too slow ({0} bytes/s): its pieces were fetched elsewhere")]
     TooSlow(u64),
+    #[error("not authorised: {0}")]
+    Unauthorized(String),
 }
 
 impl FetchError {
@@ -57,6 +59,7 @@ impl FetchError {
                 | FetchError::Encoding(_)
                 | FetchError::Policy(_)
                 | FetchError::Banned(_)
+                | FetchError::Unauthorized(_)
         )
     }
 }

@@ -120,6 +120,10 @@ pub enum Unreadable {
     NotHere,
     #[error("no remote in git config has this repository's UUID")]
     NoRemote,
+    #[error("p2phttp URL refused: {0}")]
+    P2pHttpUrl(p2phttp::UrlError),
+    #[error("p2phttp remote without annex-uuid in git config or a UUID at the end of its URL")]
+    P2pHttpNoUuid,
     /// Each remote with the holder's UUID, and why it cannot be read.
     #[error("{}", .0.iter().map(|(r, e)| if r.is_empty() { e.to_string() } else { format!("{r}: {e}") }).collect::<Vec<_>>().join("; "))]
     NoRemoteReadable(Vec<(String, Unreadable)>),
@@ -289,6 +293,16 @@ pub fn load_remotes(cfg: &GitConfig, remote_log: &BTreeMap<String, BTreeMap<Stri
 
 fn git_kind(name: &str, url: &str, cfg: &GitConfig) -> RemoteKind {
     let lower = url.to_ascii_lowercase();
+    // git-annex reads a git remote over p2phttp when `annexurl` or an `annexInsteadOf`
+    // rewrite of its url is an annex+http(s) URL (Types/GitConfig.hs).
+    let annex_url = cfg
+        .remote(name, "annexurl")
+        .map(str::to_string)
+        .or_else(|| p2phttp::annex_instead_of(cfg, url))
+        .filter(|u| is_p2phttp_url(u));
+    if let Some(annex_url) = annex_url {
+        return RemoteKind::P2pHttp(p2phttp::P2pHttpRemote::with_git_url(url, &annex_url));
+    }
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return RemoteKind::GitHttp {
             url: url.trim_end_matches('/').to_string(),
@@ -304,7 +318,7 @@ fn git_kind(name: &str, url: &str, cfg: &GitConfig) -> RemoteKind {
     let colon = url.find(':');
     let slash = url.find('/');
     let is_scp = matches!((colon, slash), (Some(c), Some(s)) if c < s) || (colon.is_some() && slash.is_none());
-    if lower.starts_with("annex+http://") || lower.starts_with("annex+https://") {
+    if is_p2phttp_url(url) {
         return RemoteKind::P2pHttp(p2phttp::P2pHttpRemote::from_config(name, url, cfg));
     }
     if lower.starts_with("ssh://") || lower.starts_with("git+ssh://") || lower.starts_with("ssh+git://") || is_scp {
@@ -314,6 +328,11 @@ fn git_kind(name: &str, url: &str, cfg: &GitConfig) -> RemoteKind {
         return RemoteKind::GitOther { url: url.to_string() };
     }
     RemoteKind::GitLocal { path: PathBuf::from(url) }
+}
+
+/// Whether `url` is an `annex+http(s)://` URL (git-annex's `isP2PHttpProtocolUrl`).
+pub fn is_p2phttp_url(url: &str) -> bool {
+    url.starts_with("annex+http://") || url.starts_with("annex+https://")
 }
 
 /// Percent-encodes a keyFile for a URL path: everything but `A-Za-z0-9-._~` and `/`.
@@ -365,7 +384,9 @@ impl Remote {
                     acc.readable = Err(e.into());
                     return acc;
                 }
-                let _ = annex_url; // p2phttp is not byte-range addressable; the plain layout is used.
+                // A p2phttp annexurl makes the remote a P2pHttp one (see `git_kind`); any
+                // other annexurl is not read, the plain layout is.
+                let _ = annex_url;
                 let order = if *bare == Some(false) {
                     [HashDirKind::Mixed, HashDirKind::Lower]
                 } else {
