@@ -151,21 +151,21 @@ impl Inner {
             }
         })
     }
+}
 
-    /// The (part, offset in it, length) requests covering `[offset, offset + len)`.
-    fn pieces(&self, offset: u64, len: u64) -> Vec<(usize, u64, u64)> {
-        let end = offset.saturating_add(len);
-        self.parts
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.len > 0 && p.start < end && offset < p.start + p.len)
-            .map(|(i, p)| {
-                let from = offset.max(p.start);
-                let to = end.min(p.start + p.len);
-                (i, from - p.start, to - from)
-            })
-            .collect()
-    }
+/// The (part, offset in it, length) requests covering `[offset, offset + len)`, in order.
+fn pieces(parts: &[Part], offset: u64, len: u64) -> Vec<(usize, u64, u64)> {
+    let end = offset.saturating_add(len);
+    parts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.len > 0 && p.start < end && offset < p.start + p.len)
+        .map(|(i, p)| {
+            let from = offset.max(p.start);
+            let to = end.min(p.start + p.len);
+            (i, from - p.start, to - from)
+        })
+        .collect()
 }
 
 impl RangeSource for S3Source {
@@ -178,7 +178,7 @@ impl RangeSource for S3Source {
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let pieces = inner.pieces(offset, len);
+            let pieces = pieces(&inner.parts, offset, len);
             let covered: u64 = pieces.iter().map(|p| p.2).sum();
             if covered != len {
                 return Err(FetchError::BadRange(format!("bytes {offset}+{len} are not all in the key's objects")));
@@ -209,5 +209,24 @@ impl RangeSource for S3Source {
     }
     fn supports_ranges(&self) -> bool {
         self.inner.ranges.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_over_chunk_objects() {
+        let parts: Vec<Part> = [(0, 10), (10, 10), (20, 5)]
+            .iter()
+            .map(|&(start, len)| Part { object: String::new(), version: None, start, len })
+            .collect();
+        assert_eq!(pieces(&parts, 0, 25), vec![(0, 0, 10), (1, 0, 10), (2, 0, 5)]);
+        assert_eq!(pieces(&parts, 8, 4), vec![(0, 8, 2), (1, 0, 2)]);
+        assert_eq!(pieces(&parts, 20, 5), vec![(2, 0, 5)]);
+        assert_eq!(pieces(&parts, 12, 3), vec![(1, 2, 3)]);
+        // Past the end: not covered, which `get` refuses.
+        assert_eq!(pieces(&parts, 24, 5).iter().map(|p| p.2).sum::<u64>(), 1);
     }
 }

@@ -476,4 +476,58 @@ mod tests {
         assert_eq!(public_url("http://h/b/", "x"), "http://h/b/x");
         assert_eq!(ia_munge("SHA256E-s1--ab c/é"), "SHA256E-s1--abc&47;&233;");
     }
+
+    fn access(r: &S3Remote, key: &str, cnk: &[(u64, u64)], rmet: &[u8]) -> Access {
+        let remote = Remote {
+            name: "s3".into(),
+            uuid: Some("u1".into()),
+            kind: super::super::RemoteKind::S3(r.clone()),
+            cost: 200,
+            ignore: false,
+            trust_override: None,
+        };
+        let key = Key::parse_str(key).unwrap();
+        let mut chunk_log = crate::annex::logs::ChunkLog::new();
+        if !cnk.is_empty() {
+            chunk_log.insert(b"u1".to_vec(), cnk.to_vec());
+        }
+        let meta = || crate::annex::logs::parse_metadata_log([rmet]);
+        let policy = crate::annex::policy::AddressPolicy::from_config(Some("all"));
+        let facts = KeyFacts {
+            key: &key,
+            chunk_log: &chunk_log,
+            web_urls: &[],
+            policy: &policy,
+            base: Path::new("/nonexistent"),
+            gitdir: Path::new("/nonexistent/.git"),
+            remote_meta: &meta,
+        };
+        remote.access(&facts)
+    }
+
+    #[test]
+    fn chunked_and_exported_locations() {
+        let base = [("host", "127.0.0.1"), ("port", "9"), ("requeststyle", "path"), ("bucket", "b")];
+        let anon = |extra: &[(&'static str, &'static str)]| {
+            remote(&[base.as_slice(), &[("signature", "anonymous")], extra].concat())
+        };
+        let a = access(&anon(&[("fileprefix", "p/")]), "SHA256E-s2500--ab.bin", &[(1000, 3)], b"");
+        let Some(Location::S3(loc)) = a.locations.first() else { panic!("{a:?}") };
+        let lens: Vec<u64> = loc.parts.iter().map(|p| p.len).collect();
+        assert_eq!(lens, [1000, 1000, 500]);
+        assert_eq!(loc.parts[2].object, "p/SHA256E-s2500-S1000-C3--ab.bin");
+        assert_eq!(loc.strings()[0], "http://127.0.0.1:9/b/p/SHA256E-s2500-S1000-C1--ab.bin");
+        // A chunk log that does not add up is a reason, not a guess.
+        let a = access(&anon(&[]), "SHA256E-s2500--ab.bin", &[(1000, 5)], b"");
+        assert!(matches!(a.readable, Err(Unreadable::S3Config(_))), "{a:?}");
+        // Exports: only by the recorded version.
+        let x = anon(&[("exporttree", "yes"), ("versioning", "yes")]);
+        let a = access(&x, "SHA256E-s5--ab.bin", &[], b"1s u1:V +vid1#dir/f%20g.bin\n");
+        let Some(Location::S3(loc)) = a.locations.first() else { panic!("{a:?}") };
+        assert_eq!(loc.strings(), ["http://127.0.0.1:9/b/dir/f%2520g.bin?versionId=vid1"]);
+        let a = access(&x, "SHA256E-s5--ab.bin", &[], b"");
+        assert_eq!(a.readable, Err(Unreadable::S3NoVersionId));
+        let a = access(&anon(&[("exporttree", "yes")]), "SHA256E-s5--ab.bin", &[], b"");
+        assert_eq!(a.readable, Err(Unreadable::S3ExportUnversioned));
+    }
 }
