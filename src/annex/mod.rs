@@ -302,6 +302,13 @@ impl Annex {
         Ok(logs::parse_metadata_log(chunks.iter().map(Vec::as_slice)))
     }
 
+    /// Per-remote metadata of `key` (`.log.rmet`), fields `<uuid>:<field>` lowercased.
+    pub fn remote_metadata(&self, key: &Key) -> Result<logs::MetaData, branch::BranchError> {
+        let meta = self.meta()?;
+        let chunks = self.branch.file(&self.key_log_path(&meta, key, ".log.rmet"))?;
+        Ok(logs::parse_metadata_log(chunks.iter().map(Vec::as_slice)))
+    }
+
     /// The object file of `key` in this repository, if its content is present.
     pub fn local_object(&self, key: &Key) -> Option<PathBuf> {
         self.layout.find(key)
@@ -329,8 +336,16 @@ impl Annex {
             .cloned()
             .collect();
         let chunk_log = self.chunk_log(key)?;
-        let facts =
-            KeyFacts { key, chunk_log: &chunk_log, web_urls: &web_urls, policy: &self.policy, base: self.base_dir() };
+        let remote_meta = || self.remote_metadata(key).unwrap_or_default();
+        let facts = KeyFacts {
+            key,
+            chunk_log: &chunk_log,
+            web_urls: &web_urls,
+            policy: &self.policy,
+            base: self.base_dir(),
+            gitdir: &self.gitdir,
+            remote_meta: &remote_meta,
+        };
         let mut out = Vec::with_capacity(uuids.len());
         for uuid in uuids {
             let here = self.uuid.as_deref() == Some(uuid.as_str());

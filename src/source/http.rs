@@ -217,64 +217,101 @@ impl HttpSource {
     }
 
     async fn fetch(&self, offset: u64, len: u64) -> Result<ByteStream, FetchError> {
-        let end = offset + len - 1;
         let first = self.found.load(Ordering::Relaxed);
         for i in first..self.candidates.len() {
-            let url = &self.candidates[i];
-            self.client.policy.check_url(url).map_err(FetchError::Policy)?;
-            let req = self
-                .client
-                .client
-                .get(url)
-                .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"))
-                .header(reqwest::header::ACCEPT_ENCODING, "identity");
-            let resp = tokio::time::timeout(HEADER_TIMEOUT, req.send())
-                .await
-                .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
-                .map_err(transport)?;
-            let status = resp.status().as_u16();
-            if status == 404 || status == 410 {
+            let answer = get_checked(&self.client, &self.candidates[i], offset, len, self.size).await;
+            if matches!(answer, Ok(Answer::Gone)) {
                 continue;
             }
             self.found.store(i, Ordering::Relaxed);
-            if let Some(enc) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
-                let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
-                if enc != "identity" {
-                    return Err(FetchError::Encoding(enc));
-                }
-            }
-            let declared = resp.content_length();
-            match status {
-                206 => {
-                    let cr = resp
-                        .headers()
-                        .get(reqwest::header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .ok_or_else(|| FetchError::BadRange("206 without Content-Range".into()))?;
-                    check_content_range(cr, offset, end, self.size)?;
-                    if declared.is_some_and(|l| l != len) {
-                        return Err(FetchError::BadRange(format!("Content-Length {declared:?} for {len} bytes")));
-                    }
-                }
-                200 => {
+            return match answer {
+                Ok(Answer::Range(s)) => Ok(s),
+                Ok(Answer::Whole(s)) => {
                     self.ranges.store(false, Ordering::Relaxed);
-                    if offset != 0 {
-                        return Err(FetchError::NoRanges);
-                    }
-                    if declared.is_some_and(|l| l != self.size) {
-                        return Err(FetchError::BadRange(format!(
-                            "whole object of {} bytes for a key of {}",
-                            declared.unwrap_or(0),
-                            self.size
-                        )));
-                    }
+                    Ok(s)
                 }
-                416 => return Err(FetchError::BadRange(format!("416 for bytes {offset}-{end} of {}", self.size))),
-                s => return Err(FetchError::Status(s)),
-            }
-            return Ok(exact_body(resp, len, status == 200));
+                Err(FetchError::NoRanges) => {
+                    self.ranges.store(false, Ordering::Relaxed);
+                    Err(FetchError::NoRanges)
+                }
+                Err(e) => Err(e),
+                Ok(Answer::Gone) => Err(FetchError::NotFound),
+            };
         }
         Err(FetchError::NotFound)
+    }
+}
+
+/// What one checked range request gave.
+pub(crate) enum Answer {
+    /// `206`: exactly the bytes asked.
+    Range(ByteStream),
+    /// `200` to a range starting at 0: the object's first `len` bytes (the server ignores
+    /// ranges).
+    Whole(ByteStream),
+    /// `404`/`410`: not at this URL.
+    Gone,
+}
+
+/// One GET of `[offset, offset + len)` of an object of `size` bytes at `url`, with every
+/// check of this module (see the module docs); `Err(NoRanges)` for a `200` to a range not
+/// starting at 0.
+pub(crate) async fn get_checked(
+    client: &HttpClient,
+    url: &str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<Answer, FetchError> {
+    let end = offset + len - 1;
+    client.policy.check_url(url).map_err(FetchError::Policy)?;
+    let req = client
+        .client
+        .get(url)
+        .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"))
+        .header(reqwest::header::ACCEPT_ENCODING, "identity");
+    let resp = tokio::time::timeout(HEADER_TIMEOUT, req.send())
+        .await
+        .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+        .map_err(transport)?;
+    let status = resp.status().as_u16();
+    if status == 404 || status == 410 {
+        return Ok(Answer::Gone);
+    }
+    if let Some(enc) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+        if enc != "identity" {
+            return Err(FetchError::Encoding(enc));
+        }
+    }
+    let declared = resp.content_length();
+    match status {
+        206 => {
+            let cr = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| FetchError::BadRange("206 without Content-Range".into()))?;
+            check_content_range(cr, offset, end, size)?;
+            if declared.is_some_and(|l| l != len) {
+                return Err(FetchError::BadRange(format!("Content-Length {declared:?} for {len} bytes")));
+            }
+            Ok(Answer::Range(exact_body(resp, len, false)))
+        }
+        200 => {
+            if offset != 0 {
+                return Err(FetchError::NoRanges);
+            }
+            if declared.is_some_and(|l| l != size) {
+                return Err(FetchError::BadRange(format!(
+                    "whole object of {} bytes for a key of {size}",
+                    declared.unwrap_or(0)
+                )));
+            }
+            Ok(Answer::Whole(exact_body(resp, len, true)))
+        }
+        416 => Err(FetchError::BadRange(format!("416 for bytes {offset}-{end} of {size}"))),
+        s => Err(FetchError::Status(s)),
     }
 }
 

@@ -114,6 +114,20 @@ pub enum Unreadable {
     UrlsRefused(Vec<PolicyError>),
     #[error("bittorrent content is not byte-range addressable")]
     BitTorrent,
+    #[error("the key has no size to read ranges of")]
+    NoSize,
+    #[error("S3 remote config: {0}")]
+    S3Config(String),
+    #[error("S3 remote without bucket= in remote.log")]
+    S3NoBucket,
+    #[error(
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `git annex enableremote` it (.git/annex/creds/{0}), or give it publicurl="
+    )]
+    S3NoCredentials(String),
+    #[error("exporttree=yes without versioning=yes: annexfs reads exported S3 objects by their recorded version only")]
+    S3ExportUnversioned,
+    #[error("versioning=yes but no S3 version ID is recorded for the key (.log.rmet)")]
+    S3NoVersionId,
     #[error("{0} special remotes are not supported yet")]
     UnsupportedType(String),
     #[error("content is not present in this repository's annex")]
@@ -155,7 +169,7 @@ pub enum Location {
     /// A p2phttp server.
     P2pHttp(p2phttp::P2pHttpLocation),
     /// Objects in an S3 bucket.
-    S3(s3::S3Location),
+    S3(Box<s3::S3Location>),
     /// An external special remote program.
     External(external::ExternalLocation),
 }
@@ -353,6 +367,11 @@ pub struct KeyFacts<'a> {
     pub policy: &'a AddressPolicy,
     /// Directory that relative remote paths are relative to (the worktree or bare repo).
     pub base: &'a Path,
+    /// The repository's (common) git directory (`annex/creds/` is in it).
+    pub gitdir: &'a Path,
+    /// The key's remote metadata (`.log.rmet`, fields `<uuid>:<field>` lowercased), read
+    /// only when a remote asks for it.
+    pub remote_meta: &'a dyn Fn() -> super::logs::MetaData,
 }
 
 impl Remote {
