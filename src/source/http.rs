@@ -6,8 +6,12 @@
 //! - `206` must carry `Content-Range: bytes A-B/TOTAL` for exactly the range asked (and the
 //!   key's size), and the body must be exactly that long: a short body, a longer body, or a
 //!   stall (no byte for [`STALL_TIMEOUT`]) is an error;
-//! - `200` is a whole-object answer: it is used only for a range starting at 0 (its first bytes
-//!   are the range), and marks the source as not serving ranges;
+//! - `200` is a whole-object answer (a server that ignores `Range`, e.g. Python's
+//!   `http.server`): it marks the source as not serving ranges. For a range starting at 0 the
+//!   stream carries **the whole object**, checked to be exactly the key's size, even when
+//!   fewer bytes were asked: the fetcher goes on with it as its whole-object run instead of
+//!   asking again from 0 (`crate::fetch`, `request.rs`); at any other offset it is
+//!   [`FetchError::NoRanges`], which the fetcher does not count as a failure;
 //! - `404`/`410` moves to the next candidate URL (git remotes and httpalso have several layouts);
 //! - `Content-Encoding` other than identity is refused (no decoding is ever done);
 //! - redirects are followed at most [`MAX_REDIRECTS`] times, each hop checked against
@@ -247,11 +251,15 @@ impl HttpSource {
                             self.size
                         )));
                     }
+                    if len < self.size {
+                        tracing::debug!("{}: ignores Range; streaming the whole object", self.name);
+                    }
+                    return Ok(exact_body(resp, self.size, false));
                 }
                 416 => return Err(FetchError::BadRange(format!("416 for bytes {offset}-{end} of {}", self.size))),
                 s => return Err(FetchError::Status(s)),
             }
-            return Ok(exact_body(resp, len, status == 200));
+            return Ok(exact_body(resp, len, false));
         }
         Err(FetchError::NotFound)
     }
@@ -273,8 +281,8 @@ fn check_content_range(v: &str, start: u64, end: u64, size: u64) -> Result<(), F
     Ok(())
 }
 
-/// The response body, cut or checked to be exactly `len` bytes. A whole-object answer
-/// (`truncate_ok`) is cut after `len`; a range answer that sends more is an error.
+/// The response body, cut or checked to be exactly `len` bytes: with `truncate_ok` it is cut
+/// after `len`; else a body that sends more is an error.
 fn exact_body(resp: reqwest::Response, len: u64, truncate_ok: bool) -> ByteStream {
     let body = resp.bytes_stream();
     let s = futures_util::stream::unfold((body, 0u64, false), move |(mut body, got, done)| async move {
