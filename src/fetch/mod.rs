@@ -235,6 +235,11 @@ impl Fetcher {
             .clone()
     }
 
+    /// The runtime its requests run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     pub fn config(&self) -> &FetchConfig {
         &self.cfg
     }

@@ -112,6 +112,95 @@ impl HttpClient {
     }
 }
 
+/// What a server says of an object's size.
+fn declared_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    // A chunked body has no length, whatever else is sent.
+    let chunked = headers
+        .get(reqwest::header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        return None;
+    }
+    headers.get(reqwest::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The total of `Content-Range: bytes A-B/TOTAL` (none for `*`).
+fn content_range_total(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim().strip_prefix("bytes ")?.split_once('/')?.1.trim().parse().ok()
+}
+
+impl HttpClient {
+    /// The size of the object at `url`, for a key whose name has none: a `HEAD`'s
+    /// `Content-Length`, else a `GET` of `Range: bytes=0-0`'s `Content-Range` total (or a
+    /// `200`'s `Content-Length`; its body is not read). `Ok(None)`: the server does not tell
+    /// (a chunked body); `Err`: it could not be asked, or answered an error (404…).
+    pub async fn learn_size(&self, url: &str) -> Result<Option<u64>, FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)?;
+        let head = self.client.head(url).header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, head.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        match resp.status().as_u16() {
+            404 | 410 => return Err(FetchError::NotFound),
+            s if (200..300).contains(&s) => {
+                if let Some(n) = declared_length(resp.headers()) {
+                    return Ok(Some(n));
+                }
+            }
+            // Some servers refuse HEAD: the GET below may still answer.
+            _ => {}
+        }
+        let get = self
+            .client
+            .get(url)
+            .header(reqwest::header::RANGE, "bytes=0-0")
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, get.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        // The body is not read: dropping the response closes the connection.
+        match resp.status().as_u16() {
+            206 => Ok(content_range_total(resp.headers())),
+            200 => Ok(declared_length(resp.headers())),
+            404 | 410 => Err(FetchError::NotFound),
+            s => Err(FetchError::Status(s)),
+        }
+    }
+
+    /// The whole object at `url`, from its start, however long it is (a key whose size could
+    /// not be learnt): `200` required, no content encoding; a body that declares a length
+    /// must have exactly that length. Returns the body and the declared length.
+    pub async fn get_whole(&self, url: &str) -> Result<(ByteStream, Option<u64>), FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)?;
+        let req = self.client.get(url).header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, req.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 | 410 => return Err(FetchError::NotFound),
+            s => return Err(FetchError::Status(s)),
+        }
+        if let Some(enc) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
+            let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+            if enc != "identity" {
+                return Err(FetchError::Encoding(enc));
+            }
+        }
+        let declared = declared_length(resp.headers());
+        let body: ByteStream = match declared {
+            Some(n) => exact_body(resp, n, false),
+            None => Box::pin(resp.bytes_stream().map(|c| c.map_err(transport))),
+        };
+        Ok((body, declared))
+    }
+}
+
 /// Reads `annex.uuid` and `core.bare` from the text of a git config file.
 pub fn parse_remote_config(text: &str) -> (Option<String>, Option<bool>) {
     let (mut section, mut uuid, mut bare) = (String::new(), None, None);

@@ -42,7 +42,7 @@ class Slow(http.server.SimpleHTTPRequestHandler):
             dst.write(b)
             time.sleep(len(b) / rate)
 
-class Chunked(http.server.BaseHTTPRequestHandler):
+class Chunked(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def head(self):
         path = os.path.join(root, self.path.lstrip("/"))
