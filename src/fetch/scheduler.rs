@@ -61,7 +61,7 @@ pub struct SourceView {
     pub last_probe: Option<Instant>,
     /// How many more requests its limiter lets start (`None`: no limit).
     pub room: Option<u32>,
-    /// It serves byte ranges (else only from the start of the key).
+    /// It serves byte ranges (else it streams the key from byte 0: one whole-object run).
     pub ranges: bool,
 }
 
