@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How long the kernel may cache attributes: an inode's attributes never change (see
-/// `crate::fs`), so this is long.
+/// `crate::fs`), so this is long. Keys without a size are the exception: TTL 0.
 pub const ATTR_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Entry TTL of a ref view, which never changes.
 pub const STATIC_ENTRY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -107,8 +107,21 @@ impl FuseAdapter {
     }
 
     fn ttl(&self, a: &Attr) -> Duration {
-        // A directory's mtime follows the working tree; file attributes never change.
-        if a.kind == Kind::Dir { self.entry_ttl } else { ATTR_TTL }
+        // A directory's mtime follows the working tree; file attributes never change, except
+        // the size of a key without one, which is learnt (asked again at every stat).
+        if a.volatile {
+            Duration::ZERO
+        } else if a.kind == Kind::Dir {
+            self.entry_ttl
+        } else {
+            ATTR_TTL
+        }
+    }
+
+    /// The entry TTL of a name: none for a key without a size, so that every lookup sees its
+    /// size as learnt so far.
+    fn entry_ttl_of(&self, a: &Attr) -> Duration {
+        if a.volatile { Duration::ZERO } else { self.entry_ttl }
     }
 
     /// Opens `ino` in passthrough mode if possible; `None` means use a normal open.
@@ -174,7 +187,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry_with_ttls(&self.ttl(&a), &self.entry_ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(&self.ttl(&a), &self.entry_ttl_of(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -208,8 +221,11 @@ impl Filesystem for FuseAdapter {
         // Content at an inode never changes, so the page cache is kept across opens. Not with
         // passthrough: the kernel then uses the backing file's cache, and FOPEN_KEEP_CACHE
         // together with passthrough makes every read fail with EIO (seen on Linux 6.18).
+        // Content of unknown size is read with direct I/O: the kernel would cut reads at the
+        // size it was shown (0), and the read must reach the content's real end.
         match backing {
             Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None if self.fs.size_unknown(ino.0) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             None if self.fs.keep_cache(ino.0) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             None => reply.opened(FileHandle(fh), FopenFlags::empty()),
         }
@@ -286,7 +302,7 @@ impl Filesystem for FuseAdapter {
         let entry_ttl = self.entry_ttl;
         let listed = self.fs.readdir(ino.0, offset, |name, attr, next| {
             // `.` and `..` must not create dentries.
-            let ttl = if next <= 2 { Duration::ZERO } else { entry_ttl };
+            let ttl = if next <= 2 || attr.volatile { Duration::ZERO } else { entry_ttl };
             reply.add(INodeNo(attr.ino), next, name, &ttl, &file_attr(attr), Generation(0))
         });
         match listed {

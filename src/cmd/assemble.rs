@@ -5,6 +5,16 @@
 //!
 //! [`Network`] is the mount's (or a command's) network side: piece cache, fetcher, HTTP
 //! client and peers. [`MountHolders`] hands it to fs as an [`fs::Holders`](crate::fs::Holders).
+//!
+//! Keys whose name has no size (URL keys, `addurl --relaxed`, old WORM keys): their size is
+//! learnt from their web URLs ([`HttpClient::learn_size`]: `HEAD`, else a `Range: bytes=0-0`
+//! `GET`), at most [`LEARN_SIZE_WAIT`] per lookup, and kept in [`Network::sizes`] for the
+//! life of the mount (a failure for [`UNKNOWN_SIZE_RETRY`], then asked again). A learnt size
+//! makes the key fetchable like any other: the fetcher and the piece cache get the key with
+//! that size written in (`-sN`), the sources are made for that size, and the whole key is
+//! checked as far as its backend allows (a URL key has no hash: the fetcher says so once).
+//! A size that cannot be learnt leaves the file to be streamed to its end
+//! ([`crate::fs::stream`]), which learns it.
 
 use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
@@ -14,14 +24,84 @@ use crate::fs::holders::{Holders, Opened, open_local, unavailable};
 use crate::manifest::Manifest;
 use crate::manifest::publish::MoreHolders;
 use crate::pieces::PieceStore;
-use crate::source::discover::discover;
+use crate::source::discover::{discover, discover_with_size};
 use crate::source::http::{HttpClient, learn_http_remotes};
 use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
 use crate::swarm::Peers;
 use anyhow::{Context, anyhow};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a lookup of a key without a size may wait for its size from the network.
+pub(crate) const LEARN_SIZE_WAIT: Duration = Duration::from_secs(3);
+/// A size that could not be learnt is asked again after this.
+pub(crate) const UNKNOWN_SIZE_RETRY: Duration = Duration::from_secs(10);
+
+/// Sizes learnt for keys whose name has none, by key: `Some` for good, `None` (not learnt)
+/// with when it was asked.
+#[derive(Default)]
+pub(crate) struct SizeBook(Mutex<HashMap<Vec<u8>, Learnt>>);
+
+/// A size learnt (or not, and when that was found).
+type Learnt = (Option<u64>, Instant);
+
+impl SizeBook {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Learnt>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The size learnt, if any; `Err(())` if asking again is not due yet.
+    fn get(&self, key: &Key) -> Result<Option<u64>, ()> {
+        match self.map().get(&key.to_bytes()) {
+            Some(&(Some(n), _)) => Ok(Some(n)),
+            Some(&(None, at)) if at.elapsed() < UNKNOWN_SIZE_RETRY => Err(()),
+            _ => Ok(None),
+        }
+    }
+
+    fn known(&self, key: &Key) -> Option<u64> {
+        self.get(key).ok().flatten()
+    }
+
+    fn set(&self, key: &Key, size: Option<u64>) {
+        let mut m = self.map();
+        // A size once learnt is kept (a later failure to ask does not forget it).
+        if size.is_some() || !matches!(m.get(&key.to_bytes()), Some((Some(_), _))) {
+            m.insert(key.to_bytes(), (size, Instant::now()));
+        }
+    }
+}
+
+/// `key` with `size` written in (`-sN`): what the fetcher and the piece cache know a key
+/// without a size by, once its size is learnt.
+fn with_size(key: &Key, size: u64) -> Option<Key> {
+    let bytes = key.to_bytes();
+    let v = key.variety().len();
+    let mut sized = bytes[..v].to_vec();
+    sized.extend_from_slice(format!("-s{size}").as_bytes());
+    sized.extend_from_slice(&bytes[v..]);
+    Key::parse(&sized).ok().filter(|k| k.size() == Some(size))
+}
+
+/// The web URLs recorded for `key` (readable holders only).
+fn web_urls(annex: &Annex, key: &Key) -> Vec<String> {
+    let Ok(holders) = annex.holders(key) else { return Vec::new() };
+    let mut urls = Vec::new();
+    for h in holders.iter().filter(|h| h.readable.is_ok()) {
+        for loc in &h.locations {
+            match loc {
+                Location::Url(u) => urls.push(u.clone()),
+                Location::Urls(us) => urls.extend(us.iter().cloned()),
+                _ => {}
+            }
+        }
+    }
+    urls.dedup();
+    urls
+}
 
 /// How a command's fetcher verifies and publishes.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +130,8 @@ pub(crate) struct Network {
     pub peers: Arc<Peers>,
     /// This node's swarm server, once it serves.
     pub serving: OnceLock<crate::swarm::server::Server>,
+    /// Sizes learnt for keys whose name has none.
+    pub sizes: Arc<SizeBook>,
 }
 
 /// Every place one key can be read from, assembled.
@@ -80,8 +162,17 @@ impl Network {
 
     /// Every place `key` can be read from.
     pub async fn parts(&self, annex: &Annex, key: &Key) -> Result<KeyParts, FsError> {
-        let found = discover(annex, key, Some(&self.reach))
-            .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+        self.parts_sized(annex, key, key.size()).await
+    }
+
+    /// [`Network::parts`] of a key whose size is `size` (learnt when its name has none).
+    async fn parts_sized(&self, annex: &Annex, key: &Key, size: Option<u64>) -> Result<KeyParts, FsError> {
+        let found = if size == key.size() {
+            discover(annex, key, Some(&self.reach))
+        } else {
+            discover_with_size(annex, key, size, Some(&self.reach))
+        }
+        .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
         let mut parts = KeyParts {
             local: found.local,
             remote: found.remote,
@@ -89,8 +180,11 @@ impl Network {
             any_holder: found.any_holder,
         };
         // Peers are asked only when no disk here has the content.
-        if parts.local.is_empty() {
-            parts.remote.extend(self.peers.sources(key).await);
+        if parts.local.is_empty()
+            && let Some(peer_key) =
+                size.and_then(|n| if key.size().is_some() { Some(key.clone()) } else { with_size(key, n) })
+        {
+            parts.remote.extend(self.peers.sources(&peer_key).await);
         }
         Ok(parts)
     }
@@ -190,6 +284,7 @@ pub(crate) fn network(
         reach: Arc::new(Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())),
         peers,
         serving: OnceLock::new(),
+        sizes: Arc::default(),
     }))
 }
 
@@ -200,14 +295,79 @@ pub(crate) struct MountHolders {
     pub net: Arc<Network>,
 }
 
+impl MountHolders {
+    /// Asks the web URLs of `key` for its size, at most [`LEARN_SIZE_WAIT`].
+    fn ask_size(&self, key: &Key) -> Option<u64> {
+        let urls = web_urls(&self.annex, key);
+        if urls.is_empty() {
+            return None;
+        }
+        let http = self.net.reach.http.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let what = key.to_string_lossy();
+        // Run on the fetcher's runtime and waited for here: lookups come from FUSE threads,
+        // outside any runtime.
+        self.net.fetcher.runtime().spawn(async move {
+            let asked = tokio::time::timeout(LEARN_SIZE_WAIT, async {
+                let mut why = Vec::new();
+                for url in &urls {
+                    match http.learn_size(url).await {
+                        Ok(Some(n)) => return (Some(n), why),
+                        Ok(None) => why.push(format!("{url}: no length given")),
+                        Err(e) => why.push(format!("{url}: {e}")),
+                    }
+                }
+                (None, why)
+            })
+            .await;
+            let (size, why) = asked.unwrap_or_else(|_| (None, vec![format!("no answer within {LEARN_SIZE_WAIT:?}")]));
+            match size {
+                Some(n) => tracing::info!("{what}: size learnt from its URL: {n} bytes"),
+                None => tracing::info!("{what}: size unknown ({}); read to its end when opened", why.join("; ")),
+            }
+            let _ = tx.send(size);
+        });
+        rx.recv_timeout(LEARN_SIZE_WAIT + Duration::from_millis(500)).ok().flatten()
+    }
+
+    /// A key without a size, whose size could not be learnt: streamed from its URLs.
+    fn open_stream(&self, file: &str, key: &Key, skip: &[String], tried: Vec<String>) -> Result<Opened, FsError> {
+        let urls = web_urls(&self.annex, key);
+        let sizes = self.net.sizes.clone();
+        let k = key.clone();
+        let on_end: crate::fs::stream::OnEnd = Arc::new(move |n| sizes.set(&k, Some(n)));
+        let w = crate::fs::stream::WholeStream::new(
+            key.to_string_lossy(),
+            urls.clone(),
+            self.net.reach.http.clone(),
+            on_end,
+        );
+        if urls.is_empty() || skip.contains(&w.describe()) {
+            return Err(unavailable(file, key, tried, !urls.is_empty()));
+        }
+        tracing::info!("{file}: size of {key} unknown: streaming it to its end");
+        Ok(Opened::Stream(Arc::new(w)))
+    }
+}
+
 impl Holders for MountHolders {
     fn open<'a>(&'a self, file: &'a str, key: &'a Key, skip: &'a [String]) -> BoxFuture<'a, Result<Opened, FsError>> {
         Box::pin(async move {
-            let parts = self.net.parts(&self.annex, key).await?;
+            // A key without a size is fetched by the size learnt, under the key with it.
+            let learnt = if key.size().is_some() { None } else { self.net.sizes.known(key) };
+            let fetch_key = match learnt {
+                Some(n) => with_size(key, n),
+                None => None,
+            };
+            let parts = self.net.parts_sized(&self.annex, key, key.size().or(learnt)).await?;
             let mut tried = parts.unusable;
             if let Some(r) = open_local(&parts.local, key, skip, &mut tried) {
                 return Ok(Opened::Local(r));
             }
+            if key.size().is_none() && fetch_key.is_none() {
+                return self.open_stream(file, key, skip, tried);
+            }
+            let key = fetch_key.as_ref().unwrap_or(key);
             // Network holders go through the fetcher and the piece cache (which may also
             // hold the key already, from an earlier mount).
             let fetcher = &self.net.fetcher;
@@ -242,6 +402,27 @@ impl Holders for MountHolders {
     }
 
     fn cached_bytes(&self, key: &Key) -> u64 {
-        self.net.store().present_bytes(key)
+        match (key.size(), self.net.sizes.known(key)) {
+            (None, Some(n)) => with_size(key, n).map_or(0, |k| self.net.store().present_bytes(&k)),
+            _ => self.net.store().present_bytes(key),
+        }
+    }
+
+    fn learn_size(&self, key: &Key) -> Option<u64> {
+        if key.size().is_some() {
+            return key.size();
+        }
+        match self.net.sizes.get(key) {
+            Ok(Some(n)) => return Some(n),
+            Err(()) => return None,
+            Ok(None) => {}
+        }
+        let size = self.ask_size(key);
+        self.net.sizes.set(key, size);
+        size
+    }
+
+    fn known_size(&self, key: &Key) -> Option<u64> {
+        key.size().or_else(|| self.net.sizes.known(key))
     }
 }

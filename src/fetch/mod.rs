@@ -235,6 +235,11 @@ impl Fetcher {
             .clone()
     }
 
+    /// The runtime its requests run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     pub fn config(&self) -> &FetchConfig {
         &self.cfg
     }
@@ -383,12 +388,9 @@ impl KeyFetch {
     }
 
     /// Whether source `s` may be asked for piece `i` (not refused for it, not banned, not
-    /// given up).
+    /// given up). A source without ranges may: it streams the key from the start.
     fn may_ask(&self, st: &State, s: SourceId, i: PieceIndex) -> bool {
-        !st.refused.get(&i).is_some_and(|v| v.contains(&s))
-            && self.holds(s, i)
-            && self.source_alive(s)
-            && (i.0 == 0 || self.source(s).src.supports_ranges())
+        !st.refused.get(&i).is_some_and(|v| v.contains(&s)) && self.holds(s, i) && self.source_alive(s)
     }
 
     /// Drops the claims of pieces the record on disk names.

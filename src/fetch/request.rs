@@ -9,6 +9,12 @@
 //! arrive ([`KeyFetch::write_partial`]), under the state lock and only while the request
 //! still owns the piece, so a copy landed by a hedge is never overwritten.
 //!
+//! A source that serves no ranges is asked for the whole key from byte 0; its task drops the
+//! bytes before its run and, when its run ends, claims the next missing pieces as the stream
+//! reaches them ([`KeyFetch::extend_whole`]), skipping (reading and dropping) pieces present or
+//! in flight elsewhere. An HTTP server that ignored `Range` on a short first request sends the
+//! whole key too (`crate::source::http`), so that first request goes on the same way.
+//!
 //! When a task ends, its source's figures are updated (`stats.rs`) and the pieces it still
 //! owns go back to `Missing` (with their claims and partial bytes).
 
@@ -280,6 +286,10 @@ impl KeyFetch {
         let to = PieceIndex(end.load(Ordering::Relaxed));
         let (off, _) = self.piece_range(from);
         let (_, stop) = self.piece_range(PieceIndex(to.0 - 1));
+        // A source without ranges is asked for the whole key, from byte 0: what comes before
+        // the run is read and dropped.
+        let whole_from_start = !src.supports_ranges();
+        let (ask_at, ask_len) = if whole_from_start { (0, self.size()) } else { (off, stop - off) };
         let started = Instant::now();
         let mut received = 0u64;
         let mut store_failed = false;
@@ -291,14 +301,32 @@ impl KeyFetch {
         let mut corrupt: Option<PieceIndex> = None;
         let stall = self.cfg.stall_timeout;
         let result: Result<(), FetchError> = async {
-            let mut stream = tokio::time::timeout(stall, src.get(off, stop - off))
+            let mut stream = tokio::time::timeout(stall, src.get(ask_at, ask_len))
                 .await
                 .map_err(|_| FetchError::Stalled(stall))??;
+            // Bytes still to be dropped before the current piece (a whole-object stream
+            // skipping what is present or taken).
+            let mut skip = off - ask_at;
             let mut piece = from;
             let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(self.cache.piece_size).unwrap_or(0));
             // Bytes of the current piece already written to the data file.
             let mut written = 0usize;
-            while piece.0 < end.load(Ordering::Relaxed) {
+            loop {
+                if piece.0 >= end.load(Ordering::Relaxed) {
+                    // A stream from byte 0 of a source without ranges carries the whole key
+                    // (an HTTP server that ignored Range sends it all even for a short first
+                    // request): it goes on to the pieces still missing after its run.
+                    if ask_at != 0 || src.supports_ranges() {
+                        break;
+                    }
+                    let Some(at) = self.extend_whole(id, piece, &end) else { break };
+                    let drop_bytes = self.piece_range(at).0 - self.piece_range(piece).0;
+                    let from_buf = usize::try_from(drop_bytes).unwrap_or(usize::MAX).min(buf.len());
+                    buf.drain(..from_buf);
+                    skip = drop_bytes - from_buf as u64;
+                    piece = at;
+                    next.store(piece.0, Ordering::Relaxed);
+                }
                 let want = usize::try_from(self.piece_len(piece)).unwrap_or(0);
                 while buf.len() < want {
                     let next_chunk =
@@ -316,7 +344,7 @@ impl KeyFetch {
                         return Ok(());
                     }
                     match next_chunk {
-                        Some(Ok(chunk)) => {
+                        Some(Ok(mut chunk)) => {
                             if let Some(l) = &self.source(s).limiter {
                                 l.pace(chunk.len()).await;
                             }
@@ -325,11 +353,17 @@ impl KeyFetch {
                             }
                             let ms = u64::try_from(progress.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                             progress.progress_ms.store(ms, Ordering::Relaxed);
+                            if skip > 0 {
+                                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                                chunk = chunk.slice(n..);
+                                skip -= n as u64;
+                            }
                             buf.extend_from_slice(&chunk);
                         }
                         Some(Err(e)) => return Err(e),
                         None => {
-                            return Err(FetchError::ShortBody { got: received + buf.len() as u64, want: stop - off });
+                            let (at, _) = self.piece_range(piece);
+                            return Err(FetchError::ShortBody { got: at + buf.len() as u64 - ask_at, want: ask_len });
                         }
                     }
                     let upto = buf.len().min(want);
@@ -377,9 +411,47 @@ impl KeyFetch {
                 received,
                 arrived: progress.got.load(Ordering::Relaxed),
                 elapsed: started.elapsed(),
-                from_start: from.0 == 0,
             },
         );
+    }
+
+    /// A whole-object stream of request `id` reached `at`, past its run: claims the next run of
+    /// missing pieces from `at` on for it (pieces present or taken by other requests are
+    /// skipped) and returns where that run starts; `None` when nothing is missing ahead (the
+    /// stream stops there). The run may be stolen from like any other.
+    fn extend_whole(&self, id: RequestId, at: PieceIndex, end: &AtomicUsize) -> Option<PieceIndex> {
+        let mut st = lock(&self.state);
+        if !st.requests.contains_key(&id) {
+            return None;
+        }
+        let n = PieceIndex(st.pieces.len());
+        let mut p = at;
+        loop {
+            while p < n && !st.pieces.is(p, Piece::Missing) {
+                p = p.next();
+            }
+            if p >= n {
+                return None;
+            }
+            let mut to = p;
+            while to < n && st.pieces.is(to, Piece::Missing) {
+                to = to.next();
+            }
+            let (got, done) = self.claim_run(&mut st, p, to);
+            if got > p {
+                for i in PieceIndex::range(p, got) {
+                    st.pieces.set(i, Piece::InFlight(id));
+                }
+                end.store(got.0, Ordering::Relaxed);
+                tracing::debug!("{}: request {id} streams on: pieces {p}..{got}", self.key);
+                return Some(p);
+            }
+            if matches!(done, Done::Stop) {
+                return None;
+            }
+            // The piece was claimed by another process meanwhile (now `Elsewhere`): look on.
+            p = p.next();
+        }
     }
 
     /// The cache could not store piece `i`. At its bound with nothing evictable yet, fetching
@@ -410,7 +482,9 @@ impl KeyFetch {
             l.finished();
         }
         let verdict = lock(&self.source(s).stats).request_ended(e, Instant::now());
-        if let Err(err) = e.result
+        if let Err(FetchError::NoRanges) = e.result {
+            tracing::info!("{}: {} serves no byte ranges: it streams the key from its start", self.key, src.name());
+        } else if let Err(err) = e.result
             && !matches!(err, FetchError::Corrupt(_))
         {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);

@@ -27,6 +27,15 @@
 //! A source [`SLOW_FACTOR`] times slower than the best working one is only probed, once per
 //! [`PROBE_EVERY`]: it would hold pieces readers soon wait on.
 //!
+//! A source that does not serve ranges (`ranges == false`: a web server that answers every
+//! request with the whole object) streams the key from its start. It gets **one** request at a
+//! time: a run from the first missing piece it may serve (the request reads from byte 0 and
+//! skips what comes before, `request.rs`) to the end of the key, however far that is and
+//! whatever is wanted now: asking again from 0 would repeat the whole download. It neither
+//! steals nor hedges (either would restart the stream); range-capable sources steal the back
+//! of its run as of any other, which closes its stream at the split. Its request claims
+//! missing pieces beyond its run as the stream reaches them (`request.rs`).
+//!
 //! The plan assumes every claim succeeds; the fetcher stops carrying it out where one does
 //! not (the piece is held by another process, or landed there) and plans again.
 
@@ -52,7 +61,7 @@ pub struct SourceView {
     pub last_probe: Option<Instant>,
     /// How many more requests its limiter lets start (`None`: no limit).
     pub room: Option<u32>,
-    /// It serves byte ranges (else only from the start of the key).
+    /// It serves byte ranges (else it streams the key from byte 0: one whole-object run).
     pub ranges: bool,
 }
 
@@ -178,9 +187,10 @@ impl Planner<'_, '_> {
         self.b.refused.get(&i).is_some_and(|v| v.contains(&s))
     }
 
-    /// Whether source `s` may be asked for piece `i`.
+    /// Whether source `s` may be asked for piece `i` (a source without ranges too: its
+    /// request streams from the start and skips to `i`).
     fn may_ask(&self, s: SourceId, i: PieceIndex) -> bool {
-        !self.refused(s, i) && (self.b.holds)(s, i) && !self.sources[s.0].dead && (i.0 == 0 || self.sources[s.0].ranges)
+        !self.refused(s, i) && (self.b.holds)(s, i) && !self.sources[s.0].dead
     }
 
     fn run(&mut self) {
@@ -219,6 +229,9 @@ impl Planner<'_, '_> {
         let backing_off = v.backoff_until.is_some_and(|t| t > self.now);
         if v.dead || backing_off || v.inflight >= limit || v.room == Some(0) {
             return false;
+        }
+        if !v.ranges {
+            return self.whole_object_run(s);
         }
         let busy = v.inflight >= MAX_INFLIGHT;
         let start = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i));
@@ -269,6 +282,24 @@ impl Planner<'_, '_> {
             last_progress: now,
         });
         id
+    }
+
+    /// Source `s`, which serves no ranges, gets its one request: from the first wanted piece
+    /// missing to the end of the key, or as far as the pieces stay missing.
+    fn whole_object_run(&mut self, s: SourceId) -> bool {
+        if self.sources[s.0].inflight > 0 {
+            return false;
+        }
+        let Some(p) = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i)) else {
+            return false;
+        };
+        let mut end = p;
+        while end.0 < self.b.pieces.len() && self.missing(end) && self.may_ask(s, end) {
+            end = end.next();
+        }
+        let id = self.start(s, p, end, false);
+        self.actions.push(Action::Start { id, source: s, from: p, to: end });
+        true
     }
 
     /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.

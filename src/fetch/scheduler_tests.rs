@@ -243,3 +243,56 @@ fn a_refused_source_is_not_asked_for_that_piece() {
     f.refused.insert(PieceIndex(0), vec![SourceId(0)]);
     assert_eq!(f.plan(Instant::now()), vec![]);
 }
+
+fn whole_object_source(bps: f64) -> SourceView {
+    SourceView { ranges: false, ..source(bps) }
+}
+
+#[test]
+fn a_source_without_ranges_gets_one_run_to_the_end_of_the_key() {
+    // Only the first megabyte is wanted; the stream goes on to the end all the same.
+    let mut f = Fixture::new(40, vec![whole_object_source(0.0)]).window(0, 4);
+    let actions = f.plan(Instant::now());
+    assert_eq!(starts(&actions), vec![(0, 0, 40)], "{actions:?}");
+    // While it runs, it is given nothing more (another request would start from 0 again).
+    let t0 = Instant::now();
+    f.request(0, 0, 40, t0, 0, t0);
+    f.demand.insert(PieceIndex(30));
+    assert_eq!(f.plan(t0 + Duration::from_secs(2)), vec![]);
+}
+
+#[test]
+fn a_range_source_beside_it_takes_the_tail() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(40, vec![whole_object_source(MB), source(10.0 * MB)]).window(0, 8);
+    let whole = f.request(0, 0, 40, t0, 300_000, t0 + Duration::from_millis(300));
+    let actions = f.plan(t0 + Duration::from_millis(400));
+    assert_eq!(
+        actions[..2],
+        [
+            Action::Steal { victim: whole, split: PieceIndex(20), end: PieceIndex(40) },
+            Action::Start { id: RequestId(2), source: SourceId(1), from: PieceIndex(20), to: PieceIndex(40) },
+        ],
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_source_without_ranges_alone_finishes_the_key() {
+    // The range source that took the tail died; the whole-object source, idle again, is
+    // asked for what is missing (its stream skips the pieces present).
+    let mut f = Fixture::new(40, vec![whole_object_source(MB), source(MB)]).present(0..25).window(25, 4);
+    f.sources[1].dead = true;
+    assert_eq!(starts(&f.plan(Instant::now())), vec![(0, 25, 40)]);
+    // A hole in the middle: the run stops where the pieces stop being missing.
+    let f = Fixture::new(40, vec![whole_object_source(MB)]).present(10..12).window(0, 40);
+    assert_eq!(starts(&f.plan(Instant::now())), vec![(0, 0, 10)]);
+}
+
+#[test]
+fn a_source_without_ranges_neither_steals_nor_hedges() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new(40, vec![source(0.5 * MB), whole_object_source(100.0 * MB)]).window(0, 40).demand([3]);
+    f.request(0, 0, 40, t0, 0, t0);
+    assert_eq!(f.plan(t0 + Duration::from_secs(5)), vec![]);
+}

@@ -73,9 +73,6 @@ pub struct RequestEnd<'a> {
     /// Every byte that arrived.
     pub arrived: u64,
     pub elapsed: Duration,
-    /// The request started at the key's first piece (the only one a source without ranges
-    /// can serve).
-    pub from_start: bool,
 }
 
 /// What became of a source after a request.
@@ -123,14 +120,17 @@ impl SourceStats {
                 self.last_error = Some(e.clone());
                 Verdict::Fine
             }
+            // A server that ignores Range answered a request not starting at 0 (asked before
+            // its first answer told): not a failure, it is asked from the start from now on.
+            Err(e @ FetchError::NoRanges) => {
+                self.last_error = Some(e.clone());
+                Verdict::Fine
+            }
             Err(e) => {
                 self.fails_in_row += 1;
                 self.last_error = Some(e.clone());
                 self.backoff_until = Some(now + Duration::from_millis(250u64 << self.fails_in_row.min(6)));
-                if e.is_permanent()
-                    || self.fails_in_row >= MAX_FAILS
-                    || matches!(e, FetchError::NoRanges) && !end.from_start
-                {
+                if e.is_permanent() || self.fails_in_row >= MAX_FAILS {
                     self.dead = Some(e.clone());
                     Verdict::GaveUp
                 } else {
@@ -229,14 +229,7 @@ mod tests {
     use super::*;
 
     fn end(result: &Result<(), FetchError>) -> RequestEnd<'_> {
-        RequestEnd {
-            result,
-            store_failed: false,
-            received: 0,
-            arrived: 0,
-            elapsed: Duration::from_millis(10),
-            from_start: false,
-        }
+        RequestEnd { result, store_failed: false, received: 0, arrived: 0, elapsed: Duration::from_millis(10) }
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! plain case: local copies only, read in place.
 //!
 //! An [`Opened`] reader is either a local copy (a blocking `pread`, cheap and bounded by the
-//! disk) or a fetch through the piece cache (awaited: it may wait on the network). Both are
+//! disk), a fetch through the piece cache (awaited: it may wait on the network), or, for a key
+//! whose size could not be learnt, a stream to the object's real end (`stream.rs`). Both are
 //! read from [`crate::fs::AnnexFs::read`], which runs inside the one async boundary in
 //! `crate::fuse` (a request on the blocking pool).
 
 use super::FsError;
+use super::stream::WholeStream;
 use crate::annex::{Annex, Key};
 use crate::fetch::KeyFetch;
 use crate::source::discover::discover;
@@ -29,6 +31,8 @@ pub enum Opened {
         /// For log lines and to skip it when it failed.
         what: String,
     },
+    /// A key of unknown size, streamed from its start to its end.
+    Stream(Arc<WholeStream>),
 }
 
 impl Opened {
@@ -37,6 +41,7 @@ impl Opened {
         match self {
             Opened::Local(r) => r.describe(),
             Opened::Fetched { what, .. } => what.clone(),
+            Opened::Stream(w) => w.describe(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Opened {
             Opened::Fetched { kf, what } => {
                 kf.read(offset, u64::from(len)).await.map_err(|source| FsError::Fetch { what: what.clone(), source })
             }
+            Opened::Stream(w) => w.read(offset, len).await,
         }
     }
 }
@@ -71,6 +77,18 @@ pub trait Holders: Send + Sync {
     /// Bytes of `key` held in a cache beside the repository (for `user.annexfs.present`).
     fn cached_bytes(&self, _key: &Key) -> u64 {
         0
+    }
+
+    /// The size of a key whose name has none (URL keys, `addurl --relaxed`, old WORM keys),
+    /// learnt from its holders if it can be; may wait on the network, but only briefly
+    /// (bounded, and cached by the implementation).
+    fn learn_size(&self, _key: &Key) -> Option<u64> {
+        None
+    }
+
+    /// The size of such a key if already learnt; never waits.
+    fn known_size(&self, _key: &Key) -> Option<u64> {
+        None
     }
 }
 

@@ -9,6 +9,12 @@
 //!   `git pull`), it gets a new inode, and the old one answers ENOENT. So an inode's attributes
 //!   and data never change, and long attribute TTLs and the kernel page cache
 //!   (`FOPEN_KEEP_CACHE`) can never show stale bytes.
+//! - Except for a key whose name has no size (URL keys, `addurl --relaxed`, old WORM keys):
+//!   its size is learnt (a local copy, else [`Holders::learn_size`] on `lookup`/`getattr`,
+//!   bounded in time; `readdir` uses only what is known) and may change from unknown (0) to
+//!   the real size, so its attributes are [`Attr::volatile`] (the adapter gives them TTL 0
+//!   and never keeps its pages); while its size is unknown it is opened with direct I/O and
+//!   read to its real end ([`AnnexFs::size_unknown`], `stream.rs`).
 //! - Metadata operations never do I/O on content; `read` does, and is called by the adapter on
 //!   a worker thread, so a slow disk never blocks other requests.
 //!
@@ -18,6 +24,7 @@
 pub mod error;
 pub mod holders;
 mod inodes;
+pub mod stream;
 
 pub use error::FsError;
 pub use holders::{Holders, LocalHolders, Opened};
@@ -70,6 +77,9 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub uid: u32,
     pub gid: u32,
+    /// The attributes may change (a key without a size, whose size is learnt): not to be
+    /// cached by the kernel.
+    pub volatile: bool,
 }
 
 /// Where an open file's bytes come from.
@@ -218,24 +228,48 @@ impl AnnexFs {
         Ok((ns, id, path))
     }
 
-    fn attr_of(&self, ns: &Namespace, id: NodeId, path: &[u8]) -> Result<Attr, FsError> {
+    /// The attributes of a node; `learn`: the size of a key without one may be asked of its
+    /// holders (briefly), else only what is known is used.
+    fn attr_of(&self, ns: &Namespace, id: NodeId, path: &[u8], learn: bool) -> Result<Attr, FsError> {
         let node = ns.node(id).ok_or(FsError::NotFound)?;
         let ident = ident_of(&node.kind, node.mtime);
         let ino = if path.is_empty() { ROOT_INO } else { lock(&self.inodes).ino(path, &ident) };
+        let mut volatile = false;
         let (kind, size, perm, nlink) = match &node.kind {
             EntryKind::Dir => (Kind::Dir, 0, 0o555, 2),
             EntryKind::Annexed(key) => {
-                // A key without a size (URL, old WORM keys) gets it from local content.
                 // A size no file can have (beyond i64) is not believed: the kernel would
                 // refuse the attributes, and with them the whole entry.
-                let size =
-                    key.size().filter(|&s| i64::try_from(s).is_ok()).or_else(|| self.local_size(key)).unwrap_or(0);
+                let size = match key.size().filter(|&s| i64::try_from(s).is_ok()) {
+                    Some(s) => s,
+                    None => {
+                        volatile = true;
+                        self.size_of_sizeless(key, learn).unwrap_or(0)
+                    }
+                };
                 (Kind::File, size, if node.exec { 0o555 } else { 0o444 }, 1)
             }
             EntryKind::Plain { size, .. } => (Kind::File, *size, if node.exec { 0o555 } else { 0o444 }, 1),
             EntryKind::Symlink(t) => (Kind::Symlink, t.len() as u64, 0o777, 1),
         };
-        Ok(Attr { ino, kind, size, perm, nlink, mtime: node.mtime, uid: self.cfg.uid, gid: self.cfg.gid })
+        Ok(Attr { ino, kind, size, perm, nlink, mtime: node.mtime, uid: self.cfg.uid, gid: self.cfg.gid, volatile })
+    }
+
+    /// The size of a key whose name has none: a local copy's, else what its holders know
+    /// (learnt now if `learn`).
+    fn size_of_sizeless(&self, key: &Key, learn: bool) -> Option<u64> {
+        let s = self
+            .local_size(key)
+            .or_else(|| if learn { self.holders.learn_size(key) } else { self.holders.known_size(key) });
+        s.filter(|&s| i64::try_from(s).is_ok())
+    }
+
+    /// Whether `ino` is annexed content whose size is not known (yet): it is opened with
+    /// direct I/O and read to its real end.
+    pub fn size_unknown(&self, ino: u64) -> bool {
+        let Ok((ns, id, _)) = self.resolve(ino) else { return false };
+        let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return false };
+        key.size().is_none() && self.size_of_sizeless(key, false).is_none()
     }
 
     fn local_size(&self, key: &Key) -> Option<u64> {
@@ -254,13 +288,13 @@ impl AnnexFs {
             path.push(b'/');
         }
         path.extend_from_slice(name.as_bytes());
-        self.attr_of(&ns, child, &path)
+        self.attr_of(&ns, child, &path, true)
     }
 
     /// Attributes of an inode.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let (ns, id, path) = self.resolve(ino)?;
-        self.attr_of(&ns, id, &path)
+        self.attr_of(&ns, id, &path, true)
     }
 
     /// Lists directory `ino` from position `offset` (0 is `.`, 1 is `..`, then the children
@@ -278,7 +312,7 @@ impl AnnexFs {
         if !matches!(node.kind, EntryKind::Dir) {
             return Err(FsError::NotDir);
         }
-        if offset == 0 && add(OsStr::new("."), &self.attr_of(&ns, dir, &path)?, 1) {
+        if offset == 0 && add(OsStr::new("."), &self.attr_of(&ns, dir, &path, false)?, 1) {
             return Ok(());
         }
         if offset <= 1 {
@@ -287,7 +321,7 @@ impl AnnexFs {
                 None => Vec::new(),
             };
             let pid = ns.lookup(&ppath).unwrap_or(ROOT);
-            if add(OsStr::new(".."), &self.attr_of(&ns, pid, &ppath)?, 2) {
+            if add(OsStr::new(".."), &self.attr_of(&ns, pid, &ppath, false)?, 2) {
                 return Ok(());
             }
         }
@@ -298,7 +332,7 @@ impl AnnexFs {
                 cpath.push(b'/');
             }
             cpath.extend_from_slice(name.as_bytes());
-            if add(name, &self.attr_of(&ns, child, &cpath)?, i as u64 + 3) {
+            if add(name, &self.attr_of(&ns, child, &cpath, false)?, i as u64 + 3) {
                 break;
             }
         }
@@ -341,6 +375,10 @@ impl AnnexFs {
     pub fn keep_cache(&self, ino: u64) -> bool {
         let Ok((ns, id, _)) = self.resolve(ino) else { return true };
         let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return true };
+        // A key without a size: its size (and so its pages) may change from one open to the next.
+        if key.size().is_none() {
+            return false;
+        }
         self.annex.present_object(key).is_some() || self.holders.keep_cache(key)
     }
 

@@ -33,6 +33,17 @@ pub enum DiscoverError {
 /// Finds every place `key` can be read from. Without the means to reach the network, network
 /// holders are reported as unusable.
 pub fn discover(annex: &Annex, key: &Key, reach: Option<&Reach>) -> Result<Discovered, DiscoverError> {
+    discover_with_size(annex, key, key.size(), reach)
+}
+
+/// [`discover`] for a key whose name has no size but whose size was learnt (`size`): web URLs
+/// are sources of that many bytes.
+pub fn discover_with_size(
+    annex: &Annex,
+    key: &Key,
+    size: Option<u64>,
+    reach: Option<&Reach>,
+) -> Result<Discovered, DiscoverError> {
     let http = reach.map(|r| &r.http);
     let mut d = Discovered::default();
     if let Some(p) = annex.local_object(key) {
@@ -79,7 +90,7 @@ pub fn discover(annex: &Annex, key: &Key, reach: Option<&Reach>) -> Result<Disco
                     continue;
                 }
             };
-            match (http, key.size()) {
+            match (http, size) {
                 (Some(client), Some(size)) => {
                     let label = format!("{name} {}", urls[0]);
                     // A web URL answers for its server; a remote for itself.

@@ -6,8 +6,12 @@
 //! - `206` must carry `Content-Range: bytes A-B/TOTAL` for exactly the range asked (and the
 //!   key's size), and the body must be exactly that long: a short body, a longer body, or a
 //!   stall (no byte for [`STALL_TIMEOUT`]) is an error;
-//! - `200` is a whole-object answer: it is used only for a range starting at 0 (its first bytes
-//!   are the range), and marks the source as not serving ranges;
+//! - `200` is a whole-object answer (a server that ignores `Range`, e.g. Python's
+//!   `http.server`): it marks the source as not serving ranges. For a range starting at 0 the
+//!   stream carries **the whole object**, checked to be exactly the key's size, even when
+//!   fewer bytes were asked: the fetcher goes on with it as its whole-object run instead of
+//!   asking again from 0 (`crate::fetch`, `request.rs`); at any other offset it is
+//!   [`FetchError::NoRanges`], which the fetcher does not count as a failure;
 //! - `404`/`410` moves to the next candidate URL (git remotes and httpalso have several layouts);
 //! - `Content-Encoding` other than identity is refused (no decoding is ever done);
 //! - redirects are followed at most [`MAX_REDIRECTS`] times, each hop checked against
@@ -111,6 +115,95 @@ impl HttpClient {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a server says of an object's size.
+fn declared_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    // A chunked body has no length, whatever else is sent.
+    let chunked = headers
+        .get(reqwest::header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        return None;
+    }
+    headers.get(reqwest::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The total of `Content-Range: bytes A-B/TOTAL` (none for `*`).
+fn content_range_total(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim().strip_prefix("bytes ")?.split_once('/')?.1.trim().parse().ok()
+}
+
+impl HttpClient {
+    /// The size of the object at `url`, for a key whose name has none: a `HEAD`'s
+    /// `Content-Length`, else a `GET` of `Range: bytes=0-0`'s `Content-Range` total (or a
+    /// `200`'s `Content-Length`; its body is not read). `Ok(None)`: the server does not tell
+    /// (a chunked body); `Err`: it could not be asked, or answered an error (404…).
+    pub async fn learn_size(&self, url: &str) -> Result<Option<u64>, FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)?;
+        let head = self.client.head(url).header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, head.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        match resp.status().as_u16() {
+            404 | 410 => return Err(FetchError::NotFound),
+            s if (200..300).contains(&s) => {
+                if let Some(n) = declared_length(resp.headers()) {
+                    return Ok(Some(n));
+                }
+            }
+            // Some servers refuse HEAD: the GET below may still answer.
+            _ => {}
+        }
+        let get = self
+            .client
+            .get(url)
+            .header(reqwest::header::RANGE, "bytes=0-0")
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, get.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        // The body is not read: dropping the response closes the connection.
+        match resp.status().as_u16() {
+            206 => Ok(content_range_total(resp.headers())),
+            200 => Ok(declared_length(resp.headers())),
+            404 | 410 => Err(FetchError::NotFound),
+            s => Err(FetchError::Status(s)),
+        }
+    }
+
+    /// The whole object at `url`, from its start, however long it is (a key whose size could
+    /// not be learnt): `200` required, no content encoding; a body that declares a length
+    /// must have exactly that length. Returns the body and the declared length.
+    pub async fn get_whole(&self, url: &str) -> Result<(ByteStream, Option<u64>), FetchError> {
+        self.policy.check_url(url).map_err(FetchError::Policy)?;
+        let req = self.client.get(url).header(reqwest::header::ACCEPT_ENCODING, "identity");
+        let resp = tokio::time::timeout(HEADER_TIMEOUT, req.send())
+            .await
+            .map_err(|_| FetchError::Stalled(HEADER_TIMEOUT))?
+            .map_err(transport)?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 | 410 => return Err(FetchError::NotFound),
+            s => return Err(FetchError::Status(s)),
+        }
+        if let Some(enc) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
+            let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+            if enc != "identity" {
+                return Err(FetchError::Encoding(enc));
+            }
+        }
+        let declared = declared_length(resp.headers());
+        let body: ByteStream = match declared {
+            Some(n) => exact_body(resp, n, false),
+            None => Box::pin(resp.bytes_stream().map(|c| c.map_err(transport))),
+        };
+        Ok((body, declared))
     }
 }
 
@@ -219,7 +312,7 @@ impl HttpSource {
     async fn fetch(&self, offset: u64, len: u64) -> Result<ByteStream, FetchError> {
         let first = self.found.load(Ordering::Relaxed);
         for i in first..self.candidates.len() {
-            let answer = get_checked(&self.client, &self.candidates[i], offset, len, self.size).await;
+            let answer = get_checked(&self.client, &self.candidates[i], offset, len, self.size, Whole::Keep).await;
             if matches!(answer, Ok(Answer::Gone)) {
                 continue;
             }
@@ -256,12 +349,23 @@ pub(crate) enum Answer {
 /// One GET of `[offset, offset + len)` of an object of `size` bytes at `url`, with every
 /// check of this module (see the module docs); `Err(NoRanges)` for a `200` to a range not
 /// starting at 0.
+/// What a caller wants of a server that ignored Range and sent the whole object (200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whole {
+    /// The range asked for, cut from the start of the object (one part of a longer stream).
+    Cut,
+    /// The whole object, checked to be exactly the key's size: the fetcher keeps such a
+    /// source on one run from byte 0 and skips what it does not need.
+    Keep,
+}
+
 pub(crate) async fn get_checked(
     client: &HttpClient,
     url: &str,
     offset: u64,
     len: u64,
     size: u64,
+    whole: Whole,
 ) -> Result<Answer, FetchError> {
     let end = offset + len - 1;
     client.policy.check_url(url).map_err(FetchError::Policy)?;
@@ -308,7 +412,15 @@ pub(crate) async fn get_checked(
                     declared.unwrap_or(0)
                 )));
             }
-            Ok(Answer::Whole(exact_body(resp, len, true)))
+            Ok(Answer::Whole(match whole {
+                Whole::Cut => exact_body(resp, len, true),
+                Whole::Keep => {
+                    if len < size {
+                        tracing::debug!("{url}: ignores Range; streaming the whole object");
+                    }
+                    exact_body(resp, size, false)
+                }
+            }))
         }
         416 => Err(FetchError::BadRange(format!("416 for bytes {offset}-{end} of {size}"))),
         s => Err(FetchError::Status(s)),
@@ -331,8 +443,8 @@ fn check_content_range(v: &str, start: u64, end: u64, size: u64) -> Result<(), F
     Ok(())
 }
 
-/// The response body, cut or checked to be exactly `len` bytes. A whole-object answer
-/// (`truncate_ok`) is cut after `len`; a range answer that sends more is an error.
+/// The response body, cut or checked to be exactly `len` bytes: with `truncate_ok` it is cut
+/// after `len`; else a body that sends more is an error.
 fn exact_body(resp: reqwest::Response, len: u64, truncate_ok: bool) -> ByteStream {
     let body = resp.bytes_stream();
     let s = futures_util::stream::unfold((body, 0u64, false), move |(mut body, got, done)| async move {

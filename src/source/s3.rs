@@ -13,7 +13,7 @@
 //! Identity for limits and bans: the remote. Secrets never reach a log line or a name: the
 //! source's name shows the URL without signature.
 
-use super::http::{Answer, HttpClient, get_checked};
+use super::http::{Answer, HttpClient, Whole, get_checked};
 use super::reach::Reach;
 use super::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
 use crate::annex::Key;
@@ -137,7 +137,7 @@ impl Inner {
     /// `len` bytes at `offset` within part `i`.
     async fn part(self: Arc<Self>, i: usize, offset: u64, len: u64) -> Result<ByteStream, FetchError> {
         let url = self.url(i);
-        match get_checked(&self.client, &url, offset, len, self.parts[i].len).await? {
+        match get_checked(&self.client, &url, offset, len, self.parts[i].len, Whole::Cut).await? {
             Answer::Range(s) => Ok(s),
             Answer::Whole(s) => {
                 self.ranges.store(false, Ordering::Relaxed);

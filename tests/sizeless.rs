@@ -1,0 +1,111 @@
+//! Keys without a size (`git annex addurl --relaxed`: URL or VURL keys): `stat` through the mount
+//! shows the real size and reads give the exact bytes, from nginx (HEAD and ranges), from
+//! Python's `http.server` (HEAD, no ranges), and from a server that gives no length at all
+//! (chunked: the file is read to its end, and `stat` shows the real size afterwards); a URL
+//! that answers 404 is an EIO with a clear log line, never an empty file.
+
+mod common;
+#[path = "common/pyhttp.rs"]
+mod pyhttp;
+
+use common::mnt::{Mount, mount};
+use common::nginx::Nginx;
+use common::{Sandbox, pseudo_random};
+use pyhttp::PyHttp;
+use std::path::{Path, PathBuf};
+
+/// Whether the test may go on without `what`: with `ANNEXFS_REQUIRE_REAL=1` a missing tool
+/// fails the test; otherwise it is skipped with a message.
+fn require_real(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    assert!(std::env::var_os("ANNEXFS_REQUIRE_REAL").is_none_or(|v| v != "1"), "{what} is required");
+    eprintln!("skipped: {what} is not available");
+    false
+}
+
+const SIZE: usize = 3_000_000;
+
+/// A repository whose `name` is `git annex addurl --relaxed URL`: a URL key without a size.
+fn relaxed_repo(sb: &Sandbox, files: &[(&str, String)]) -> PathBuf {
+    let r = sb.init_repo("r", "main");
+    sb.git(&r, &["config", "annex.security.allowed-ip-addresses", "all"]);
+    for (name, url) in files {
+        sb.annex(&r, &["addurl", "-q", "--relaxed", "--file", name, url]);
+        let key = sb.annex(&r, &["lookupkey", name]).trim().to_string();
+        // URL, or VURL with the current git-annex; no `-s` field either way.
+        let fields = key.split("--").next().unwrap_or("");
+        assert!(fields.ends_with("URL") && !fields.contains("-s"), "{name}: a URL key without a size: {key}");
+    }
+    sb.git(&r, &["commit", "-q", "-m", "urls"]);
+    r
+}
+
+fn check_file(m: &Mount, name: &str, data: &[u8]) {
+    let path = m.p(name);
+    let size = std::fs::metadata(&path).unwrap_or_else(|e| panic!("stat {name}: {e}\n{}", m.log())).len();
+    assert_eq!(size, data.len() as u64, "{name}: stat shows the real size\n{}", m.log());
+    let got = std::fs::read(&path).unwrap_or_else(|e| panic!("read {name}: {e}\n{}", m.log()));
+    assert!(got == data, "{name}: {} bytes read, exact: {}\n{}", got.len(), got == data, m.log());
+}
+
+#[test]
+fn sizes_come_from_head_and_reads_are_exact_with_or_without_ranges() {
+    if !require_real("python3", pyhttp::available()) || !require_real("nginx", Path::new("/usr/sbin/nginx").exists()) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let www = sb.path("www");
+    let a = pseudo_random(81, SIZE);
+    let b = pseudo_random(82, SIZE + 17);
+    sb.write(&www.join("a.bin"), &a);
+    sb.write(&www.join("b.bin"), &b);
+    let nginx = Nginx::start(&www, &sb.path("nginx"), 1, None);
+    let py = PyHttp::plain(&www, &sb.path("py.log"));
+    let r = relaxed_repo(&sb, &[("a.bin", nginx.url(0, "a.bin")), ("b.bin", py.url("b.bin"))]);
+    let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
+    check_file(&m, "a.bin", &a);
+    check_file(&m, "b.bin", &b);
+    assert!(nginx.access_log(0).contains("\" 206 "), "nginx served ranges");
+    let log = m.log();
+    assert!(log.contains("not verifiable"), "the log says a URL key cannot be verified: {log}");
+}
+
+#[test]
+fn a_server_without_lengths_is_read_to_its_end_and_then_stat_knows() {
+    if !require_real("python3", pyhttp::available()) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let www = sb.path("www");
+    let c = pseudo_random(83, SIZE + 5);
+    sb.write(&www.join("c.bin"), &c);
+    let chunked = PyHttp::chunked(&www, &sb.path("chunked.log"));
+    let r = relaxed_repo(&sb, &[("c.bin", chunked.url("c.bin"))]);
+    let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
+    let got = std::fs::read(m.p("c.bin")).unwrap_or_else(|e| panic!("read: {e}\n{}", m.log()));
+    assert!(got == c, "{} bytes read of {}\n{}", got.len(), c.len(), m.log());
+    let size = std::fs::metadata(m.p("c.bin")).unwrap().len();
+    assert_eq!(size, c.len() as u64, "stat after the read shows the real size\n{}", m.log());
+    // Read again (now of known size, through the piece cache): exact.
+    check_file(&m, "c.bin", &c);
+}
+
+#[test]
+fn a_url_that_answers_404_is_eio_with_a_log_line_not_an_empty_file() {
+    if !require_real("python3", pyhttp::available()) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let www = sb.path("www");
+    sb.write(&www.join("gone.bin"), &pseudo_random(84, 1000));
+    let py = PyHttp::plain(&www, &sb.path("py.log"));
+    let r = relaxed_repo(&sb, &[("gone.bin", py.url("gone.bin"))]);
+    std::fs::remove_file(www.join("gone.bin")).unwrap();
+    let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
+    let err = std::fs::read(m.p("gone.bin")).expect_err("reading a URL that answers 404 fails");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}\n{}", m.log());
+    let log = m.log();
+    assert!(log.contains("gone.bin") && log.contains("404"), "the log says why: {log}");
+}
