@@ -335,8 +335,8 @@ impl MountHolders {
         let urls = web_urls(&self.annex, key);
         let sizes = self.net.sizes.clone();
         let k = key.clone();
-        let on_end: crate::fs::stream::OnEnd = Arc::new(move |n| sizes.set(&k, Some(n)));
-        let w = crate::fs::stream::WholeStream::new(
+        let on_end: crate::source::sizeless::OnEnd = Arc::new(move |n| sizes.set(&k, Some(n)));
+        let w = crate::source::sizeless::WholeStream::new(
             key.to_string_lossy(),
             urls.clone(),
             self.net.reach.http.clone(),

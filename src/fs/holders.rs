@@ -12,11 +12,11 @@
 //! `crate::fuse` (a request on the blocking pool).
 
 use super::FsError;
-use super::stream::WholeStream;
 use crate::annex::{Annex, Key};
 use crate::fetch::KeyFetch;
 use crate::source::discover::discover;
 use crate::source::remote::BoxFuture;
+use crate::source::sizeless::WholeStream;
 use crate::source::{RangeRead, open_location};
 use std::sync::Arc;
 
@@ -57,7 +57,10 @@ impl Opened {
             Opened::Fetched { kf, what } => {
                 kf.read(offset, u64::from(len)).await.map_err(|source| FsError::Fetch { what: what.clone(), source })
             }
-            Opened::Stream(w) => w.read(offset, len).await,
+            Opened::Stream(w) => w
+                .read(offset, len)
+                .await
+                .map_err(|e| FsError::Unavailable { key: w.key().to_string(), why: e.to_string() }),
         }
     }
 }

@@ -24,7 +24,6 @@
 pub mod error;
 pub mod holders;
 mod inodes;
-pub mod stream;
 
 pub use error::FsError;
 pub use holders::{Holders, LocalHolders, Opened};

@@ -17,6 +17,7 @@ pub mod p2phttp;
 pub mod reach;
 pub mod remote;
 pub mod s3;
+pub mod sizeless;
 pub mod ssh;
 
 use crate::annex::remotes::Location;

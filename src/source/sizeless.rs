@@ -2,7 +2,7 @@
 //! server that sends no length: chunked bodies, no `Content-Range`): the object is streamed
 //! from its start, over HTTP, to its real end. No pieces, no cache: pieces need a size.
 //!
-//! The file is opened with direct I/O (`crate::fuse`), so every read reaches here and the
+//! fs opens such a file with direct I/O (`crate::fuse`), so every read reaches here and the
 //! kernel never cuts a read at the size `stat` showed. One stream per open file: reads in
 //! order continue it; a read before its position starts a new one from byte 0 (as git-annex
 //! downloads, a server without ranges can do nothing else). When the stream ends, the total is
@@ -15,12 +15,25 @@
 //!
 //! Lock order: `state` (a tokio mutex, held across the awaits of one read) is a leaf.
 
-use super::FsError;
-use crate::source::http::HttpClient;
-use crate::source::remote::ByteStream;
+use super::http::HttpClient;
+use super::remote::ByteStream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
+
+/// Why bytes of an object of unknown size could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SizelessError {
+    /// No URL answered with the object: each URL and what it did.
+    #[error("{}", if .0.is_empty() { "no URL is recorded for it".to_string() } else { .0.join("; ") })]
+    NoAnswer(Vec<String>),
+    #[error("stream broke at byte {at}: {source}")]
+    Broken {
+        at: u64,
+        #[source]
+        source: super::remote::FetchError,
+    },
+}
 
 /// Called with the object's size once a stream reached its end.
 pub type OnEnd = Arc<dyn Fn(u64) + Send + Sync>;
@@ -55,16 +68,17 @@ impl WholeStream {
         }
     }
 
+    /// The key, for error messages.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     pub fn describe(&self) -> String {
         format!("stream of {} (size unknown)", self.urls.first().map_or("", String::as_str))
     }
 
-    fn unavailable(&self, why: String) -> FsError {
-        FsError::Unavailable { key: self.key.clone(), why }
-    }
-
     /// A new stream from byte 0, from the first URL that answers.
-    async fn open(&self) -> Result<ByteStream, FsError> {
+    async fn open(&self) -> Result<ByteStream, SizelessError> {
         let mut tried = Vec::new();
         for url in &self.urls {
             match self.client.get_whole(url).await {
@@ -78,14 +92,11 @@ impl WholeStream {
                 Err(e) => tried.push(format!("{url}: {e}")),
             }
         }
-        if self.urls.is_empty() {
-            tried.push("no URL is recorded for it".into());
-        }
-        Err(self.unavailable(tried.join("; ")))
+        Err(SizelessError::NoAnswer(tried))
     }
 
     /// The next bytes of the stream; empty at its end.
-    async fn next_bytes(&self, st: &mut State) -> Result<Bytes, FsError> {
+    async fn next_bytes(&self, st: &mut State) -> Result<Bytes, SizelessError> {
         if !st.pending.is_empty() {
             return Ok(std::mem::take(&mut st.pending));
         }
@@ -94,7 +105,7 @@ impl WholeStream {
             Some(Ok(b)) => Ok(b),
             Some(Err(e)) => {
                 st.stream = None;
-                Err(self.unavailable(format!("stream broke at byte {}: {e}", st.pos)))
+                Err(SizelessError::Broken { at: st.pos, source: e })
             }
             None => {
                 st.stream = None;
@@ -107,7 +118,7 @@ impl WholeStream {
     }
 
     /// Up to `len` bytes at `offset` (fewer only at the end of the object).
-    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, SizelessError> {
         let mut st = self.state.lock().await;
         if st.end.is_some_and(|e| offset >= e) {
             return Ok(Vec::new());
