@@ -9,7 +9,8 @@
         MiB/s, "sources_mib": {source identity: MiB it gave}, ...} or {"ok": false, "error": ...}.
         A short read is a failure; the bytes are checked against the content by the caller.
     remotes.py from GETLOG
-        The remote `git annex get` took the key from ("get f (from s3...) ok"): {"from": NAME}.
+        The remote `git annex get` took the key from ("get f (from s3...) ok"), and those it
+        tried before: {"from": "NAME"} or {"from": "NAME (after OTHER failed)"}.
     remotes.py holders SOURCES_JSON
         One line from `annexfs sources --json FILE`: every holder, readable or why not.
 """
@@ -60,8 +61,15 @@ def cat(path, size, sumfile, status_cmd):
 def took_from(log):
     with open(log, errors="replace") as f:
         text = f.read()
-    m = re.search(r"\(from ([^.)]+)\.\.\.\)", text)
-    print(json.dumps({"from": m.group(1) if m else "not said"}))
+    # Each remote tried says "(from NAME...)"; the last one gave the content.
+    tried = re.findall(r"\(from ([^.)]+)\.\.\.\)", text)
+    if not tried:
+        took = "not said"
+    elif len(tried) == 1:
+        took = tried[0]
+    else:
+        took = f"{tried[-1]} (after {', '.join(tried[:-1])} failed)"
+    print(json.dumps({"from": took}))
 
 
 def holders(path):
