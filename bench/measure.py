@@ -3,7 +3,7 @@
 tools it is compared with, run alternately in the same run, each run checked.
 
     measure.py ROWS.jsonl --section S --name N --unit MiB/s|s|ms [--size BYTES] [--runs N]
-        [--better higher|lower] [--target TEXT] [--cond KEY=VALUE ...] [--warmup N]
+        [--better higher|lower] [--target TEXT] [--cond KEY=VALUE ...] [--warmup N] [--limit FIGURE]
         --contender annexfs --cmd 'SH' [--prepare 'SH'] [--verify 'SH'] [--post 'SH'] [--dd] [--json]
         --contender 'aria2c' --cmd 'SH' ... [--runs N]
 
@@ -16,13 +16,15 @@ sampler. Commands run under bash with `{bin}` and `{tag}` replaced by the build'
 "new" or "baseline"; the annexfs contender runs once per build given in ANNEXFS_BUILDS
 ("new=/path/annexfs baseline=/path/annexfs"). A contender that fails a run is FAILED and
 runs no more; the row is recorded (ok false) and prints FAILED, never a figure.
+`--limit`: the figure the setup allows at most (e.g. the sum of the servers' rate limits, in
+the row's unit); each contender's median is also given as a fraction of it (`of_limit`).
 """
 import json, os, re, statistics, subprocess, sys, tempfile, time
 
 
 def parse(argv):
     rows = argv[0]
-    row = {"cond": {}, "runs": 3, "warmup": 0, "better": "higher", "size": None, "target": None}
+    row = {"cond": {}, "runs": 3, "warmup": 0, "better": "higher", "size": None, "target": None, "limit": None}
     contenders, cur = [], None
     i = 1
     while i < len(argv):
@@ -43,6 +45,8 @@ def parse(argv):
             cur[a[2:]] = int(v) if a == "--runs" else v
         elif cur is None and a in ("--section", "--name", "--unit", "--size", "--runs", "--warmup", "--better", "--target"):
             row[a[2:]] = int(v) if a in ("--size", "--runs", "--warmup") else v
+        elif cur is None and a == "--limit":
+            row["limit"] = float(v)
         else:
             sys.exit(f"measure.py: unexpected {a}")
     return rows, row, contenders
@@ -163,7 +167,11 @@ def main():
                 r["ok"], r["error"] = False, f"run {i + 1}: {e}"
     for r in res.values():
         r["median"] = round(statistics.median(r["runs"]), 4) if r["ok"] and r["runs"] else None
+        if row["limit"]:
+            r["of_limit"] = round(r["median"] / row["limit"], 3) if r["median"] is not None else None
     out = {k: row[k] for k in ("section", "name", "unit", "better", "size", "target")}
+    if row["limit"]:
+        out["limit"] = row["limit"]
     out["conditions"] = row["cond"]
     out["annexfs"] = res.pop("annexfs")
     for role, label, _ in plan:
@@ -184,7 +192,13 @@ def main():
     def fig(r):
         if not r["ok"]:
             return f"FAILED ({r['error']})"
-        return f"median {r['median']:g} {row['unit']} (runs {', '.join(f'{v:g}' for v in r['runs'])})"
+        lim = f", {r['of_limit']:.1%} of the limit {row['limit']:g} {row['unit']}" if r.get("of_limit") is not None else ""
+        # Where the bytes came from, when the runs say.
+        src = "".join(f"\n        run {i + 1}: " + (", ".join(f"{k} {v:g} MiB" for k, v in e["sources_mib"].items()) or "no source listed")
+                      for i, e in enumerate(r["extra"]) if "sources_mib" in e)
+        frm = [e["from"] for e in r["extra"] if "from" in e]
+        src += f"; from: {', '.join(frm)}" if frm else ""
+        return f"median {r['median']:g} {row['unit']} (runs {', '.join(f'{v:g}' for v in r['runs'])}){lim}{src}"
     print(f"{'ok    ' if ok else 'FAILED'} {row['section']}: {row['name']}")
     print(f"    annexfs: {fig(out['annexfs'])}")
     if "baseline" in out:

@@ -68,7 +68,7 @@ def merge(a):
         res["sections"][s] = dict(stamp, ok=all(r["ok"] for r in rows if r["section"] == s) and
                                   any(r["section"] == s for r in rows),
                                   rows=[r for r in rows if r["section"] == s])
-    order = ["sources", "ls", "meta", "read", "net", "rss", "swarm"]
+    order = ["sources", "ls", "meta", "read", "net", "rss", "swarm", "remotes"]
     res["sections"] = dict(sorted(res["sections"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
     with open(a.results + ".tmp", "w") as f:
         json.dump(res, f, indent=1)
@@ -100,6 +100,17 @@ def cell(r, unit):
     # Sampler details (latency percentiles, peak RSS) from the runs.
     keys = [k for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "samples", "warm_offsets_skipped", "peak_rss_mib", "daemon_read_mib", "passthrough")
             if any(k in e for e in r.get("extra", []))]
+    # Where the bytes came from: MiB per source in each run, or the remote a tool used.
+    per_run = [e["sources_mib"] for e in r.get("extra", []) if "sources_mib" in e]
+    if per_run:
+        s += "; MiB per source: " + "; ".join(
+            f"run {i + 1}: " + (", ".join(f"{k} {v:g}" for k, v in d.items()) or "none listed") for i, d in enumerate(per_run)
+        ).replace("|", "\\|")
+    took = [e["from"] for e in r.get("extra", []) if "from" in e]
+    if took:
+        s += f"; from: {', '.join(took)}"
+    if r.get("of_limit") is not None:
+        s += f"; {r['of_limit']:.1%} of the limit"
     for k in keys:
         vals = [e[k] for e in r["extra"] if k in e]
         if k == "passthrough":
