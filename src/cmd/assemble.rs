@@ -15,6 +15,7 @@ use crate::manifest::Manifest;
 use crate::manifest::publish::MoreHolders;
 use crate::pieces::PieceStore;
 use crate::source::discover::discover;
+use crate::source::external::Programs;
 use crate::source::http::{HttpClient, learn_http_remotes};
 use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
@@ -185,7 +186,8 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(Reach::new(http)), peers, serving: OnceLock::new() }))
+    let reach = Reach { external: Programs::for_repo(annex.base_dir().to_path_buf()), ..Reach::new(http) };
+    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new() }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
@@ -193,6 +195,17 @@ pub(crate) fn network(
 pub(crate) struct MountHolders {
     pub annex: Arc<Annex>,
     pub net: Arc<Network>,
+    /// When set, keys only git-annex can read are fetched with `git annex get` (see
+    /// [`super::annex_get`]).
+    pub annex_get: Option<super::annex_get::AnnexGets>,
+}
+
+impl MountHolders {
+    /// Holders reading `annex` through `net`; `annex_get` lets git-annex fetch what annexfs
+    /// cannot read (it writes the repository's annex).
+    pub fn new(annex: Arc<Annex>, net: Arc<Network>, annex_get: bool) -> MountHolders {
+        MountHolders { annex, net, annex_get: annex_get.then(Default::default) }
+    }
 }
 
 impl Holders for MountHolders {
@@ -219,6 +232,20 @@ impl Holders for MountHolders {
                         .key(key, parts.remote, manifest)
                         .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
                     return Ok(Opened::Fetched { kf, what });
+                }
+            }
+            // Last resort, when asked for: git-annex gets the key into the annex itself.
+            if let Some(gets) = &self.annex_get
+                && parts.any_holder
+            {
+                match gets.get(&self.annex, key).await {
+                    Ok(path) => {
+                        let local = [("this repository (git annex get)".to_string(), Location::Path(path))];
+                        if let Some(r) = open_local(&local, key, skip, &mut tried) {
+                            return Ok(Opened::Local(r));
+                        }
+                    }
+                    Err(e) => tried.push(format!("annex_get: {e}")),
                 }
             }
             Err(unavailable(file, key, tried, parts.any_holder))
