@@ -174,6 +174,7 @@ fn misbehaving_remote_gives_eio_quickly_never_wrong_bytes() {
         let start = Instant::now();
         let got = std::fs::read(m.p("small.txt"));
         let took = start.elapsed();
+        eprintln!("{mode}: failed after {took:?}");
         match got {
             Ok(bytes) => panic!("{mode}: read {} bytes, equal: {}", bytes.len(), bytes == content("small.txt")),
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{mode}: {e}"),

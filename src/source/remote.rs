@@ -45,6 +45,9 @@ pub enum FetchError {
     Banned(String),
     #[error("too slow ({0} bytes/s): its pieces were fetched elsewhere")]
     TooSlow(u64),
+    /// A whole-key source's one transfer of the key failed: asking again gives the same.
+    #[error("{0}")]
+    TransferFailed(String),
 }
 
 impl FetchError {
@@ -57,6 +60,7 @@ impl FetchError {
                 | FetchError::Encoding(_)
                 | FetchError::Policy(_)
                 | FetchError::Banned(_)
+                | FetchError::TransferFailed(_)
         )
     }
 }

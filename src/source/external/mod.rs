@@ -204,7 +204,7 @@ impl Job {
             Ok(()) => State::Done,
             Err(e) => {
                 tracing::warn!("{}: {e}", self.key);
-                State::Failed(FetchError::Transport(e.to_string()))
+                State::Failed(FetchError::TransferFailed(e.to_string()))
             }
         };
         self.tx.send_replace(state);
