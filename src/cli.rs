@@ -164,6 +164,11 @@ pub struct GetArgs {
     #[arg(long)]
     pub into_annex: bool,
 
+    /// For keys that only remotes annexfs cannot read hold (encrypted, unsupported types),
+    /// let git-annex get them (`git annex get --key`): this writes the repository's annex.
+    #[arg(long)]
+    pub annex_get: bool,
+
     /// The piece cache (default: $XDG_CACHE_HOME/annexfs).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -209,9 +214,15 @@ pub struct MountArgs {
 
     /// Mount options, comma-separated (allow_other, allow_root, default_permissions,
     /// auto_unmount, fsname=NAME, ref=REV, cache_dir=DIR, cache_size=SIZE, verify=MODE,
-    /// publish=no; ro and fstab-only options are accepted).
+    /// publish=no, annex_get=yes; ro and fstab-only options are accepted).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
+
+    /// Let git-annex itself fetch (`git annex get --key`) keys that only remotes annexfs
+    /// cannot read hold (encrypted, unsupported types), when nothing else can serve them.
+    /// Off by default: it writes the repository's annex (-o annex_get=yes).
+    #[arg(long)]
+    pub annex_get: bool,
 
     /// Never use kernel FUSE passthrough for local content.
     #[arg(long)]

@@ -25,6 +25,7 @@ use crate::manifest::Manifest;
 use crate::manifest::publish::MoreHolders;
 use crate::pieces::PieceStore;
 use crate::source::discover::{discover, discover_with_size};
+use crate::source::external::Programs;
 use crate::source::http::{HttpClient, learn_http_remotes};
 use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
@@ -279,13 +280,11 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    Ok(Arc::new(Network {
-        fetcher,
-        reach: Arc::new(Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())),
-        peers,
-        serving: OnceLock::new(),
-        sizes: Arc::default(),
-    }))
+    let reach = Reach {
+        external: Programs::for_repo(annex.base_dir().to_path_buf()),
+        ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
+    };
+    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
@@ -293,6 +292,17 @@ pub(crate) fn network(
 pub(crate) struct MountHolders {
     pub annex: Arc<Annex>,
     pub net: Arc<Network>,
+    /// When set, keys only git-annex can read are fetched with `git annex get` (see
+    /// [`super::annex_get`]).
+    pub annex_get: Option<super::annex_get::AnnexGets>,
+}
+
+impl MountHolders {
+    /// Holders reading `annex` through `net`; `annex_get` lets git-annex fetch what annexfs
+    /// cannot read (it writes the repository's annex).
+    pub fn new(annex: Arc<Annex>, net: Arc<Network>, annex_get: bool) -> MountHolders {
+        MountHolders { annex, net, annex_get: annex_get.then(Default::default) }
+    }
 }
 
 impl MountHolders {
@@ -367,7 +377,8 @@ impl Holders for MountHolders {
             if key.size().is_none() && fetch_key.is_none() {
                 return self.open_stream(file, key, skip, tried);
             }
-            let key = fetch_key.as_ref().unwrap_or(key);
+            // The key as the repository names it (for git-annex), and as the cache knows it.
+            let (named, key) = (key, fetch_key.as_ref().unwrap_or(key));
             // Network holders go through the fetcher and the piece cache (which may also
             // hold the key already, from an earlier mount).
             let fetcher = &self.net.fetcher;
@@ -386,7 +397,21 @@ impl Holders for MountHolders {
                     return Ok(Opened::Fetched { kf, what });
                 }
             }
-            Err(unavailable(file, key, tried, parts.any_holder))
+            // Last resort, when asked for: git-annex gets the key into the annex itself.
+            if let Some(gets) = &self.annex_get
+                && parts.any_holder
+            {
+                match gets.get(&self.annex, named).await {
+                    Ok(path) => {
+                        let local = [("this repository (git annex get)".to_string(), Location::Path(path))];
+                        if let Some(r) = open_local(&local, named, skip, &mut tried) {
+                            return Ok(Opened::Local(r));
+                        }
+                    }
+                    Err(e) => tried.push(format!("annex_get: {e}")),
+                }
+            }
+            Err(unavailable(file, named, tried, parts.any_holder))
         })
     }
 

@@ -44,10 +44,21 @@ pub fn run(args: &GetArgs) -> anyhow::Result<i32> {
     let swarm = super::SwarmOptions { peers: args.swarm.peers.clone(), ..Default::default() };
     let net = super::assemble::network(&annex, &cache_dir, cache_size, &rt, opts, &swarm)?;
     let tty = std::io::stderr().is_terminal();
+    let annex_gets = args.annex_get.then(super::annex_get::AnnexGets::default);
 
     for (file, key) in files {
         if annex.present_object(&key).is_some() {
             eprintln!("{file}: already present in the repository");
+            continue;
+        }
+        if let Some(gets) = &annex_gets
+            && rt.block_on(net.parts(&annex, &key)).is_ok_and(|p| p.local.is_empty() && p.remote.is_empty())
+        {
+            // Nothing annexfs can read holds it: git-annex gets it into the annex itself.
+            match rt.block_on(gets.get(&annex, &key)) {
+                Ok(_) => eprintln!("{file}: present in the repository (git annex get)"),
+                Err(e) => fail(format!("{file}: {e}")),
+            }
             continue;
         }
         match get_one(&rt, &net, &annex, &file, &key, tty) {

@@ -1,5 +1,6 @@
 //! The commands behind the command line. Errors are reported here (anyhow at this edge).
 
+pub mod annex_get;
 pub mod assemble;
 pub mod generate;
 pub mod get;

@@ -47,6 +47,9 @@ pub enum FetchError {
     TooSlow(u64),
     #[error("not authorised: {0}")]
     Unauthorized(String),
+    /// A whole-key source's one transfer of the key failed: asking again gives the same.
+    #[error("{0}")]
+    TransferFailed(String),
 }
 
 impl FetchError {
@@ -60,6 +63,7 @@ impl FetchError {
                 | FetchError::Policy(_)
                 | FetchError::Banned(_)
                 | FetchError::Unauthorized(_)
+                | FetchError::TransferFailed(_)
         )
     }
 }

@@ -99,7 +99,7 @@ pub enum Unreadable {
     Policy(#[from] PolicyError),
     #[error("git remote {0} is not on a local path or http(s)")]
     UnsupportedGitUrl(String),
-    #[error("encrypted special remote: its content cannot be read by ranges")]
+    #[error("encrypted special remote: its content cannot be read by ranges; readable with annex_get")]
     Encrypted,
     #[error("directory special remote without annex-directory in git config")]
     NoDirectory,
@@ -112,7 +112,7 @@ pub enum Unreadable {
     /// Every recorded URL was refused.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     UrlsRefused(Vec<PolicyError>),
-    #[error("bittorrent content is not byte-range addressable")]
+    #[error("bittorrent content is not byte-range addressable; readable with annex_get")]
     BitTorrent,
     #[error("the key has no size to read ranges of")]
     NoSize,
@@ -128,8 +128,12 @@ pub enum Unreadable {
     S3ExportUnversioned,
     #[error("versioning=yes but no S3 version ID is recorded for the key (.log.rmet)")]
     S3NoVersionId,
-    #[error("{0} special remotes are not supported yet")]
+    #[error("{0} special remotes are not supported yet; readable with annex_get")]
     UnsupportedType(String),
+    #[error("external special remote without externaltype")]
+    NoExternalType,
+    #[error("{0} is not on PATH")]
+    ProgramMissing(String),
     #[error("content is not present in this repository's annex")]
     NotHere,
     #[error("no remote in git config has this repository's UUID")]
@@ -141,6 +145,18 @@ pub enum Unreadable {
     /// Each remote with the holder's UUID, and why it cannot be read.
     #[error("{}", .0.iter().map(|(r, e)| if r.is_empty() { e.to_string() } else { format!("{r}: {e}") }).collect::<Vec<_>>().join("; "))]
     NoRemoteReadable(Vec<(String, Unreadable)>),
+}
+
+impl Unreadable {
+    /// Whether git-annex itself can get the key from such a holder (`git annex get --key`),
+    /// which annexfs does when `annex_get` is on and nothing else can serve the key.
+    pub fn git_annex_can_get(&self) -> bool {
+        match self {
+            Unreadable::Encrypted | Unreadable::UnsupportedType(_) | Unreadable::BitTorrent => true,
+            Unreadable::NoRemoteReadable(v) => v.iter().any(|(_, e)| e.git_annex_can_get()),
+            _ => false,
+        }
+    }
 }
 
 /// For one key and one remote: can annexfs read it, and from where.

@@ -148,7 +148,7 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     )?;
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
-    let holders = Arc::new(crate::cmd::assemble::MountHolders { annex: annex.clone(), net: net.clone() });
+    let holders = Arc::new(crate::cmd::assemble::MountHolders::new(annex.clone(), net.clone(), plan.annex_get));
     let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_holders(holders));
     if let Some(addr) = plan.serve {
         let mut c = crate::swarm::server::ServeConfig::new(addr);

@@ -43,6 +43,8 @@ pub struct MountPlan {
     pub(super) peers: Vec<String>,
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) serve_bwlimit: Option<u64>,
+    /// Let git-annex get keys annexfs cannot read (writes the repository's annex).
+    pub(super) annex_get: bool,
 }
 
 impl MountPlan {
@@ -67,6 +69,7 @@ impl MountPlan {
             peers: Vec::new(),
             serve: None,
             serve_bwlimit: None,
+            annex_get: false,
         }
     }
 }
@@ -114,6 +117,8 @@ pub(super) fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Re
             ("publish", Some("yes" | "true" | "1")) => plan.publish = true,
             ("publish", Some("no" | "false" | "0")) => plan.publish = false,
             ("nonempty", None) => plan.nonempty = true,
+            ("annex_get", None | Some("yes" | "true" | "1")) => plan.annex_get = true,
+            ("annex_get", Some("no" | "false" | "0")) => plan.annex_get = false,
             ("serve", Some(v)) => {
                 plan.serve = Some(v.parse().map_err(|_| anyhow!("serve={v}: expected ADDRESS:PORT"))?);
             }
@@ -219,6 +224,7 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         cache_size_given: args.cache_size.is_some(),
         peers: args.swarm.peers.clone(),
         serve: args.serve,
+        annex_get: args.annex_get,
         ..MountPlan::empty()
     };
     parse_options(&mut plan, &args.options)?;
@@ -293,5 +299,11 @@ mod tests {
         parse_options(&mut p, &["verify=strict,publish=no".into()]).unwrap();
         assert_eq!((p.verify, p.publish), (crate::fetch::VerifyMode::Strict, false));
         assert!(parse_options(&mut base(), &["verify=maybe".into()]).is_err());
+        let mut p = base();
+        parse_options(&mut p, &["annex_get=yes".into()]).unwrap();
+        assert!(p.annex_get);
+        parse_options(&mut p, &["annex_get=no".into()]).unwrap();
+        assert!(!p.annex_get);
+        assert!(parse_options(&mut base(), &["annex_get=maybe".into()]).is_err());
     }
 }
