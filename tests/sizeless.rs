@@ -70,6 +70,17 @@ fn sizes_come_from_head_and_reads_are_exact_with_or_without_ranges() {
     assert!(nginx.access_log(0).contains("\" 206 "), "nginx served ranges");
     let log = m.log();
     assert!(log.contains("not verifiable"), "the log says a URL key cannot be verified: {log}");
+    drop(m);
+    // `annexfs get` learns the size the same way and fetches the whole key into the cache.
+    let cache2 = sb.path("cache2");
+    let out = sb.annexfs(&r, &["get", "--cache-dir", cache2.to_str().unwrap(), "a.bin", "b.bin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "annexfs get of keys without a size: {err}");
+    assert!(err.contains(&format!("a.bin: {SIZE} bytes")), "{err}");
+    assert!(err.contains(&format!("b.bin: {} bytes", SIZE + 17)), "{err}");
+    let m2 = mount(&sb, &r, "mnt2", &["--cache-dir", cache2.to_str().unwrap()]);
+    check_file(&m2, "a.bin", &a);
+    check_file(&m2, "b.bin", &b);
 }
 
 #[test]

@@ -167,7 +167,7 @@ impl Network {
     }
 
     /// [`Network::parts`] of a key whose size is `size` (learnt when its name has none).
-    async fn parts_sized(&self, annex: &Annex, key: &Key, size: Option<u64>) -> Result<KeyParts, FsError> {
+    pub async fn parts_sized(&self, annex: &Annex, key: &Key, size: Option<u64>) -> Result<KeyParts, FsError> {
         let found = if size == key.size() {
             discover(annex, key, Some(&self.reach))
         } else {
@@ -188,6 +188,42 @@ impl Network {
             parts.remote.extend(self.peers.sources(&peer_key).await);
         }
         Ok(parts)
+    }
+
+    /// Asks `urls` (the web URLs of `key`) for its size, at most [`LEARN_SIZE_WAIT`].
+    pub async fn ask_size(&self, key: &Key, urls: Vec<String>) -> Option<u64> {
+        let asked = tokio::time::timeout(LEARN_SIZE_WAIT, async {
+            let mut why = Vec::new();
+            for url in &urls {
+                match self.reach.http.learn_size(url).await {
+                    Ok(Some(n)) => return (Some(n), why),
+                    Ok(None) => why.push(format!("{url}: no length given")),
+                    Err(e) => why.push(format!("{url}: {e}")),
+                }
+            }
+            (None, why)
+        })
+        .await;
+        let (size, why) = asked.unwrap_or_else(|_| (None, vec![format!("no answer within {LEARN_SIZE_WAIT:?}")]));
+        match size {
+            Some(n) => tracing::info!("{key}: size learnt from its URL: {n} bytes"),
+            None => tracing::info!("{key}: size unknown ({}); read to its end when opened", why.join("; ")),
+        }
+        size
+    }
+
+    /// A key without a size, with its size learnt from its URLs and written into its name
+    /// (what the fetcher and the piece cache know it by); `None` when no URL tells it.
+    pub async fn sized(&self, annex: &Annex, key: &Key) -> Option<(Key, u64)> {
+        let n = match self.sizes.known(key) {
+            Some(n) => n,
+            None => {
+                let n = self.ask_size(key, web_urls(annex, key)).await;
+                self.sizes.set(key, n);
+                n?
+            }
+        };
+        Some((with_size(key, n)?, n))
     }
 
     /// The manifest of `key` for a fetch: the one kept in the cache, else the published one,
@@ -312,30 +348,12 @@ impl MountHolders {
         if urls.is_empty() {
             return None;
         }
-        let http = self.net.reach.http.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        let what = key.to_string_lossy();
+        let (net, key) = (self.net.clone(), key.clone());
         // Run on the fetcher's runtime and waited for here: lookups come from FUSE threads,
         // outside any runtime.
         self.net.fetcher.runtime().spawn(async move {
-            let asked = tokio::time::timeout(LEARN_SIZE_WAIT, async {
-                let mut why = Vec::new();
-                for url in &urls {
-                    match http.learn_size(url).await {
-                        Ok(Some(n)) => return (Some(n), why),
-                        Ok(None) => why.push(format!("{url}: no length given")),
-                        Err(e) => why.push(format!("{url}: {e}")),
-                    }
-                }
-                (None, why)
-            })
-            .await;
-            let (size, why) = asked.unwrap_or_else(|_| (None, vec![format!("no answer within {LEARN_SIZE_WAIT:?}")]));
-            match size {
-                Some(n) => tracing::info!("{what}: size learnt from its URL: {n} bytes"),
-                None => tracing::info!("{what}: size unknown ({}); read to its end when opened", why.join("; ")),
-            }
-            let _ = tx.send(size);
+            let _ = tx.send(net.ask_size(&key, urls).await);
         });
         rx.recv_timeout(LEARN_SIZE_WAIT + Duration::from_millis(500)).ok().flatten()
     }

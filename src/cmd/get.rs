@@ -83,9 +83,17 @@ fn get_one(
     key: &Key,
     tty: bool,
 ) -> anyhow::Result<Arc<KeyFetch>> {
-    let size = key.size().ok_or_else(|| anyhow!("{key} has no size: it cannot be fetched by ranges"))?;
-    let (found, manifest) = rt.block_on(async { (net.parts(annex, key).await, net.manifest(annex, key).await) });
+    // A key without a size is fetched under its size learnt from its URLs.
+    let (fetch_key, size) = match key.size() {
+        Some(n) => (key.clone(), n),
+        None => rt.block_on(net.sized(annex, key)).ok_or_else(|| {
+            anyhow!("the size of {key} is not recorded and its URLs do not tell it; read it through a mount")
+        })?,
+    };
+    let (found, manifest) =
+        rt.block_on(async { (net.parts_sized(annex, key, Some(size)).await, net.manifest(annex, &fetch_key).await) });
     let found = found?;
+    let key = &fetch_key;
     let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
     let mut why = found.unusable;
     // Local copies join the same scheduler as network sources.
@@ -120,17 +128,19 @@ fn get_one(
         pb.set_position(off);
     }
     pb.finish_and_clear();
+    // Only a backend with a hash is verified: waiting for the others would wait for nothing.
+    if crate::annex::backend::hasher_for(key.variety()).is_none() {
+        eprintln!("{file}: {size} bytes (its backend has no hash to verify)");
+        return Ok(kf);
+    }
     let verified = rt.block_on(kf.wait_verified(Duration::from_secs(600)));
     if let Some(p) = kf.poisoned() {
         return Err(anyhow!(p));
     }
-    if verified {
-        eprintln!("{file}: {size} bytes, verified");
-    } else if crate::annex::backend::hasher_for(key.variety()).is_some() {
+    if !verified {
         return Err(anyhow!("{key}: complete but not verified"));
-    } else {
-        eprintln!("{file}: {size} bytes (its backend has no hash to verify)");
     }
+    eprintln!("{file}: {size} bytes, verified");
     Ok(kf)
 }
 
