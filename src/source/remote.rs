@@ -45,6 +45,10 @@ pub enum FetchError {
     Banned(String),
     #[error("too slow ({0} bytes/s): its pieces were fetched elsewhere")]
     TooSlow(u64),
+    /// The source cannot serve the key at all, and says why (an ssh host refusing our key or
+    /// unknown to known_hosts, a repository without the content): asking again is pointless.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl FetchError {
@@ -57,6 +61,7 @@ impl FetchError {
                 | FetchError::Encoding(_)
                 | FetchError::Policy(_)
                 | FetchError::Banned(_)
+                | FetchError::Refused(_)
         )
     }
 }
