@@ -19,17 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Whether the real check can run; under `ANNEXFS_REQUIRE_REAL=1` it must.
-fn require_real(what: &str, available: bool) -> bool {
-    if !available {
-        if std::env::var_os("ANNEXFS_REQUIRE_REAL").is_some_and(|v| v == "1") {
-            panic!("{what} is required (ANNEXFS_REQUIRE_REAL=1)");
-        }
-        eprintln!("skipped: {what} is not available");
-    }
-    available
-}
-
 /// A PATH with the test remote's directory first.
 fn path_with(bin: &Path) -> std::ffi::OsString {
     let mut dirs = vec![bin.to_path_buf()];
@@ -132,7 +121,7 @@ fn content(name: &str) -> Vec<u8> {
 }
 
 fn fuse_ok() -> bool {
-    require_real("/dev/fuse", Path::new("/dev/fuse").exists())
+    common::require("/dev/fuse", Path::new("/dev/fuse").exists())
 }
 
 #[test]

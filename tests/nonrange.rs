@@ -13,17 +13,6 @@ use common::{Sandbox, pseudo_random};
 use pyhttp::PyHttp;
 use std::path::{Path, PathBuf};
 
-/// Whether the test may go on without `what`: with `ANNEXFS_REQUIRE_REAL=1` a missing tool
-/// fails the test; otherwise it is skipped with a message.
-fn require_real(what: &str, available: bool) -> bool {
-    if available {
-        return true;
-    }
-    assert!(std::env::var_os("ANNEXFS_REQUIRE_REAL").is_none_or(|v| v != "1"), "{what} is required");
-    eprintln!("skipped: {what} is not available");
-    false
-}
-
 const SIZE: usize = 6_000_000;
 
 /// A repository with `f.bin` added by `git annex addurl` from `url` (a hashed key with a size,
@@ -49,7 +38,7 @@ fn gets(log: &str) -> usize {
 
 #[test]
 fn a_file_only_on_a_server_that_ignores_range_reads_exact() {
-    if !require_real("python3", pyhttp::available()) {
+    if !common::require("python3", pyhttp::available()) {
         return;
     }
     let sb = Sandbox::new();
@@ -92,7 +81,9 @@ fn source_bytes(sb: &Sandbox, mp: &Path) -> Vec<(String, u64)> {
 
 #[test]
 fn beside_a_range_mirror_both_serve_and_the_bytes_are_exact() {
-    if !require_real("python3", pyhttp::available()) || !require_real("nginx", Path::new("/usr/sbin/nginx").exists()) {
+    if !common::require("python3", pyhttp::available())
+        || !common::require("nginx", Path::new("/usr/sbin/nginx").exists())
+    {
         return;
     }
     let sb = Sandbox::new();

@@ -14,18 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// Fails under `ANNEXFS_REQUIRE_REAL=1` when the real check cannot run; else skips loudly.
-fn require_real(what: &str, available: bool) -> bool {
-    if available {
-        return true;
-    }
-    if std::env::var_os("ANNEXFS_REQUIRE_REAL").is_some_and(|v| v == "1") {
-        panic!("{what} is required (ANNEXFS_REQUIRE_REAL=1)");
-    }
-    eprintln!("skipped: {what} is not available");
-    false
-}
-
 /// A running `git annex p2phttp`, killed when dropped.
 struct Server {
     child: Child,
@@ -121,7 +109,7 @@ fn parallel_ranges(m: &common::mnt::Mount, file: &str, want: &[u8]) {
 #[test]
 fn unauthenticated_readonly_server_is_read_by_ranges() {
     let w = world();
-    if !require_real("git annex p2phttp (a current git-annex first on PATH)", p2phttp_available(&w.sb)) {
+    if !common::require("git annex p2phttp (a current git-annex first on PATH)", p2phttp_available(&w.sb)) {
         return;
     }
     let server = start_server(&w.sb, &w.srv, &["--unauth-readonly"], &[]);
@@ -157,7 +145,7 @@ fn unauthenticated_readonly_server_is_read_by_ranges() {
 #[test]
 fn login_comes_from_git_credential_and_a_wrong_one_is_eio() {
     let w = world();
-    if !require_real("git annex p2phttp (a current git-annex first on PATH)", p2phttp_available(&w.sb)) {
+    if !common::require("git annex p2phttp (a current git-annex first on PATH)", p2phttp_available(&w.sb)) {
         return;
     }
     let server = start_server(

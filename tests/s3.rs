@@ -15,18 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Fails under `ANNEXFS_REQUIRE_REAL=1` when `what` is missing; otherwise says so and skips.
-fn require_real(what: &str, available: bool) -> bool {
-    if available {
-        return true;
-    }
-    if std::env::var_os("ANNEXFS_REQUIRE_REAL").is_some_and(|v| v == "1") {
-        panic!("{what} is required (ANNEXFS_REQUIRE_REAL=1): run scripts/install-deps");
-    }
-    eprintln!("skipped: {what} is not installed (scripts/install-deps installs it)");
-    false
-}
-
 const KEY_ID: &str = "annexfs-test-key";
 const SECRET: &str = "annexfs-test-secret-do-not-show";
 
@@ -146,7 +134,7 @@ fn holder<'a>(v: &'a serde_json::Value, remote: &str) -> &'a serde_json::Value {
 #[test]
 fn clone_reads_every_kind_of_s3_remote_through_the_mount() {
     let Some(bin) = moto_binary() else {
-        require_real("moto_server (moto[server] from PyPI)", false);
+        common::require("moto_server (moto[server] from PyPI)", false);
         return;
     };
     let sb = Sandbox::new();

@@ -14,17 +14,6 @@ use common::{Sandbox, pseudo_random};
 use pyhttp::PyHttp;
 use std::path::{Path, PathBuf};
 
-/// Whether the test may go on without `what`: with `ANNEXFS_REQUIRE_REAL=1` a missing tool
-/// fails the test; otherwise it is skipped with a message.
-fn require_real(what: &str, available: bool) -> bool {
-    if available {
-        return true;
-    }
-    assert!(std::env::var_os("ANNEXFS_REQUIRE_REAL").is_none_or(|v| v != "1"), "{what} is required");
-    eprintln!("skipped: {what} is not available");
-    false
-}
-
 const SIZE: usize = 3_000_000;
 
 /// A repository whose `name` is `git annex addurl --relaxed URL`: a URL key without a size.
@@ -52,7 +41,9 @@ fn check_file(m: &Mount, name: &str, data: &[u8]) {
 
 #[test]
 fn sizes_come_from_head_and_reads_are_exact_with_or_without_ranges() {
-    if !require_real("python3", pyhttp::available()) || !require_real("nginx", Path::new("/usr/sbin/nginx").exists()) {
+    if !common::require("python3", pyhttp::available())
+        || !common::require("nginx", Path::new("/usr/sbin/nginx").exists())
+    {
         return;
     }
     let sb = Sandbox::new();
@@ -85,7 +76,7 @@ fn sizes_come_from_head_and_reads_are_exact_with_or_without_ranges() {
 
 #[test]
 fn a_server_without_lengths_is_read_to_its_end_and_then_stat_knows() {
-    if !require_real("python3", pyhttp::available()) {
+    if !common::require("python3", pyhttp::available()) {
         return;
     }
     let sb = Sandbox::new();
@@ -105,7 +96,7 @@ fn a_server_without_lengths_is_read_to_its_end_and_then_stat_knows() {
 
 #[test]
 fn a_url_that_answers_404_is_eio_with_a_log_line_not_an_empty_file() {
-    if !require_real("python3", pyhttp::available()) {
+    if !common::require("python3", pyhttp::available()) {
         return;
     }
     let sb = Sandbox::new();

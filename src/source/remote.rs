@@ -50,6 +50,10 @@ pub enum FetchError {
     /// A whole-key source's one transfer of the key failed: asking again gives the same.
     #[error("{0}")]
     TransferFailed(String),
+    /// The source cannot serve the key at all, and says why (an ssh host refusing our key or
+    /// unknown to known_hosts, a repository without the content): asking again is pointless.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl FetchError {
@@ -64,6 +68,7 @@ impl FetchError {
                 | FetchError::Banned(_)
                 | FetchError::Unauthorized(_)
                 | FetchError::TransferFailed(_)
+                | FetchError::Refused(_)
         )
     }
 }

@@ -99,6 +99,12 @@ pub enum Unreadable {
     Policy(#[from] PolicyError),
     #[error("git remote {0} is not on a local path or http(s)")]
     UnsupportedGitUrl(String),
+    #[error("ssh remote URL {url}: {why}")]
+    BadSshUrl { url: String, why: String },
+    #[error("ssh remote without remote.NAME.annex-uuid: git-annex-shell needs the repository's UUID")]
+    NoSshUuid,
+    #[error("no ssh client on PATH (install openssh-client)")]
+    NoSshClient,
     #[error("encrypted special remote: its content cannot be read by ranges; readable with annex_get")]
     Encrypted,
     #[error("directory special remote without annex-directory in git config")]
