@@ -9,6 +9,8 @@
 //! - An encrypted directory remote as the only holder: EIO and "readable with annex_get"
 //!   without the option; byte-exact with `-o annex_get=yes` (git-annex got it into the annex).
 //! - `annexfs sources --json` lists the same holders as `git annex whereis --json`.
+//! - A program that answers WHEREIS with an http URL (on nginx) and refuses every retrieval:
+//!   the key is read by ranges from that URL.
 
 mod common;
 
@@ -173,6 +175,25 @@ fn misbehaving_remote_gives_eio_quickly_never_wrong_bytes() {
         assert!(log.contains("remote ext"), "{mode}: the log names the remote:\n{log}");
         drop(m);
     }
+}
+
+#[test]
+fn urls_the_remote_names_in_whereis_are_read_by_ranges() {
+    if !fuse_ok() || !common::require("nginx", Path::new("/usr/sbin/nginx").exists()) {
+        return;
+    }
+    let w = world();
+    let www = w.sb.path("www");
+    w.sb.write(&www.join("big.bin"), &content("big.bin"));
+    let nginx = common::nginx::Nginx::start(&www, &w.sb.path("nginx"), 1, None);
+    w.sb.git(&w.r, &["config", "annex.security.allowed-ip-addresses", "all"]);
+    std::fs::write(w.store.join("WHEREIS"), nginx.url(0, "big.bin")).unwrap();
+    w.set_mode("refuse");
+    let m = w.mount("mnt-whereis", &[]);
+    let got = std::fs::read(m.p("big.bin")).unwrap_or_else(|e| panic!("read: {e}\n{}", m.log()));
+    assert!(got == content("big.bin"), "big.bin byte-exact ({} bytes)\n{}", got.len(), m.log());
+    let access = nginx.access_log(0);
+    assert!(access.contains("\" 206 "), "the URL from WHEREIS was read by ranges: {access}");
 }
 
 #[test]

@@ -87,6 +87,20 @@ fn with_size(key: &Key, size: u64) -> Option<Key> {
     Key::parse(&sized).ok().filter(|k| k.size() == Some(size))
 }
 
+/// The external remotes holding `key` that annexfs reads (readable holders only).
+fn external_locations(annex: &Annex, key: &Key) -> Vec<crate::annex::remotes::external::ExternalLocation> {
+    let Ok(holders) = annex.holders(key) else { return Vec::new() };
+    holders
+        .iter()
+        .filter(|h| h.readable.is_ok())
+        .flat_map(|h| h.locations.iter())
+        .filter_map(|l| match l {
+            Location::External(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The web URLs recorded for `key` (readable holders only).
 fn web_urls(annex: &Annex, key: &Key) -> Vec<String> {
     let Ok(holders) = annex.holders(key) else { return Vec::new() };
@@ -180,6 +194,14 @@ impl Network {
             unusable: found.unusable,
             any_holder: found.any_holder,
         };
+        // An external remote may say where its bytes are public (WHEREIS): more range sources.
+        if parts.local.is_empty()
+            && let Some(n) = size
+        {
+            for loc in external_locations(annex, key) {
+                parts.remote.extend(crate::source::external::whereis_sources(&loc, key, n, &self.reach).await);
+            }
+        }
         // Peers are asked only when no disk here has the content.
         if parts.local.is_empty()
             && let Some(peer_key) =

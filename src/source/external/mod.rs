@@ -24,6 +24,7 @@ pub mod protocol;
 
 pub use pool::Programs;
 
+use super::http::HttpSource;
 use super::reach::Reach;
 use super::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
 use crate::annex::Key;
@@ -121,6 +122,51 @@ pub struct ExternalSource {
 
 /// Distinguishes the files of sources of one process.
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// The http(s) URLs the program of `loc` names for `key` when asked `WHEREIS` (the answer is
+/// text for people; words that are http(s) URLs are taken): each becomes a range source
+/// beside the program, checked like any web mirror, so a remote that knows where its bytes
+/// are public is read by ranges instead of whole. A program that cannot say gives none.
+pub async fn whereis_sources(loc: &ExternalLocation, key: &Key, size: u64, reach: &Reach) -> Vec<Arc<dyn RangeSource>> {
+    let timeout = loc.timeout.unwrap_or(pool::DEFAULT_TIMEOUT);
+    let pool = reach.external.pool(loc, timeout);
+    let mut lease = match pool.lease().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("remote {}: not asked where {key} is: {e}", loc.remote);
+            return Vec::new();
+        }
+    };
+    let asked = lease.program.whereis(key).await;
+    let text = match &asked {
+        Ok(t) => t.clone(),
+        Err(e) => {
+            tracing::warn!("remote {}: WHEREIS {key}: {e}", loc.remote);
+            None
+        }
+    };
+    lease.done(&asked);
+    urls_in(text.as_deref().unwrap_or(""))
+        .into_iter()
+        .filter(|u| reach.http.check_url(u).is_ok())
+        .map(|u| {
+            let label = format!("{} {u}", loc.remote);
+            Arc::new(HttpSource::new(label.clone(), reach.http.clone(), vec![u], size).with_identity(label))
+                as Arc<dyn RangeSource>
+        })
+        .collect()
+}
+
+/// The words of `text` that are http(s) URLs.
+fn urls_in(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .filter(|w| {
+            let l = w.to_ascii_lowercase();
+            l.starts_with("http://") || l.starts_with("https://")
+        })
+        .map(str::to_string)
+        .collect()
+}
 
 /// A source reading `key` at `loc`.
 pub fn source(loc: &ExternalLocation, key: &Key, reach: &Reach) -> Result<Arc<dyn RangeSource>, Error> {

@@ -257,6 +257,17 @@ impl Program {
         Error::Exited { remote: self.ctx.remote.clone(), why }
     }
 
+    /// Asks where `key` is (`WHEREIS`): the program's text, `None` when it cannot say.
+    pub async fn whereis(&mut self, key: &Key) -> Result<Option<String>, Error> {
+        let word = key_word(key, &self.ctx.remote)?;
+        self.send(&format!("WHEREIS {word}")).await?;
+        match self.next_message().await? {
+            FromRemote::WhereisSuccess(text) => Ok(Some(text)),
+            FromRemote::WhereisFailure | FromRemote::UnsupportedRequest => Ok(None),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Retrieves `key` into `file`. `grew` is called every [`TICK`] and on PROGRESS, and
     /// says whether the file grew since its last call: growth counts as the program being
     /// alive, so a long quiet download is not cut.
