@@ -53,7 +53,19 @@ impl AnnexGets {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             running.entry(key.clone()).or_default().clone()
         };
-        let _one = lock.lock().await;
+        let got = {
+            let _one = lock.lock().await;
+            self.get_locked(annex, key).await
+        };
+        // The last one out forgets the key (the map would otherwise keep every key asked for).
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            running.remove(key);
+        }
+        got
+    }
+
+    async fn get_locked(&self, annex: &Annex, key: &Key) -> Result<PathBuf, AnnexGetError> {
         if let Some(p) = annex.present_object(key) {
             return Ok(p);
         }
@@ -70,9 +82,20 @@ impl AnnexGets {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
+            // Its own process group: `git annex` runs git-annex as a child, and a timeout must
+            // stop both (a surviving git-annex would go on writing the annex).
+            .process_group(0)
             .kill_on_drop(true);
-        let out = match tokio::time::timeout(TIMEOUT, cmd.output()).await {
-            Err(_) => return Err(AnnexGetError::Timeout { key: k }),
+        let child = cmd.spawn().map_err(AnnexGetError::Spawn)?;
+        let group = child.id().and_then(|p| i32::try_from(p).ok());
+        let out = match tokio::time::timeout(TIMEOUT, child.wait_with_output()).await {
+            Err(_) => {
+                if let Some(g) = group {
+                    // SAFETY: killpg(2) on the group this call started.
+                    unsafe { libc::killpg(g, libc::SIGKILL) };
+                }
+                return Err(AnnexGetError::Timeout { key: k });
+            }
             Ok(r) => r.map_err(AnnexGetError::Spawn)?,
         };
         if !out.status.success() {

@@ -36,6 +36,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// How long opening a key waits for an external remote to say where the key is.
+const WHEREIS_WAIT: Duration = Duration::from_secs(1);
 /// How long a lookup of a key without a size may wait for its size from the network.
 pub(crate) const LEARN_SIZE_WAIT: Duration = Duration::from_secs(3);
 /// A size that could not be learnt is asked again after this.
@@ -195,11 +197,17 @@ impl Network {
             any_holder: found.any_holder,
         };
         // An external remote may say where its bytes are public (WHEREIS): more range sources.
+        // Not asked for a key the cache holds whole, and never waited on for long (its
+        // programs may all be busy retrieving).
         if parts.local.is_empty()
             && let Some(n) = size
+            && self.store().present_bytes(key) < n
         {
             for loc in external_locations(annex, key) {
-                parts.remote.extend(crate::source::external::whereis_sources(&loc, key, n, &self.reach).await);
+                let asked = crate::source::external::whereis_sources(&loc, key, n, &self.reach);
+                if let Ok(found) = tokio::time::timeout(WHEREIS_WAIT, asked).await {
+                    parts.remote.extend(found);
+                }
             }
         }
         // Peers are asked only when no disk here has the content.

@@ -344,6 +344,11 @@ impl KeyFetch {
                         return Ok(());
                     }
                     match next_chunk {
+                        // A source that must fetch a whole key before its first byte (an
+                        // external remote) says it is alive with empty chunks: they restart
+                        // the stall timer and count as nothing else (no progress, no first
+                        // byte), so readers still hedge onto other holders meanwhile.
+                        Some(Ok(chunk)) if chunk.is_empty() => continue,
                         Some(Ok(mut chunk)) => {
                             if let Some(l) = &self.source(s).limiter {
                                 l.pace(chunk.len()).await;

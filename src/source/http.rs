@@ -266,8 +266,19 @@ pub(crate) fn transport(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Stalled(STALL_TIMEOUT);
     }
+    // Never the URL's query: a presigned S3 URL carries its credential and signature there.
+    let url = e.url().map(|u| {
+        let mut u = u.clone();
+        u.set_query(None);
+        let _ = u.set_password(None);
+        u
+    });
+    let e = e.without_url();
     // The error chain carries the interesting part (refused connection, policy, TLS).
-    let mut msg = e.to_string();
+    let mut msg = match url {
+        Some(u) => format!("{e} ({u})"),
+        None => e.to_string(),
+    };
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         msg.push_str(": ");

@@ -121,6 +121,11 @@ impl P2pHttpSource {
                 .map_err(super::http::transport)?;
             match resp.status().as_u16() {
                 200 => {}
+                // Refused with a login: forbidden, not a wrong password (as git, only a 401
+                // makes a login rejected in the user's credential store).
+                403 if login.is_some() => {
+                    return Err(FetchError::Unauthorized(format!("{cred_url}: 403 Forbidden for this login")));
+                }
                 401 | 403 => {
                     let www = resp.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
                     login = Some(creds.after_401(cred_url, login.as_ref(), www).await.map_err(auth_error)?);

@@ -38,6 +38,9 @@ use tokio::sync::watch;
 
 /// Bytes read from the landed file per step.
 const STEP: u64 = 1 << 20;
+/// How often a stream waiting for its transfer says it is alive (well under the fetcher's
+/// stall timeout).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why an external remote could not serve a key.
 #[derive(Debug, thiserror::Error)]
@@ -423,9 +426,16 @@ impl RangeSource for ExternalSource {
                                 Err(e) => (Err(FetchError::Transport(e.to_string())), (rx, pos, true)),
                             });
                         }
-                        if rx.changed().await.is_err() {
-                            let e = FetchError::Transport("the transfer ended without a result".into());
-                            return Some((Err(e), (rx, pos, true)));
+                        match tokio::time::timeout(HEARTBEAT, rx.changed()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                let e = FetchError::Transport("the transfer ended without a result".into());
+                                return Some((Err(e), (rx, pos, true)));
+                            }
+                            // Still retrieving: an empty chunk keeps the fetcher's stall timer
+                            // from cutting a long transfer (the transfer fails by itself when
+                            // the program goes quiet for its timeout).
+                            Err(_) => return Some((Ok(Bytes::new()), (rx, pos, false))),
                         }
                     }
                 }

@@ -47,15 +47,14 @@ pub enum SshError {
 
 impl SshError {
     /// Whether asking again cannot help until someone changes something (a key, known_hosts,
-    /// the remote repository): the fetcher gives the source up for the key at once.
+    /// the remote repository): the fetcher gives the source up for the key at once. A timeout
+    /// is not: a slow login or a busy host may answer the next time (backoff, then retry).
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             SshError::Spawn(_)
                 | SshError::HostKey { .. }
                 | SshError::Auth { .. }
-                | SshError::Timeout { .. }
-                | SshError::ShellTimeout { .. }
                 | SshError::Shell { .. }
                 | SshError::Protocol { .. }
                 | SshError::WrongUuid { .. }
