@@ -325,11 +325,19 @@ pub(crate) fn network(
         let base = annex.base_dir().to_path_buf();
         cfg.on_verified = Some(OnVerified(Arc::new(move |m| {
             // A fresh view of the repository: the mount's may be a snapshot of a ref.
-            let published = Annex::open(&base)
-                .map_err(anyhow::Error::from)
-                .and_then(|a| crate::manifest::publish::publish(&a, m).map_err(anyhow::Error::from));
+            let published = Annex::open(&base).map_err(anyhow::Error::from).and_then(|a| {
+                // A key the repository does not know (a key without a size is fetched under a
+                // name with the size written in): nothing of it is written to the repository.
+                if a.holders(m.key()).map_or(true, |h| h.is_empty()) {
+                    return Ok(None);
+                }
+                crate::manifest::publish::publish(&a, m).map(Some).map_err(anyhow::Error::from)
+            });
             match published {
-                Ok(k) => tracing::info!("{}: piece manifest published as {k}", m.key()),
+                Ok(Some(k)) => tracing::info!("{}: piece manifest published as {k}", m.key()),
+                Ok(None) => {
+                    tracing::debug!("{}: not a key of the repository; manifest kept in the cache only", m.key())
+                }
                 Err(e) => tracing::info!("{}: piece manifest not published: {e:#}", m.key()),
             }
         })));
@@ -347,7 +355,7 @@ pub(crate) fn network(
         peers.start();
     }
     let reach = Reach {
-        external: Programs::for_repo(annex.base_dir().to_path_buf()),
+        external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
     Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() }))

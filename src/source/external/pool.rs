@@ -53,6 +53,35 @@ impl Programs {
         Programs { inner: Arc::new(Inner { repo: Some(repo), ..Inner::default() }) }
     }
 
+    /// The same, retrieving into a private directory under `root` (the piece cache's, so that
+    /// whole keys land on the disk meant for content, not in a tmpfs `/tmp`); directories left
+    /// there by a process that died are removed first.
+    pub fn for_repo_in(repo: PathBuf, root: &std::path::Path) -> Programs {
+        let dir = root.join("external");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid =
+                    name.to_str().and_then(|n| n.strip_prefix("annexfs-external-")).and_then(|r| r.split('.').next());
+                // Left by a process that no longer runs (its pid is part of the name).
+                if pid
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|()| {
+            tempfile::Builder::new()
+                .prefix(&format!("annexfs-external-{}.", std::process::id()))
+                .tempdir_in(&dir)
+                .map_err(|e| e.to_string())
+        });
+        let inner = Inner { repo: Some(repo), tmp: OnceLock::from(made), ..Inner::default() };
+        Programs { inner: Arc::new(inner) }
+    }
+
     /// A private directory for retrieved files.
     pub(super) fn tmp_dir(&self) -> Result<PathBuf, Error> {
         let made = self
