@@ -4,6 +4,7 @@
 Every row was asserted by its test (bytes equal to the content, no read error, the key
 verified); a row whose test failed is shown as FAILED, with why, and no figure."""
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,9 @@ bw = [l for l in lines if l["kind"] == "hostile-bandwidth"]
 crash = [l for l in lines if l["kind"] == "crash"]
 
 def rev():
+    # The commit the measured build was made from (scripts/reliability takes it before building).
+    if os.environ.get("ANNEXFS_REPORT_COMMIT"):
+        return os.environ["ANNEXFS_REPORT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
