@@ -45,6 +45,8 @@ struct Inner {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Private directory (0700) the programs retrieve into.
     tmp: OnceLock<Result<tempfile::TempDir, String>>,
+    /// Where that directory is made (else the system's temporary directory).
+    tmp_root: Option<PathBuf>,
 }
 
 impl Programs {
@@ -54,40 +56,18 @@ impl Programs {
     }
 
     /// The same, retrieving into a private directory under `root` (the piece cache's, so that
-    /// whole keys land on the disk meant for content, not in a tmpfs `/tmp`); directories left
-    /// there by a process that died are removed first.
+    /// whole keys land on the disk meant for content, not in a tmpfs `/tmp`).
     pub fn for_repo_in(repo: PathBuf, root: &std::path::Path) -> Programs {
-        let dir = root.join("external");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let pid =
-                    name.to_str().and_then(|n| n.strip_prefix("annexfs-external-")).and_then(|r| r.split('.').next());
-                // Left by a process that no longer runs (its pid is part of the name).
-                if pid
-                    .and_then(|p| p.parse::<i32>().ok())
-                    .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-                {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|()| {
-            tempfile::Builder::new()
-                .prefix(&format!("annexfs-external-{}.", std::process::id()))
-                .tempdir_in(&dir)
-                .map_err(|e| e.to_string())
-        });
-        let inner = Inner { repo: Some(repo), tmp: OnceLock::from(made), ..Inner::default() };
+        let inner = Inner { repo: Some(repo), tmp_root: Some(root.join("external")), ..Inner::default() };
         Programs { inner: Arc::new(inner) }
     }
 
     /// A private directory for retrieved files.
     pub(super) fn tmp_dir(&self) -> Result<PathBuf, Error> {
-        let made = self
-            .inner
-            .tmp
-            .get_or_init(|| tempfile::Builder::new().prefix("annexfs-external-").tempdir().map_err(|e| e.to_string()));
+        let made = self.inner.tmp.get_or_init(|| match &self.inner.tmp_root {
+            Some(root) => private_tmp_in(root),
+            None => tempfile::Builder::new().prefix("annexfs-external-").tempdir().map_err(|e| e.to_string()),
+        });
         match made {
             Ok(d) => Ok(d.path().to_path_buf()),
             Err(e) => Err(Error::TempDir(e.clone())),
@@ -201,4 +181,27 @@ impl Lease {
             Err(e) => self.pool.failed(e),
         }
     }
+}
+
+/// A private (0700) directory for this process's retrievals under `root` (made 0700 too), after
+/// removing those of processes that no longer run (their pid is in the name).
+fn private_tmp_in(root: &std::path::Path) -> Result<tempfile::TempDir, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| e.to_string())?;
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("annexfs-external-")).and_then(|r| r.split('.').next());
+            if pid
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("annexfs-external-{}.", std::process::id()))
+        .tempdir_in(root)
+        .map_err(|e| e.to_string())
 }
