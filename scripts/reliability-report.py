@@ -8,7 +8,15 @@ import os
 import subprocess
 import sys
 
-lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+lines = []
+for n, l in enumerate(open(sys.argv[1]), 1):
+    if not l.strip():
+        continue
+    try:
+        lines.append(json.loads(l))
+    except json.JSONDecodeError as e:
+        # A record the tests wrote badly is a failure of the run, shown, never skipped quietly.
+        lines.append({"kind": "failed", "test": f"record {n} unreadable ({e}): {l.strip()[:300]}"})
 command = sys.argv[2]
 cases = [l for l in lines if l["kind"] == "hostile-case"]
 bw = [l for l in lines if l["kind"] == "hostile-bandwidth"]
