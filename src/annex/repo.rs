@@ -105,6 +105,34 @@ impl GitConfig {
         }
     }
 
+    /// Parses the text of a git config file served by a remote (`<url>/config`): sections,
+    /// `[section "sub"]`, `key = value` with quotes trimmed, comments skipped. Never follows
+    /// includes (the text is untrusted); what it does not understand is ignored.
+    pub fn from_text(text: &str) -> GitConfig {
+        let mut values: HashMap<String, Vec<String>> = HashMap::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = match sec.split_once(char::is_whitespace) {
+                    Some((s, sub)) => format!("{}.{}", s.trim(), sub.trim().trim_matches('"')),
+                    None => sec.trim().to_string(),
+                };
+                continue;
+            }
+            let (k, v) = line.split_once('=').unwrap_or((line, ""));
+            if section.is_empty() || k.trim().is_empty() {
+                continue;
+            }
+            let name = normalise_config_name(&format!("{section}.{}", k.trim()));
+            values.entry(name).or_default().push(v.trim().trim_matches('"').to_string());
+        }
+        GitConfig { values }
+    }
+
     /// Builds a config from `(name, value)` pairs (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> GitConfig {
         let mut values: HashMap<String, Vec<String>> = HashMap::new();
@@ -311,6 +339,18 @@ fn common_dir(gitdir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_config_text() {
+        let text = "# served\n[core]\n\tbare = false\n[annex]\n\tuuid = 1234-abcd\n\tversion = 10\n\turl = \"annex+http://h/git-annex/\"\n[remote \"Up\"]\n\turl = x\n";
+        let c = GitConfig::from_text(text);
+        assert_eq!(c.get("annex.uuid"), Some("1234-abcd"));
+        assert_eq!(c.get_bool("core.bare"), Some(false));
+        assert_eq!(c.get("annex.url"), Some("annex+http://h/git-annex/"));
+        assert_eq!(c.get("remote.Up.url"), Some("x"));
+        assert_eq!(GitConfig::from_text("[core]\nbare=true\n").get_bool("core.bare"), Some(true));
+        assert_eq!(GitConfig::from_text("bare=true\n[core\n").get("core.bare"), None);
+    }
 
     #[test]
     fn config_names() {

@@ -207,26 +207,6 @@ impl HttpClient {
     }
 }
 
-/// Reads `annex.uuid` and `core.bare` from the text of a git config file.
-pub fn parse_remote_config(text: &str) -> (Option<String>, Option<bool>) {
-    let (mut section, mut uuid, mut bare) = (String::new(), None, None);
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = sec.trim().to_ascii_lowercase();
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else { continue };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"'));
-        match (section.as_str(), k.as_str()) {
-            ("annex", "uuid") if !v.is_empty() => uuid = Some(v.to_string()),
-            ("core", "bare") => bare = Some(matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")),
-            _ => {}
-        }
-    }
-    (uuid, bare)
-}
-
 /// Learns the UUID and bareness of http git remotes whose git config does not say, from
 /// `<url>/config`, as git-annex does on first contact.
 pub async fn learn_http_remotes(annex: &crate::annex::Annex, client: &HttpClient) {
@@ -249,11 +229,13 @@ pub async fn learn_http_remotes(annex: &crate::annex::Annex, client: &HttpClient
         match client.get_small(&format!("{url}/config"), 64 * 1024).await {
             Ok(body) => {
                 let text = String::from_utf8_lossy(&body);
-                if let Some(annex_url) = crate::annex::remotes::p2phttp::annex_url_in_config(&text) {
+                let cfg = crate::annex::repo::GitConfig::from_text(&text);
+                if let Some(annex_url) = crate::annex::remotes::p2phttp::annex_url_in_config(&cfg) {
                     tracing::info!("remote {}: learnt p2phttp url {annex_url} from {url}/config", r.name);
                     annex.learn_annex_url(&r.name, annex_url);
                 }
-                let (uuid, bare) = parse_remote_config(&text);
+                let uuid = cfg.get("annex.uuid").filter(|u| !u.is_empty()).map(str::to_string);
+                let bare = cfg.get_bool("core.bare");
                 tracing::info!("remote {}: learnt uuid {uuid:?}, bare {bare:?} from {url}/config", r.name);
                 annex.learn_remote(&r.name, uuid, bare);
             }
@@ -501,13 +483,6 @@ impl RangeSource for HttpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remote_config_text() {
-        let text = "[core]\n\tbare = false\n[annex]\n\tuuid = 1234-abcd\n\tversion = 10\n";
-        assert_eq!(parse_remote_config(text), (Some("1234-abcd".into()), Some(false)));
-        assert_eq!(parse_remote_config("[core]\nbare=true\n"), (None, Some(true)));
-    }
 
     #[test]
     fn content_range_checks() {

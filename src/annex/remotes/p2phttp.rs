@@ -136,26 +136,12 @@ pub fn annex_instead_of(cfg: &GitConfig, url: &str) -> Option<String> {
     best.map(|(_, u)| u)
 }
 
-/// The `annex.url` of a git config file's text, when it is a p2phttp URL (git-annex then
+/// The `annex.url` of a served git config, when it is a p2phttp URL (git-annex then
 /// records it as `remote.NAME.annexurl`).
-pub fn annex_url_in_config(text: &str) -> Option<String> {
-    let mut section = String::new();
-    let mut found = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(sec) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = sec.trim().to_ascii_lowercase();
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else { continue };
-        if section == "annex" && k.trim().eq_ignore_ascii_case("url") {
-            let v = v.trim().trim_matches('"');
-            if v.starts_with("annex+http://") || v.starts_with("annex+https://") {
-                found = Some(v.to_string());
-            }
-        }
-    }
-    found
+pub fn annex_url_in_config(cfg: &GitConfig) -> Option<String> {
+    cfg.get("annex.url")
+        .filter(|v| v.starts_with("annex+http://") || v.starts_with("annex+https://"))
+        .map(str::to_string)
 }
 
 /// The remote as configured.
@@ -316,8 +302,8 @@ mod tests {
     #[test]
     fn served_config_annex_url() {
         let t = "[core]\n\tbare = false\n[annex]\n\tuuid = x\n\turl = annex+http://h:9417/git-annex/\n";
-        assert_eq!(annex_url_in_config(t).as_deref(), Some("annex+http://h:9417/git-annex/"));
-        assert_eq!(annex_url_in_config("[annex]\nurl = ssh://h/x\n"), None);
+        assert_eq!(annex_url_in_config(&GitConfig::from_text(t)).as_deref(), Some("annex+http://h:9417/git-annex/"));
+        assert_eq!(annex_url_in_config(&GitConfig::from_text("[annex]\nurl = ssh://h/x\n")), None);
     }
 
     #[test]
