@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::free_port;
 use common::mnt::mount;
 use common::{Sandbox, json_lines, pseudo_random};
 use std::os::unix::fs::FileExt;
@@ -25,10 +26,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_server(sb: &Sandbox, repo: &Path, auth: &[&str], env: &[(&str, &str)]) -> Server {

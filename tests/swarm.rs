@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::free_port;
 use common::mnt::Mount;
 use common::{Sandbox, pseudo_random};
 use std::io::{Read, Write};
@@ -15,10 +16,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 64 << 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn wait_port(port: u16) {
     common::wait_until(Duration::from_secs(60), &format!("a listener on port {port}"), || {

@@ -206,6 +206,11 @@ pub fn require(what: &str, available: bool) -> bool {
     false
 }
 
+/// A loopback port free now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -1,6 +1,7 @@
 //! A real nginx (Debian's) on loopback serving a directory, for HTTP remotes in tests.
 //! Each listening port is one "mirror"; requests are logged with their Range and status.
 
+use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,10 +30,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Nginx {

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use crate::common::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,10 +80,6 @@ class Quiet(handler):
         sys.stderr.flush()
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet).serve_forever()
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Whether python3 is installed.
 pub fn available() -> bool {
