@@ -162,10 +162,13 @@ impl SshSource {
         // Registered first, so that the range after this one may wait to go on from it.
         let ticket = self.host.start_running(self.repo.clone(), self.key.clone(), offset, offset + len);
         let running = RunningGuard { host: self.host.clone(), id: ticket.id };
-        let session = match self.continuation(offset).await {
-            Some(s) => s,
-            None => self.start_get(offset, want).await?,
+        self.host.keep_spares(&self.repo, &self.remote);
+        let asked = Instant::now();
+        let (session, how) = match self.continuation(offset).await {
+            Some(s) => (s, "went on from an earlier transfer"),
+            None => (self.start_get(offset, want).await?, "new GET"),
         };
+        tracing::debug!("ssh {}: {len} bytes at {offset}: {how}, ready after {:?}", self.remote, asked.elapsed());
         let t = Transfer {
             session: Some(session),
             host: self.host.clone(),
@@ -206,7 +209,14 @@ impl SshSource {
         let mut tries = 0;
         let (mut session, data) = loop {
             tries += 1;
+            let t = Instant::now();
             let (mut session, reused) = self.host.session(&self.repo, &self.remote).await?;
+            tracing::debug!(
+                "ssh {}: session ({}) after {:?}",
+                self.remote,
+                if reused { "idle" } else { "new" },
+                t.elapsed()
+            );
             match session.get(offset, &self.key).await {
                 Ok(n) => break (session, n),
                 Err(SshError::Lost { .. }) if reused && tries < 3 => continue,
