@@ -13,8 +13,10 @@
 //! makes the key fetchable like any other: the fetcher and the piece cache get the key with
 //! that size written in (`-sN`), the sources are made for that size, and the whole key is
 //! checked as far as its backend allows (a URL key has no hash: the fetcher says so once).
-//! A size that cannot be learnt leaves the file to be streamed to its end
-//! ([`crate::fs::stream`]), which learns it.
+//! A size no header tells is learnt by downloading the object once, to its end
+//! ([`crate::source::sizeless`], [`Network::downloads`]): a look-up waits for that briefly,
+//! readers of the file are served from the download while it runs (direct I/O, read to the
+//! real end), and once it ended the finished file is a local source of the sized key.
 
 use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
@@ -70,10 +72,14 @@ impl SizeBook {
     }
 
     fn set(&self, key: &Key, size: Option<u64>) {
+        self.set_bytes(&key.to_bytes(), size);
+    }
+
+    fn set_bytes(&self, key: &[u8], size: Option<u64>) {
         let mut m = self.map();
         // A size once learnt is kept (a later failure to ask does not forget it).
-        if size.is_some() || !matches!(m.get(&key.to_bytes()), Some((Some(_), _))) {
-            m.insert(key.to_bytes(), (size, Instant::now()));
+        if size.is_some() || !matches!(m.get(key), Some((Some(_), _))) {
+            m.insert(key.to_vec(), (size, Instant::now()));
         }
     }
 }
@@ -149,6 +155,8 @@ pub(crate) struct Network {
     pub serving: OnceLock<crate::swarm::server::Server>,
     /// Sizes learnt for keys whose name has none.
     pub sizes: Arc<SizeBook>,
+    /// Downloads of keys whose size no header tells (they learn it).
+    pub downloads: crate::source::sizeless::Downloads,
 }
 
 /// Every place one key can be read from, assembled.
@@ -358,7 +366,13 @@ pub(crate) fn network(
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() }))
+    let sizes: Arc<SizeBook> = Arc::default();
+    let learnt = sizes.clone();
+    let on_end: crate::source::sizeless::OnEnd = Arc::new(move |key, n| learnt.set_bytes(key, Some(n)));
+    // A download of unknown size may take at most half the cache's bound on disk.
+    let downloads = crate::source::sizeless::Downloads::new(cache_dir, reach.http.clone(), cache_size / 2, on_end)
+        .with_context(|| format!("a private directory for downloads in {}", cache_dir.display()))?;
+    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes, downloads }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
@@ -380,7 +394,9 @@ impl MountHolders {
 }
 
 impl MountHolders {
-    /// Asks the web URLs of `key` for its size, at most [`LEARN_SIZE_WAIT`].
+    /// Asks the web URLs of `key` for its size; where none tells it, downloads the object
+    /// (once) to learn it. Waits at most [`LEARN_SIZE_WAIT`] in all: a large object's
+    /// download goes on, and its size is known when it ends.
     fn ask_size(&self, key: &Key) -> Option<u64> {
         let urls = web_urls(&self.annex, key);
         if urls.is_empty() {
@@ -390,28 +406,34 @@ impl MountHolders {
         let (net, key) = (self.net.clone(), key.clone());
         // Run on the fetcher's runtime and waited for here: lookups come from FUSE threads,
         // outside any runtime.
+        let rt = self.net.fetcher.runtime().clone();
+        let started = Instant::now();
         self.net.fetcher.runtime().spawn(async move {
-            let _ = tx.send(net.ask_size(&key, urls).await);
+            let size = match net.ask_size(&key, urls.clone()).await {
+                Some(n) => Some(n),
+                None => {
+                    let d = net.downloads.start(&key.to_bytes(), &key.to_string_lossy(), &urls, &rt);
+                    d.size_within(LEARN_SIZE_WAIT.saturating_sub(started.elapsed())).await
+                }
+            };
+            let _ = tx.send(size);
         });
         rx.recv_timeout(LEARN_SIZE_WAIT + Duration::from_millis(500)).ok().flatten()
     }
 
-    /// A key without a size, whose size could not be learnt: streamed from its URLs.
+    /// A key without a size, whose size is not known yet: read from its download.
     fn open_stream(&self, file: &str, key: &Key, skip: &[String], tried: Vec<String>) -> Result<Opened, FsError> {
         let urls = web_urls(&self.annex, key);
-        let sizes = self.net.sizes.clone();
-        let k = key.clone();
-        let on_end: crate::source::sizeless::OnEnd = Arc::new(move |n| sizes.set(&k, Some(n)));
-        let w = crate::source::sizeless::WholeStream::new(
-            key.to_string_lossy(),
-            urls.clone(),
-            self.net.reach.http.clone(),
-            on_end,
-        );
-        if urls.is_empty() || skip.contains(&w.describe()) {
-            return Err(unavailable(file, key, tried, !urls.is_empty()));
+        if urls.is_empty() {
+            return Err(unavailable(file, key, tried, false));
         }
-        tracing::info!("{file}: size of {key} unknown: streaming it to its end");
+        let rt = self.net.fetcher.runtime();
+        let d = self.net.downloads.start(&key.to_bytes(), &key.to_string_lossy(), &urls, rt);
+        let w = crate::source::sizeless::WholeStream::new(d);
+        if skip.contains(&w.describe()) {
+            return Err(unavailable(file, key, tried, true));
+        }
+        tracing::info!("{file}: size of {key} unknown: read from its download, to its end");
         Ok(Opened::Stream(Arc::new(w)))
     }
 }
@@ -425,7 +447,19 @@ impl Holders for MountHolders {
                 Some(n) => with_size(key, n),
                 None => None,
             };
-            let parts = self.net.parts_sized(&self.annex, key, key.size().or(learnt)).await?;
+            let mut parts = self.net.parts_sized(&self.annex, key, key.size().or(learnt)).await?;
+            // A finished download that taught the size is the content: the sized key is
+            // read from it alone (into the piece cache), nothing is downloaded again.
+            if let Some(n) = learnt
+                && parts.local.is_empty()
+                && let Some((path, got)) = self.net.downloads.get(&key.to_bytes()).and_then(|d| d.finished())
+                && got == n
+            {
+                match crate::source::discover::LocalSource::open("download", &Location::Path(path), Some(n)) {
+                    Ok(s) => parts.remote = vec![Arc::new(s)],
+                    Err(e) => tracing::debug!("{key}: its finished download cannot be read: {e}"),
+                }
+            }
             let mut tried = parts.unusable;
             if let Some(r) = open_local(&parts.local, key, skip, &mut tried) {
                 return Ok(Opened::Local(r));
@@ -498,6 +532,11 @@ impl Holders for MountHolders {
             Err(()) => return None,
             Ok(None) => {}
         }
+        // A download under way was waited for by the look-up that started it; later ones
+        // answer at once (stat shows what arrived so far).
+        if self.net.downloads.get(&key.to_bytes()).is_some_and(|d| d.progress().end.is_none()) {
+            return None;
+        }
         let size = self.ask_size(key);
         self.net.sizes.set(key, size);
         size
@@ -505,5 +544,9 @@ impl Holders for MountHolders {
 
     fn known_size(&self, key: &Key) -> Option<u64> {
         key.size().or_else(|| self.net.sizes.known(key))
+    }
+
+    fn size_so_far(&self, key: &Key) -> u64 {
+        self.net.downloads.get(&key.to_bytes()).map_or(0, |d| d.progress().got)
     }
 }
