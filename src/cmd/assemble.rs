@@ -348,7 +348,8 @@ pub(crate) fn network(
     let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
     urls.extend(swarm.peers.iter().cloned());
     let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
-    let peers = Peers::new(&urls, own, http.client.clone(), rt.handle().clone());
+    let identity = crate::swarm::Identity::of(annex);
+    let peers = Peers::new(&urls, own, identity, http.client.clone(), rt.handle().clone());
     if !urls.is_empty() || swarm.serve.is_some() {
         // A first round now, so that the peers' peers are known before the first read.
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
@@ -358,7 +359,8 @@ pub(crate) fn network(
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() }))
+    let net = Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() };
+    Ok(Arc::new(net))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache

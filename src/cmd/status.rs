@@ -44,6 +44,9 @@ pub struct MountStatus {
     /// Swarm peers known and not dropped.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// How full the peer table is (peers, candidates not yet answered, dropped, bound).
+    #[serde(default)]
+    pub peer_table: crate::swarm::TableCounts,
     /// What this node serves to the swarm, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Serving>,
@@ -178,6 +181,7 @@ pub(crate) fn snapshot(
     };
     let parts = net;
     st.peers = parts.peers.live();
+    st.peer_table = parts.peers.counts();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         Serving {
@@ -375,6 +379,14 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         }
         if !m.peers.is_empty() {
             writeln!(out, "  peers: {}", m.peers.join(", "))?;
+        }
+        let t = &m.peer_table;
+        if t.candidates + t.dropped > 0 {
+            writeln!(
+                out,
+                "  peer table: {} peers, {} not yet answered, {} dropped (of {})",
+                t.live, t.candidates, t.dropped, t.capacity
+            )?;
         }
         for e in m.recent_errors.iter().rev().take(5) {
             writeln!(out, "  {} {}", e.level, e.message)?;
