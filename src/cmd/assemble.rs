@@ -256,6 +256,23 @@ impl Network {
         Some((with_size(key, n)?, n))
     }
 
+    /// Stream mode, a key some peer holds and without a manifest: a manifest a peer vouches
+    /// for, checked by the key in the end (`fetch::vouched`); kept apart in the cache so that
+    /// this node can serve the pieces it checked against it.
+    pub async fn vouch(&self, kf: &crate::fetch::KeyFetch, key: &Key) {
+        let f = &self.fetcher;
+        if kf.present_bytes() >= kf.size()
+            && f.store().open_existing(key).ok().flatten().is_some_and(|c| c.is_verified())
+        {
+            return;
+        }
+        let Some((m, by)) = self.peers.vouched_manifest(key, |who| f.is_banned(who)).await else { return };
+        if let Err(e) = crate::manifest::cached::save_vouched(self.store(), &m) {
+            tracing::warn!("{key}: keep the manifest {by} vouched for in the cache: {e}");
+        }
+        kf.set_vouched_manifest(m, by);
+    }
+
     /// The manifest of `key` for a fetch: the one kept in the cache, else the published one,
     /// else (for BLAKE3 keys, whose manifests need no trust) one from a peer; kept in the
     /// cache once found. Problems are logged, never fatal: without a manifest the key is
@@ -449,9 +466,13 @@ impl Holders for MountHolders {
                 if !skip.contains(&what) {
                     let manifest =
                         if fetcher.has_manifest(key) { None } else { self.net.manifest(&self.annex, key).await };
+                    let peer_held = parts.remote.iter().any(|s| s.name().starts_with("peer "));
                     let kf = fetcher
                         .key(key, parts.remote, manifest)
                         .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                    if peer_held && !kf.has_manifest() && fetcher.config().verify == VerifyMode::Stream {
+                        self.net.vouch(&kf, key).await;
+                    }
                     return Ok(Opened::Fetched { kf, what });
                 }
             }
@@ -475,6 +496,10 @@ impl Holders for MountHolders {
 
     fn keep_cache(&self, key: &Key) -> bool {
         let f = &self.net.fetcher;
+        // Pages checked only against a manifest a peer vouched for may still be replaced.
+        if f.vouched_by(key).is_some() {
+            return false;
+        }
         if f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key) {
             return true;
         }

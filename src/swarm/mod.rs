@@ -382,6 +382,39 @@ impl Peers {
         None
     }
 
+    /// For stream mode: the piece manifest of a key whose backend cannot check one, from the
+    /// first live peer (in the table's order, asked at once) that serves one and is not
+    /// `refused`; with the peer's source identity (`peer URL`), which vouches for it. Nodes
+    /// serve only manifests made from content verified against the key or taken from the
+    /// repository; the key still decides at the end (see `fetch::vouched`).
+    pub async fn vouched_manifest(
+        &self,
+        key: &Key,
+        refused: impl Fn(&str) -> bool,
+    ) -> Option<(crate::manifest::Manifest, String)> {
+        key.size()?;
+        let peers: Vec<String> = self.live().into_iter().filter(|p| !refused(&format!("peer {p}"))).collect();
+        let asked = futures_util::future::join_all(peers.iter().map(|p| async move {
+            let url = format!("{p}/v1/keys/{}/manifest", key_segment(key));
+            let r = self.request(reqwest::Method::GET, &url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let max = usize::try_from(crate::manifest::MAX_MANIFEST_BYTES).unwrap_or(usize::MAX);
+            let b = read_bounded(r, max).await?;
+            match crate::manifest::Manifest::parse(&b, key) {
+                Ok(m) if m.trust().is_ok() => Some(m),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!("{key}: manifest from peer {p} refused: {e}");
+                    None
+                }
+            }
+        }))
+        .await;
+        peers.into_iter().zip(asked).find_map(|(p, m)| Some((m?, format!("peer {p}"))))
+    }
+
     /// A source for each live peer that answers for `key` (asked in parallel).
     pub async fn sources(self: &Arc<Self>, key: &Key) -> Vec<Arc<dyn RangeSource>> {
         let Some(size) = key.size() else { return Vec::new() };

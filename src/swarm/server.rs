@@ -117,7 +117,8 @@ enum Holding {
     /// The whole content in the repository's annex.
     Local(Arc<LocalFile>),
     /// Pieces in the cache: all of them verified (the key matched), or checked against the
-    /// manifest when served.
+    /// manifest when served (the trusted one, else one a peer vouched for: a reader checks
+    /// them again against its own and the whole key).
     Cache { cache: Arc<CachedKey>, manifest: Option<Arc<Manifest>> },
 }
 
@@ -150,8 +151,12 @@ impl Node {
             .map(Arc::new);
         if let Some(m) = &m {
             lock(&self.manifests).put(kb, m.clone());
+            return Some(m.clone());
         }
-        m
+        // A manifest a peer vouched for (stream mode): this node's pieces were checked
+        // against it as they arrived, and are checked again as they are served; read each
+        // time (it may be proven wrong and dropped), never handed on as a manifest.
+        crate::manifest::cached::load_vouched(store, key).and_then(|m| m.regroup(piece_size).ok()).map(Arc::new)
     }
 
     fn have(&self, key: &Key) -> HaveMap {
