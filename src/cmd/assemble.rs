@@ -149,6 +149,8 @@ pub(crate) struct Network {
     pub serving: OnceLock<crate::swarm::server::Server>,
     /// Sizes learnt for keys whose name has none.
     pub sizes: Arc<SizeBook>,
+    /// The swarm's rules in force (from signed commits), with the HEAD they were read at.
+    pub rules: Mutex<(Option<String>, Arc<crate::swarm::rules::RulesState>)>,
 }
 
 /// Every place one key can be read from, assembled.
@@ -254,6 +256,32 @@ impl Network {
             }
         };
         Some((with_size(key, n)?, n))
+    }
+
+    /// The swarm's rules in force, read again when HEAD moved (see [`crate::swarm::rules`]).
+    pub fn rules(&self, annex: &Annex) -> Arc<crate::swarm::rules::RulesState> {
+        let head = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&annex.gitdir)
+            .args(["rev-parse", "-q", "--verify", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let mut r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if r.0.is_some() && r.0 == head {
+            return r.1.clone();
+        }
+        let signers = crate::swarm::rules::signers_from(annex.config.get(crate::swarm::rules::SIGNERS_CONFIG));
+        let st = Arc::new(crate::swarm::rules::load(&annex.gitdir, &signers));
+        if let (Some(rules), Some(c)) = (&st.rules, &st.commit) {
+            tracing::info!(
+                "swarm rules from commit {c} (signed by {}): {} copies",
+                st.signer.as_deref().unwrap_or("?"),
+                rules.copies
+            );
+        }
+        *r = (head, st.clone());
+        st
     }
 
     /// Stream mode, a key some peer holds and without a manifest: a manifest a peer vouches
@@ -376,7 +404,17 @@ pub(crate) fn network(
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
-    let net = Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() };
+    let net = Network {
+        fetcher,
+        reach: Arc::new(reach),
+        peers,
+        serving: OnceLock::new(),
+        sizes: Arc::default(),
+        rules: Mutex::new((None, Arc::default())),
+    };
+    if !urls.is_empty() || swarm.serve.is_some() {
+        net.rules(annex);
+    }
     Ok(Arc::new(net))
 }
 

@@ -47,6 +47,9 @@ pub struct MountStatus {
     /// How full the peer table is (peers, candidates not yet answered, dropped, bound).
     #[serde(default)]
     pub peer_table: crate::swarm::TableCounts,
+    /// The swarm's rules in force (from a signed commit) and the changes refused.
+    #[serde(default)]
+    pub swarm_rules: crate::swarm::rules::RulesState,
     /// What this node serves to the swarm, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Serving>,
@@ -182,6 +185,7 @@ pub(crate) fn snapshot(
     let parts = net;
     st.peers = parts.peers.live();
     st.peer_table = parts.peers.counts();
+    st.swarm_rules = (*parts.rules(fs.annex())).clone();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         Serving {
@@ -379,6 +383,19 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         }
         if !m.peers.is_empty() {
             writeln!(out, "  peers: {}", m.peers.join(", "))?;
+        }
+        let r = &m.swarm_rules;
+        if let (Some(rules), Some(c)) = (&r.rules, &r.commit) {
+            writeln!(
+                out,
+                "  swarm rules: {} copies, from commit {} signed by {}",
+                rules.copies,
+                &c[..c.len().min(12)],
+                r.signer.as_deref().unwrap_or("?")
+            )?;
+        }
+        for x in &r.refused {
+            writeln!(out, "  swarm rules change refused: commit {}: {}", &x.commit[..x.commit.len().min(12)], x.why)?;
         }
         let t = &m.peer_table;
         if t.candidates + t.dropped > 0 {
