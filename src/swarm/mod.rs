@@ -27,6 +27,7 @@
 //! With a token (`ANNEXFS_SWARM_TOKEN`), every request needs `Authorization: Bearer TOKEN`.
 
 pub mod identity;
+pub mod placement;
 pub mod rules;
 pub mod server;
 pub mod table;
