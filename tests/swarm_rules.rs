@@ -2,7 +2,8 @@
 //! `gpg.ssh.allowedSignersFile` here). Alice's signed rules are obeyed; an unsigned change and
 //! one signed by Mallory (a key the allowed signers do not list) are refused and Alice's rules
 //! hold; a commit that leaves `[swarm]` alone is no rules change; `annexfs.signers` narrows the
-//! signers; a mount's status shows the rules in force and the refusals.
+//! signers; a mount's status shows the rules in force and the refusals, and the nodes with the
+//! space each offers the swarm.
 
 mod common;
 
@@ -92,4 +93,36 @@ fn rules_are_obeyed_only_from_commits_git_verifies() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("swarm rules change refused") && text.contains("not signed"), "{text}");
     assert!(m.log().contains("is refused: not signed"), "logged: {}", m.log());
+}
+
+#[test]
+fn nodes_show_the_space_they_offer_the_swarm() {
+    let sb = Sandbox::new();
+    let o = sb.init_repo("o", "origin");
+    sb.write(&o.join("f.txt"), b"x\n");
+    sb.annex(&o, &["add", "-q", "f.txt"]);
+    sb.git(&o, &["commit", "-q", "-m", "f"]);
+    let b = sb.path("b");
+    sb.git(sb.dir.path(), &["clone", "-q", o.to_str().unwrap(), b.to_str().unwrap()]);
+    sb.annex(&b, &["init", "-q", "b"]);
+    sb.git(&b, &["config", "annex.security.allowed-ip-addresses", "127.0.0.1"]);
+    let pa = common::free_port();
+    let _a = common::swarm::serve(&sb, &o, pa, &["--keep", "1G"]);
+    let url_a = format!("http://127.0.0.1:{pa}");
+    let m = common::mnt::mount(
+        &sb,
+        &b,
+        "m",
+        &["-o", &format!("keep=512M,peer={url_a}"), "--cache-dir", sb.path("cache").to_str().unwrap()],
+    );
+    let st = common::mount_status(&m.mp);
+    let nodes = st["swarm_nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["offered"], 512u64 << 20, "this node first: {st}");
+    let a = nodes.iter().find(|n| n["url"] == url_a.as_str()).unwrap_or_else(|| panic!("A is a node: {st}"));
+    assert_eq!(a["offered"], 1u64 << 30, "{st}");
+    let origin_uuid = sb.git(&o, &["config", "annex.uuid"]).trim().to_string();
+    assert_eq!(a["uuid"], origin_uuid.as_str());
+    let text = sb.annexfs(sb.dir.path(), &["status", m.mp.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("swarm space offered") && text.contains(&url_a), "{text}");
 }

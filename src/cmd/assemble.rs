@@ -136,6 +136,8 @@ pub(crate) struct SwarmOptions {
     pub serve: Option<crate::swarm::server::ServeConfig>,
     /// The URL other nodes reach this one at (default: `http://` + the listening address).
     pub advertise: Option<String>,
+    /// Space offered to the swarm for keeping pieces (`--keep`, `-o keep=`).
+    pub keep: Option<u64>,
 }
 
 /// What reading from network sources needs.
@@ -393,7 +395,7 @@ pub(crate) fn network(
     let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
     urls.extend(swarm.peers.iter().cloned());
     let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
-    let identity = crate::swarm::Identity::of(annex);
+    let identity = crate::swarm::Identity::of(annex).offering(swarm.keep.unwrap_or(0));
     let peers = Peers::new(&urls, own, identity, http.client.clone(), rt.handle().clone());
     if !urls.is_empty() || swarm.serve.is_some() {
         // A first round now, so that the peers' peers are known before the first read.

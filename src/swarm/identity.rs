@@ -28,6 +28,9 @@ pub struct Hello {
     /// The repositories the node's git-annex branch knows.
     #[serde(default)]
     pub known: Vec<String>,
+    /// Bytes the node offers the swarm for keeping pieces (`--keep`).
+    #[serde(default)]
+    pub offered: u64,
 }
 
 /// What a hello says of the node that sent it, from this node's side.
@@ -46,6 +49,8 @@ pub enum Verdict {
 pub struct Identity {
     pub uuid: String,
     known: BTreeSet<String>,
+    /// Bytes offered to the swarm.
+    pub offered: u64,
 }
 
 impl Identity {
@@ -64,14 +69,20 @@ impl Identity {
     pub fn new(uuid: String, known: impl IntoIterator<Item = String>) -> Identity {
         let mut known: BTreeSet<String> = known.into_iter().collect();
         known.insert(uuid.clone());
-        Identity { uuid, known }
+        Identity { uuid, known, offered: 0 }
+    }
+
+    /// The same node offering `bytes` to the swarm.
+    pub fn offering(mut self, bytes: u64) -> Identity {
+        self.offered = bytes;
+        self
     }
 
     pub fn hello(&self) -> Hello {
         // This node's own UUID first: a peer cutting the list keeps it.
         let mut known = vec![self.uuid.clone()];
         known.extend(self.known.iter().filter(|u| **u != self.uuid).take(MAX_KNOWN - 1).cloned());
-        Hello { annexfs: 1, uuid: self.uuid.clone(), known }
+        Hello { annexfs: 1, uuid: self.uuid.clone(), known, offered: self.offered }
     }
 
     /// What `hello` says of its sender.

@@ -217,6 +217,12 @@ impl Peers {
         self.table().live(Instant::now())
     }
 
+    /// The live nodes of the swarm: this one, then each live peer (address, UUID, space offered).
+    pub fn nodes(&self) -> Vec<(String, String, u64)> {
+        let me = (self.own_url.clone().unwrap_or_default(), self.identity.uuid.clone(), self.identity.offered);
+        std::iter::once(me).chain(self.table().nodes(Instant::now())).collect()
+    }
+
     /// How full the peer table is.
     pub fn counts(&self) -> TableCounts {
         self.table().counts(Instant::now())
@@ -264,7 +270,7 @@ impl Peers {
                 self.table().forget(url);
             }
             Verdict::Same => {
-                if self.table().answered(url, h.uuid.clone()) {
+                if self.table().answered(url, h.uuid.clone(), h.offered) {
                     tracing::info!("swarm: learnt peer {url} ({})", h.uuid);
                 }
             }

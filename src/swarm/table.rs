@@ -27,6 +27,8 @@ pub(crate) struct Entry {
     retry_at: Option<Instant>,
     /// The UUID it answered with; `None` while a candidate.
     answered: Option<String>,
+    /// The space it offers the swarm, as it last said.
+    offered: u64,
     /// The UUID it was announced with (by itself or another node), if any: its hello must say
     /// the same.
     claimed: Option<String>,
@@ -81,7 +83,7 @@ impl Table {
         if self.map.len() >= self.cap && !self.evict_one(now) {
             return Added::Full;
         }
-        let e = Entry { fails: 0, retry_at: None, answered: None, claimed, given, added: now };
+        let e = Entry { fails: 0, retry_at: None, answered: None, offered: 0, claimed, given, added: now };
         self.map.insert(url.to_string(), e);
         Added::New
     }
@@ -111,6 +113,15 @@ impl Table {
         }
     }
 
+    /// Live peers as nodes of the swarm: (address, UUID, space offered).
+    pub fn nodes(&self, now: Instant) -> Vec<(String, String, u64)> {
+        self.map
+            .iter()
+            .filter(|(_, e)| e.retry_at.is_none_or(|t| t <= now))
+            .filter_map(|(u, e)| Some((u.clone(), e.answered.clone()?, e.offered)))
+            .collect()
+    }
+
     /// Peers that answered and are not dropped now.
     pub fn live(&self, now: Instant) -> Vec<String> {
         self.map
@@ -130,9 +141,10 @@ impl Table {
 
     /// `url` answered as a node of this repository, with `uuid`. False if it is no longer in
     /// the table.
-    pub fn answered(&mut self, url: &str, uuid: String) -> bool {
+    pub fn answered(&mut self, url: &str, uuid: String, offered: u64) -> bool {
         let Some(e) = self.map.get_mut(url) else { return false };
         e.answered = Some(uuid);
+        e.offered = offered;
         e.fails = 0;
         e.retry_at = None;
         true
@@ -201,7 +213,7 @@ mod tests {
         let mut t = Table::new(4);
         assert_eq!(t.add("http://given", None, true, now), Added::New);
         assert_eq!(t.add("http://honest", None, false, now), Added::New);
-        assert!(t.answered("http://honest", "u1".into()));
+        assert!(t.answered("http://honest", "u1".into(), 0));
         for i in 0..100 {
             let at = now + Duration::from_millis(i);
             assert_ne!(t.add(&format!("http://junk{i}"), None, false, at), Added::Known);
@@ -217,7 +229,7 @@ mod tests {
         let mut full = Table::new(2);
         full.add("http://a", None, true, now);
         full.add("http://b", None, false, now);
-        full.answered("http://b", "u".into());
+        full.answered("http://b", "u".into(), 0);
         assert_eq!(full.add("http://c", None, false, now), Added::Full);
         // A dropped learnt peer may go.
         for _ in 0..DROP_AFTER {
