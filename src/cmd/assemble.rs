@@ -142,6 +142,8 @@ pub(crate) struct SwarmOptions {
     pub serve: Option<crate::swarm::server::ServeConfig>,
     /// The URL other nodes reach this one at (default: `http://` + the listening address).
     pub advertise: Option<String>,
+    /// Space offered to the swarm for keeping pieces (`--keep`, `-o keep=`).
+    pub keep: Option<u64>,
 }
 
 /// What reading from network sources needs.
@@ -157,6 +159,8 @@ pub(crate) struct Network {
     pub sizes: Arc<SizeBook>,
     /// Downloads of keys whose size no header tells (they learn it).
     pub downloads: crate::source::sizeless::Downloads,
+    /// The swarm's rules in force (from signed commits), with the HEAD they were read at.
+    pub rules: Mutex<(Option<String>, Arc<crate::swarm::rules::RulesState>)>,
 }
 
 /// Every place one key can be read from, assembled.
@@ -264,6 +268,49 @@ impl Network {
         Some((with_size(key, n)?, n))
     }
 
+    /// The swarm's rules in force, read again when HEAD moved (see [`crate::swarm::rules`]).
+    pub fn rules(&self, annex: &Annex) -> Arc<crate::swarm::rules::RulesState> {
+        let head = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&annex.gitdir)
+            .args(["rev-parse", "-q", "--verify", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let mut r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if r.0.is_some() && r.0 == head {
+            return r.1.clone();
+        }
+        let signers = crate::swarm::rules::signers_from(annex.config.get(crate::swarm::rules::SIGNERS_CONFIG));
+        let st = Arc::new(crate::swarm::rules::load(&annex.gitdir, &signers));
+        if let (Some(rules), Some(c)) = (&st.rules, &st.commit) {
+            tracing::info!(
+                "swarm rules from commit {c} (signed by {}): {} copies",
+                st.signer.as_deref().unwrap_or("?"),
+                rules.copies
+            );
+        }
+        *r = (head, st.clone());
+        st
+    }
+
+    /// Stream mode, a key some peer holds and without a manifest: a manifest a peer vouches
+    /// for, checked by the key in the end (`fetch::vouched`); kept apart in the cache so that
+    /// this node can serve the pieces it checked against it.
+    pub async fn vouch(&self, kf: &crate::fetch::KeyFetch, key: &Key) {
+        let f = &self.fetcher;
+        if kf.present_bytes() >= kf.size()
+            && f.store().open_existing(key).ok().flatten().is_some_and(|c| c.is_verified())
+        {
+            return;
+        }
+        let Some((m, by)) = self.peers.vouched_manifest(key, |who| f.is_banned(who)).await else { return };
+        if let Err(e) = crate::manifest::cached::save_vouched(self.store(), &m) {
+            tracing::warn!("{key}: keep the manifest {by} vouched for in the cache: {e}");
+        }
+        kf.set_vouched_manifest(m, by);
+    }
+
     /// The manifest of `key` for a fetch: the one kept in the cache, else the published one,
     /// else (for BLAKE3 keys, whose manifests need no trust) one from a peer; kept in the
     /// cache once found. Problems are logged, never fatal: without a manifest the key is
@@ -356,7 +403,8 @@ pub(crate) fn network(
     let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
     urls.extend(swarm.peers.iter().cloned());
     let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
-    let peers = Peers::new(&urls, own, http.client.clone(), rt.handle().clone());
+    let identity = crate::swarm::Identity::of(annex).offering(swarm.keep.unwrap_or(0));
+    let peers = Peers::new(&urls, own, identity, http.client.clone(), rt.handle().clone());
     if !urls.is_empty() || swarm.serve.is_some() {
         // A first round now, so that the peers' peers are known before the first read.
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
@@ -372,7 +420,19 @@ pub(crate) fn network(
     // A download of unknown size may take at most half the cache's bound on disk.
     let downloads = crate::source::sizeless::Downloads::new(cache_dir, reach.http.clone(), cache_size / 2, on_end)
         .with_context(|| format!("a private directory for downloads in {}", cache_dir.display()))?;
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes, downloads }))
+    let net = Network {
+        fetcher,
+        reach: Arc::new(reach),
+        peers,
+        serving: OnceLock::new(),
+        sizes,
+        downloads,
+        rules: Mutex::new((None, Arc::default())),
+    };
+    if !urls.is_empty() || swarm.serve.is_some() {
+        net.rules(annex);
+    }
+    Ok(Arc::new(net))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
@@ -481,9 +541,13 @@ impl Holders for MountHolders {
                 if !skip.contains(&what) {
                     let manifest =
                         if fetcher.has_manifest(key) { None } else { self.net.manifest(&self.annex, key).await };
+                    let peer_held = parts.remote.iter().any(|s| s.name().starts_with("peer "));
                     let kf = fetcher
                         .key(key, parts.remote, manifest)
                         .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                    if peer_held && !kf.has_manifest() && fetcher.config().verify == VerifyMode::Stream {
+                        self.net.vouch(&kf, key).await;
+                    }
                     return Ok(Opened::Fetched { kf, what });
                 }
             }
@@ -507,6 +571,10 @@ impl Holders for MountHolders {
 
     fn keep_cache(&self, key: &Key) -> bool {
         let f = &self.net.fetcher;
+        // Pages checked only against a manifest a peer vouched for may still be replaced.
+        if f.vouched_by(key).is_some() {
+            return false;
+        }
         if f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key) {
             return true;
         }

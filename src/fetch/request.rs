@@ -552,6 +552,10 @@ impl KeyFetch {
     /// Source `s` sent piece `i` and it failed its manifest hash: a strike, and `s` is not
     /// asked for that piece again.
     fn refuse(&self, s: SourceId, i: PieceIndex) {
+        // Against a manifest a peer vouched for, the manifest may be the liar.
+        if self.doubt_vouched(s, i) {
+            return;
+        }
         self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
         let src = &self.source(s).src;
         let why = format!("piece {i} of {} from {} fails its manifest hash", self.key, src.name());
