@@ -414,6 +414,16 @@ pub(crate) fn network(
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
+    // ssh hosts are connected to ahead of the first read (as a warm master connection
+    // sharing its sessions): connecting takes longer than most ranges.
+    let meta = annex.meta().ok();
+    for r in meta.iter().flat_map(|m| m.remotes.iter()).filter(|r| !r.ignore && r.uuid.is_some()) {
+        if let crate::annex::remotes::RemoteKind::GitSsh(ssh) = &r.kind
+            && let Ok(how) = &ssh.access
+        {
+            reach.ssh.warm(how, &r.name, rt.handle());
+        }
+    }
     let sizes: Arc<SizeBook> = Arc::default();
     let learnt = sizes.clone();
     let on_end: crate::source::sizeless::OnEnd = Arc::new(move |key, n| learnt.set_bytes(key, Some(n)));

@@ -285,7 +285,7 @@ impl Host {
 
     /// Makes sure the master connection is up (connection sharing on): once per host at a
     /// time, in a task of its own so that a request given up meanwhile does not cut it short.
-    async fn ready(self: &Arc<Self>, remote: &str) -> Result<(), SshError> {
+    pub(super) async fn ready(self: &Arc<Self>, remote: &str) -> Result<(), SshError> {
         let Some(socket) = self.control.clone() else { return Ok(()) };
         let host = self.clone();
         let remote = remote.to_string();

@@ -102,6 +102,24 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Sets up the master connection to the host of `how` (connection sharing on) in the
+    /// background on `rt`, so that the first range read from `remote` does not wait for ssh
+    /// to connect. A failure is remembered and reported as on first use.
+    pub fn warm(&self, how: &SshAccess, remote: &str, rt: &tokio::runtime::Handle) {
+        if !how.caching {
+            return;
+        }
+        let Ok(host) = self.host(how) else { return };
+        let remote = remote.to_string();
+        rt.spawn(async move {
+            if let Err(e) = host.ready(&remote).await {
+                tracing::debug!("ssh {}: no master connection ahead of use: {e}", host.dest);
+            }
+        });
+    }
+}
+
 impl Drop for Connections {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
