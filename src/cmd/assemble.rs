@@ -149,6 +149,8 @@ pub(crate) struct Network {
     pub serving: OnceLock<crate::swarm::server::Server>,
     /// Sizes learnt for keys whose name has none.
     pub sizes: Arc<SizeBook>,
+    /// Spread remotes read in place, by remote name (their stores' figures for status).
+    pub spreads: super::spread::Registry,
 }
 
 /// Every place one key can be read from, assembled.
@@ -354,11 +356,20 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    let reach = Reach {
+    let mut reach = Reach {
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
-    Ok(Arc::new(Network { fetcher, reach: Arc::new(reach), peers, serving: OnceLock::new(), sizes: Arc::default() }))
+    let spreads = super::spread::Registry::default();
+    reach.external_makers.insert(super::spread::EXTERNALTYPE.to_string(), super::spread::mount_maker(spreads.clone()));
+    Ok(Arc::new(Network {
+        fetcher,
+        reach: Arc::new(reach),
+        peers,
+        serving: OnceLock::new(),
+        sizes: Arc::default(),
+        spreads,
+    }))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
