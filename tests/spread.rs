@@ -442,9 +442,14 @@ fn mount_reads_spread_keys_with_stores_gone() {
         let spread = &status["spread"][0];
         assert_eq!(spread["remote"], "spread", "{status}");
         let decoded = spread["decoded_pieces"].as_u64().unwrap();
-        if gone.is_empty() {
-            assert_eq!(decoded, 0, "{status}");
-        } else {
+        let stores = spread["stores"].as_array().unwrap();
+        assert_eq!(stores.len(), 6, "{status}");
+        let bytes: u64 = stores.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+        assert!(bytes >= big.len() as u64, "{name}: the stores gave {bytes} bytes: {status}");
+        for &i in &gone {
+            assert_eq!(stores[i]["bytes"], 0, "{name}: store {i} is gone: {status}");
+        }
+        if !gone.is_empty() {
             assert!(decoded > 0, "{name}: no decoded pieces counted: {status}");
             let log = std::fs::read_to_string(&m.log).unwrap_or_default();
             assert!(log.contains("spread shard unavailable"), "{log}");

@@ -37,7 +37,17 @@ pub struct KeyReader {
     store_of: Vec<Option<usize>>,
     /// Leaf lock: never held across an await.
     notes: Mutex<Vec<ShardNote>>,
+    /// Data pieces read lately, checked or rebuilt: the fetcher's requests are smaller than a
+    /// piece at first and do not start on piece boundaries, so neighbours share pieces. Leaf
+    /// lock, never held across an await.
+    cache: Mutex<PieceCache>,
 }
+
+/// Checked data pieces by (stripe, shard).
+type PieceCache = lru::LruCache<(u64, usize), Arc<Vec<u8>>>;
+
+/// Pieces a [`KeyReader`] keeps (32 MiB of 1 MiB pieces).
+const CACHED_PIECES: usize = 32;
 
 impl KeyReader {
     pub fn new(spread: &Arc<Spread>, manifest: Manifest) -> KeyReader {
@@ -49,7 +59,10 @@ impl KeyReader {
             }
         }
         let dir = Spread::key_dir(&manifest.key).unwrap_or_default();
-        KeyReader { spread: spread.clone(), manifest, dir, store_of, notes: Mutex::new(notes) }
+        let cache = Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(CACHED_PIECES).unwrap_or(std::num::NonZeroUsize::MIN),
+        ));
+        KeyReader { spread: spread.clone(), manifest, dir, store_of, notes: Mutex::new(notes), cache }
     }
 
     fn notes(&self) -> std::sync::MutexGuard<'_, Vec<ShardNote>> {
@@ -117,18 +130,35 @@ impl KeyReader {
         for &s in skip {
             tried[s] = true;
         }
+        if skip.is_empty() {
+            let mut cache = self.cache();
+            for &s in want {
+                if let Some(p) = cache.get(&(stripe, s)) {
+                    pieces[s] = Some(p.as_ref().clone());
+                    tried[s] = true;
+                }
+            }
+        }
+        let complete = |pieces: &[Option<Vec<u8>>]| {
+            want.iter().all(|&s| pieces[s].is_some()) && pieces.iter().filter(|p| p.is_some()).count() >= min
+        };
+        if complete(&pieces) {
+            return Ok(pieces);
+        }
         // In place when every wanted store is alive and not busier than the idlest other.
+        let todo: Vec<usize> = want.iter().copied().filter(|&s| pieces[s].is_none()).collect();
         let others_min =
             (0..n).filter(|s| !want.contains(s) && !tried[*s] && self.alive(*s)).map(|s| self.load(s)).min();
-        let in_place = want.iter().all(|&s| !tried[s] && self.alive(s))
-            && want.iter().all(|&s| others_min.is_none_or(|m| self.load(s) <= m + 1));
+        let in_place = todo.iter().all(|&s| !tried[s] && self.alive(s))
+            && todo.iter().all(|&s| others_min.is_none_or(|m| self.load(s) <= m + 1));
         if in_place {
-            let reads = want.iter().map(|&s| self.piece(stripe, s));
-            for (&s, r) in want.iter().zip(futures_util::future::join_all(reads).await) {
+            let reads = todo.iter().map(|&s| self.piece(stripe, s));
+            for (&s, r) in todo.iter().zip(futures_util::future::join_all(reads).await) {
                 tried[s] = true;
                 pieces[s] = r.ok();
             }
-            if want.iter().all(|&s| pieces[s].is_some()) && want.len() >= min {
+            if complete(&pieces) {
+                self.keep(stripe, &pieces);
                 return Ok(pieces);
             }
         }
@@ -158,7 +188,22 @@ impl KeyReader {
                 notes[s].rebuilt += 1;
             }
         }
+        self.keep(stripe, &pieces);
         Ok(pieces)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, PieceCache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps the checked (or rebuilt) data pieces of `stripe` for the next ranges in them.
+    fn keep(&self, stripe: u64, pieces: &[Option<Vec<u8>>]) {
+        let mut cache = self.cache();
+        for (s, p) in pieces.iter().enumerate().take(self.manifest.layout.code.k) {
+            if let Some(p) = p {
+                cache.put((stripe, s), Arc::new(p.clone()));
+            }
+        }
     }
 
     /// Every piece of `stripe`, parity included (re-encoded), for rewriting the shards `lost`.

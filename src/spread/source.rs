@@ -8,7 +8,12 @@
 use super::reader::KeyReader;
 use super::remote::Spread;
 use crate::source::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
+use futures_util::StreamExt;
 use std::sync::Arc;
+
+/// Stripes of one request read at once: with the fetcher's two requests per source, enough
+/// piece reads in flight to keep every store of the remote busy.
+const STRIPES_AT_ONCE: usize = 4;
 
 /// One key of a spread remote.
 pub struct SpreadSource {
@@ -66,24 +71,34 @@ impl RangeSource for SpreadSource {
             let reader = self.reader().await?;
             let stripe = reader.manifest.layout.stripe_bytes().max(1);
             let end = offset + len;
-            let s = futures_util::stream::unfold((reader, offset), move |(reader, pos)| async move {
-                if pos >= end {
-                    return None;
-                }
+            // One part per stripe, several stripes read at once, handed over in order.
+            let mut parts = Vec::new();
+            let mut pos = offset;
+            while pos < end {
                 let next = ((pos / stripe + 1) * stripe).min(end);
-                let r = reader.read(pos, next - pos).await;
-                let item = match r {
-                    Ok(b) => Ok(bytes::Bytes::from(b)),
-                    Err(e) => {
-                        let why = reader.report();
-                        tracing::warn!(key = %reader.manifest.key, "spread read failed: {e} ({why})");
-                        Err(FetchError::Transport(format!("{e} ({why})")))
+                parts.push((pos, next));
+                pos = next;
+            }
+            let s = futures_util::stream::iter(parts)
+                .map(move |(from, to)| {
+                    let reader = reader.clone();
+                    async move {
+                        reader.read(from, to - from).await.map(bytes::Bytes::from).map_err(|e| {
+                            let why = reader.report();
+                            tracing::warn!(key = %reader.manifest.key, "spread read failed: {e} ({why})");
+                            FetchError::Transport(format!("{e} ({why})"))
+                        })
                     }
-                };
-                // After an error the stream ends.
-                let pos = if item.is_ok() { next } else { end };
-                Some((item, (reader, pos)))
-            });
+                })
+                .buffered(STRIPES_AT_ONCE)
+                // Nothing after the first error.
+                .scan(false, |failed, item| {
+                    let out = if *failed { None } else { Some(item) };
+                    if out.as_ref().is_some_and(Result::is_err) {
+                        *failed = true;
+                    }
+                    futures_util::future::ready(out)
+                });
             Ok(Box::pin(s) as ByteStream)
         })
     }
