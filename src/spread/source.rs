@@ -5,6 +5,7 @@
 //! The manifest is fetched on the first request (from any store) and must describe a key of
 //! the size the fetcher reads; the stream yields one stripe's worth of bytes at a time.
 
+use super::SpreadError;
 use super::reader::KeyReader;
 use super::remote::Spread;
 use crate::source::remote::{BoxFuture, ByteStream, FetchError, RangeSource};
@@ -86,7 +87,11 @@ impl RangeSource for SpreadSource {
                         reader.read(from, to - from).await.map(bytes::Bytes::from).map_err(|e| {
                             let why = reader.report();
                             tracing::warn!(key = %reader.manifest.key, "spread read failed: {e} ({why})");
-                            FetchError::Transport(format!("{e} ({why})"))
+                            // Too few shards left is not cured by asking again soon.
+                            match e {
+                                SpreadError::TooFew { .. } => FetchError::Refused(format!("{e} ({why})")),
+                                _ => FetchError::Transport(format!("{e} ({why})")),
+                            }
                         })
                     }
                 })
