@@ -298,3 +298,58 @@ impl KeyReader {
         parts.join("; ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn content(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251).to_le_bytes()[0]).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_data_stores_hand_work_to_parity_and_bytes_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs: Vec<String> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("s{i}"));
+                std::fs::create_dir(&p).unwrap();
+                p.display().to_string()
+            })
+            .collect();
+        let spread = Arc::new(Spread::from_config(&specs.join(","), Some("2"), Some("1")).unwrap());
+        let data = content(3_000_001);
+        let file = dir.path().join("f");
+        std::fs::write(&file, &data).unwrap();
+        let key = "SHA256E-s3000001--00.bin";
+        spread.store_key(key, &file, &mut |_| {}).await.unwrap();
+        let m = spread.manifest(key).await.map_err(|e| e.0).unwrap();
+        let store_of = |shard: usize| spread.store_index(&m.stores[shard]).unwrap();
+        let reads = |shard: usize| spread.stores[store_of(shard)].stats.reads.load(Relaxed);
+
+        // Idle stores: data in place, nothing decoded, parity untouched.
+        let r = KeyReader::new(&spread, m.clone());
+        assert!(r.read(0, data.len() as u64).await.unwrap() == data);
+        assert_eq!(spread.decoded.load(Relaxed), 0);
+        assert_eq!(reads(2), 0);
+
+        // Data shard 0's store is busy: its stripes come from shard 1 and parity, decoded.
+        spread.stores[store_of(0)].stats.inflight.store(5, Relaxed);
+        let r = KeyReader::new(&spread, m.clone());
+        let (a, b) = (1_000_000u64, 1_500_000u64);
+        assert!(r.read(a, b).await.unwrap() == data[to_usize(a)..to_usize(a + b)]);
+        assert!(reads(2) > 0, "parity was not read");
+        assert!(spread.decoded.load(Relaxed) > 0);
+        spread.stores[store_of(0)].stats.inflight.store(0, Relaxed);
+
+        // A piece flipped on disk: an erasure, rebuilt, reported.
+        let shard1 = dir.path().join(format!("s{}", store_of(1))).join(Spread::key_dir(key).unwrap()).join("shard-1");
+        let mut bytes = std::fs::read(&shard1).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&shard1, bytes).unwrap();
+        let r = KeyReader::new(&spread, m);
+        assert!(r.read(0, data.len() as u64).await.unwrap() == data);
+        assert!(r.report().contains("1 pieces failed their hash"), "{}", r.report());
+    }
+}
