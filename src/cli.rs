@@ -39,6 +39,8 @@ pub enum Command {
     /// Serve this repository's content and the verified pieces of the piece cache to other
     /// annexfs nodes (the swarm), in the foreground.
     Serve(ServeArgs),
+    /// Spread remotes (`type=external externaltype=annexfs`): repair lost shards.
+    Spread(SpreadArgs),
     /// The mount(8) helper (`mount.annexfs REPO DIR [-sfnv] [-o OPTIONS]`).
     #[command(hide = true)]
     MountHelper {
@@ -48,6 +50,42 @@ pub enum Command {
     /// Write man pages or shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpreadArgs {
+    #[command(subcommand)]
+    pub command: SpreadCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SpreadCommand {
+    /// Rewrite missing or damaged shards of a spread remote's keys (rebuilt from any `data=`
+    /// intact shards) onto the stores that lost them.
+    Repair {
+        /// The git remote's name.
+        remote: String,
+        /// The repository (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// Only these keys (default: every key with a manifest on a directory store).
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// The erasure code's speed on one core (for the benchmarks): one JSON line.
+    #[command(hide = true)]
+    Codec {
+        #[arg(long, default_value_t = 4)]
+        data: usize,
+        #[arg(long, default_value_t = 2)]
+        parity: usize,
+        /// Data to encode or decode, MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        /// Rebuild `parity` lost data pieces of every stripe instead of encoding.
+        #[arg(long)]
+        decode: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -27,4 +27,5 @@ pub mod logging;
 pub mod manifest;
 pub mod pieces;
 pub mod source;
+pub mod spread;
 pub mod swarm;

@@ -21,6 +21,10 @@ fn helper() -> Option<annexfs::cli::Cli> {
 }
 
 fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == annexfs::cmd::spread::PROGRAM) {
+        std::process::exit(annexfs::cmd::spread::program::run());
+    }
     let cli = helper().unwrap_or_else(annexfs::cli::Cli::parse);
     use std::io::IsTerminal;
     let (daemon, background) = match &cli.command {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["annex", "logging"],
     &["source", "pieces"],
+    &["spread"],
     &["manifest"],
     &["fetch"],
     &["swarm"],

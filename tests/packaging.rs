@@ -43,6 +43,7 @@ fn the_debian_package_holds_the_binary_helpers_man_pages_and_completions() {
     let list = String::from_utf8_lossy(&list.stdout);
     for want in [
         "./usr/bin/annexfs",
+        "./usr/bin/git-annex-remote-annexfs -> annexfs",
         "./usr/sbin/mount.annexfs",
         "./usr/sbin/mount.fuse.annexfs",
         "./usr/share/man/man1/annexfs.1.gz",
@@ -64,6 +65,13 @@ fn the_debian_package_holds_the_binary_helpers_man_pages_and_completions() {
     assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(x.path()).status().unwrap().success());
     let v = Command::new(x.path().join("usr/bin/annexfs")).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("annexfs "), "{v:?}");
+    // The link runs the spread remote program, which greets git-annex with its version.
+    let mut p = Command::new(x.path().join("usr/bin/git-annex-remote-annexfs"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    p.stdout.truncate(10);
+    assert_eq!(String::from_utf8_lossy(&p.stdout), "VERSION 1\n", "{p:?}");
     if require("lintian", have("lintian", "--version")) {
         let l = Command::new("lintian").args(["--no-tag-display-limit"]).arg(&deb).output().unwrap();
         let text = String::from_utf8_lossy(&l.stdout);
@@ -121,6 +129,8 @@ fn rpm_spec_and_pkgbuild_install_only_what_the_build_makes() {
             }
         }
         assert!(text.contains("packaging/make-assets"), "{f} makes the man pages and completions");
+        assert!(text.contains("ln -s annexfs "), "{f} links git-annex-remote-annexfs to the binary");
+        assert!(text.contains("/git-annex-remote-annexfs"), "{f} installs git-annex-remote-annexfs");
     }
     let pkgbuild = root().join("packaging/PKGBUILD");
     assert!(Command::new("bash").arg("-n").arg(&pkgbuild).status().unwrap().success(), "PKGBUILD is valid bash");

@@ -161,6 +161,8 @@ pub(crate) struct Network {
     pub downloads: crate::source::sizeless::Downloads,
     /// The swarm's rules in force (from signed commits), with the HEAD they were read at.
     pub rules: Mutex<(Option<String>, Arc<crate::swarm::rules::RulesState>)>,
+    /// Spread remotes read in place, by remote name (their stores' figures for status).
+    pub spreads: super::spread::Registry,
 }
 
 /// Every place one key can be read from, assembled.
@@ -410,7 +412,7 @@ pub(crate) fn network(
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
         peers.start();
     }
-    let reach = Reach {
+    let mut reach = Reach {
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
@@ -430,6 +432,8 @@ pub(crate) fn network(
     // A download of unknown size may take at most half the cache's bound on disk.
     let downloads = crate::source::sizeless::Downloads::new(cache_dir, reach.http.clone(), cache_size / 2, on_end)
         .with_context(|| format!("a private directory for downloads in {}", cache_dir.display()))?;
+    let spreads = super::spread::Registry::default();
+    reach.external_makers.insert(super::spread::EXTERNALTYPE.to_string(), super::spread::mount_maker(spreads.clone()));
     let net = Network {
         fetcher,
         reach: Arc::new(reach),
@@ -438,6 +442,7 @@ pub(crate) fn network(
         sizes,
         downloads,
         rules: Mutex::new((None, Arc::default())),
+        spreads,
     };
     if !urls.is_empty() || swarm.serve.is_some() {
         net.rules(annex);

@@ -9,6 +9,7 @@ pub mod ls;
 pub mod mount;
 pub mod serve;
 pub mod sources;
+pub mod spread;
 pub mod status;
 
 use crate::cli::{Cli, Command};
@@ -31,5 +32,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             None => Ok(0),
         },
         Command::Generate(args) => generate::run(&args),
+        Command::Spread(args) => spread::run(&args),
     }
 }

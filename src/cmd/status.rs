@@ -56,6 +56,9 @@ pub struct MountStatus {
     /// What this node serves to the swarm, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Serving>,
+    /// Spread remotes read from their stores: pieces decoded, each store's figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<SpreadStatus>,
     /// Set when the daemon could not be asked (then the other fields are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -79,6 +82,27 @@ pub struct Serving {
     pub bytes: u64,
     /// Connections or requests refused (bounds, token).
     pub refused: u64,
+}
+
+/// A spread remote as the mount reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SpreadStatus {
+    pub remote: String,
+    pub data: usize,
+    pub parity: usize,
+    /// Data pieces rebuilt from parity (a store missing, busy or wrong).
+    pub decoded_pieces: u64,
+    pub stores: Vec<SpreadStoreStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SpreadStoreStatus {
+    pub store: String,
+    /// Piece reads, bytes of pieces that passed their hash, failed reads.
+    pub reads: u64,
+    pub bytes: u64,
+    pub failures: u64,
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -264,6 +288,7 @@ pub(crate) fn snapshot(
         }
     }
     st.sources = by_id;
+    st.spread = super::spread::statuses(&parts.spreads);
     let c = &parts.fetcher.stats;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     st.counters = Counters {
@@ -384,6 +409,20 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 flags.push_str(&format!(", given up: {g}"));
             }
             writeln!(out, "  source {}: {}, {}/s{lat}{flags}", s.identity, human(s.bytes as f64), human(s.rate_bps))?;
+        }
+        for sp in &m.spread {
+            writeln!(out, "  spread {} ({}+{}): {} pieces decoded", sp.remote, sp.data, sp.parity, sp.decoded_pieces)?;
+            for st in &sp.stores {
+                writeln!(
+                    out,
+                    "    store {}: {} reads, {}, {} failed, {} in flight",
+                    st.store,
+                    st.reads,
+                    human(st.bytes as f64),
+                    st.failures,
+                    st.in_flight
+                )?;
+            }
         }
         if let Some(s) = &m.serving {
             writeln!(

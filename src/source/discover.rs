@@ -63,7 +63,10 @@ pub fn discover_with_size(
                 (Location::Ssh(l), Some(r)) => Some(super::ssh::source(l, key, r).map_err(|e| e.to_string())),
                 (Location::P2pHttp(l), Some(r)) => Some(super::p2phttp::source(l, key, r).map_err(|e| e.to_string())),
                 (Location::S3(l), Some(r)) => Some(super::s3::source(l, key, r).map_err(|e| e.to_string())),
-                (Location::External(l), Some(r)) => Some(super::external::source(l, key, r).map_err(|e| e.to_string())),
+                (Location::External(l), Some(r)) => match r.external_makers.get(&l.externaltype) {
+                    Some(make) => Some(make(l, key)),
+                    None => Some(super::external::source(l, key, r).map_err(|e| e.to_string())),
+                },
                 (Location::Ssh(_) | Location::P2pHttp(_) | Location::S3(_) | Location::External(_), None) => {
                     Some(Err("network remotes are not read here".to_string()))
                 }

@@ -5,7 +5,19 @@
 use super::external::Programs;
 use super::http::HttpClient;
 use super::ssh::Connections;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Makes a range source for an external remote without running its program (a spread
+/// remote's stores are read in place); installed per externaltype by the command.
+pub type ExternalMaker = Arc<
+    dyn Fn(
+            &crate::annex::remotes::external::ExternalLocation,
+            &crate::annex::Key,
+        ) -> Result<Arc<dyn super::remote::RangeSource>, String>
+        + Send
+        + Sync,
+>;
 
 /// The means to reach network holders.
 pub struct Reach {
@@ -16,6 +28,8 @@ pub struct Reach {
     pub external: Programs,
     /// This repository's identity and the logins for p2phttp servers.
     pub p2phttp: Arc<super::p2phttp::Shared>,
+    /// Sources for external remotes of these externaltypes are made by these, not the program.
+    pub external_makers: BTreeMap<String, ExternalMaker>,
 }
 
 impl Reach {
@@ -26,6 +40,7 @@ impl Reach {
             ssh: Connections::default(),
             external: Programs::default(),
             p2phttp: Arc::new(super::p2phttp::Shared::new(None, None)),
+            external_makers: BTreeMap::new(),
         }
     }
 

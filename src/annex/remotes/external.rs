@@ -47,7 +47,10 @@ impl ExternalRemote {
             return;
         };
         let program_name = program_name(externaltype);
-        let Some(program) = find_on_path(&program_name) else {
+        // A spread remote's program is annexfs itself (its link may be missing when annexfs
+        // was installed without the packages).
+        let own = || (externaltype == "annexfs").then(|| std::env::current_exe().ok()).flatten();
+        let Some(program) = find_on_path(&program_name).or_else(own) else {
             acc.readable = Err(Unreadable::ProgramMissing(program_name));
             return;
         };
