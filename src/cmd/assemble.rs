@@ -9,7 +9,7 @@
 //! Keys whose name has no size (URL keys, `addurl --relaxed`, old WORM keys): their size is
 //! learnt from their web URLs ([`HttpClient::learn_size`]: `HEAD`, else a `Range: bytes=0-0`
 //! `GET`), at most [`LEARN_SIZE_WAIT`] per lookup, and kept in [`Network::sizes`] for the
-//! life of the mount (a failure for [`UNKNOWN_SIZE_RETRY`], then asked again). A learnt size
+//! life of the mount (a failure for [`super::sizes::UNKNOWN_SIZE_RETRY`], then asked again). A learnt size
 //! makes the key fetchable like any other: the fetcher and the piece cache get the key with
 //! that size written in (`-sN`), the sources are made for that size, and the whole key is
 //! checked as far as its backend allows (a URL key has no hash: the fetcher says so once).
