@@ -99,7 +99,9 @@ impl Download {
 
 /// Downloads of keys of unknown size, for one mount; their files are removed with it.
 pub struct Downloads {
-    dir: tempfile::TempDir,
+    parent: PathBuf,
+    /// Made on the first download, private (0700) like the rest of the cache.
+    dir: std::sync::OnceLock<tempfile::TempDir>,
     client: HttpClient,
     max_bytes: u64,
     on_end: OnEnd,
@@ -110,7 +112,8 @@ impl Downloads {
     /// Downloads into a private directory made in `parent` (the cache directory), each at
     /// most `max_bytes`; `on_end` learns each size.
     /// Directories left by processes that are gone (killed before removing theirs) are
-    /// removed first; those of live processes sharing the cache are theirs.
+    /// removed first; those of live processes sharing the cache are theirs. This process's
+    /// own is made on the first download.
     pub fn new(parent: &std::path::Path, client: HttpClient, max_bytes: u64, on_end: OnEnd) -> std::io::Result<Self> {
         for e in std::fs::read_dir(parent)?.flatten() {
             let name = e.file_name();
@@ -121,8 +124,28 @@ impl Downloads {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        let dir = tempfile::Builder::new().prefix(&format!("sizeless-{}-", std::process::id())).tempdir_in(parent)?;
-        Ok(Downloads { dir, client, max_bytes, on_end, map: Mutex::default() })
+        Ok(Downloads {
+            parent: parent.to_path_buf(),
+            dir: std::sync::OnceLock::new(),
+            client,
+            max_bytes,
+            on_end,
+            map: Mutex::default(),
+        })
+    }
+
+    /// This process's directory of downloads, made on first use.
+    fn dir(&self) -> Result<&std::path::Path, SizelessError> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d.path());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let made = tempfile::Builder::new()
+            .prefix(&format!("sizeless-{}-", std::process::id()))
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&self.parent)
+            .map_err(|e| SizelessError::Disk(e.to_string()))?;
+        Ok(self.dir.get_or_init(|| made).path())
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<Download>>> {
@@ -143,8 +166,12 @@ impl Downloads {
         {
             return d.clone();
         }
-        let path = self.dir.path().join(format!("{}.part", blake3::hash(key).to_hex()));
-        let (tx, rx) = watch::channel(Progress { got: 0, end: None });
+        let (dir, made) = match self.dir() {
+            Ok(d) => (d.to_path_buf(), Ok(())),
+            Err(e) => (PathBuf::new(), Err(e)),
+        };
+        let path = dir.join(format!("{}.part", blake3::hash(key).to_hex()));
+        let (tx, rx) = watch::channel(Progress { got: 0, end: made.clone().err().map(Err) });
         let d = Arc::new(Download {
             key: name.to_string(),
             first_url: urls.first().cloned().unwrap_or_default(),
@@ -155,6 +182,9 @@ impl Downloads {
         map.insert(key.to_vec(), d.clone());
         let (client, urls, max, on_end, name, key) =
             (self.client.clone(), urls.to_vec(), self.max_bytes, self.on_end.clone(), name.to_string(), key.to_vec());
+        if made.is_err() {
+            return d;
+        }
         rt.spawn(async move {
             let end = download(&client, &urls, &path, max, &tx).await;
             match &end {
@@ -188,7 +218,9 @@ async fn download(
             }
         };
         let disk = |e: std::io::Error| SizelessError::Disk(e.to_string());
-        let mut file = std::fs::File::create(path).map_err(disk)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(disk)?;
         let mut got = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| SizelessError::Broken { at: got, why: e.to_string() })?;
