@@ -144,6 +144,12 @@ def random_during_stream(path, content, samples, cache_dir):
     sample is at an offset ahead of the stream that the cache does not hold yet."""
     size = os.stat(content).st_size
     progress = os.path.join(cache_dir + ".progress")
+    # The previous run's file would read as this stream's position until the new stream
+    # truncates it: the stream would seem to stand still (or run backwards).
+    try:
+        os.unlink(progress)
+    except FileNotFoundError:
+        pass
     proc = subprocess.Popen([sys.executable, __file__, "stream", path, progress])
 
     def pos():
