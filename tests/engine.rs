@@ -419,3 +419,25 @@ fn a_stream_keeps_going_while_random_reads_run() {
     eprintln!("the stream read {moved} bytes in {secs:.2} s of random reads");
     assert!(moved as f64 >= secs * (4 << 20) as f64, "the stream read {moved} bytes in {secs:.2} s of random reads");
 }
+
+/// With a manifest a seek's whole piece is needed (it is checked before a byte is served): it
+/// is also asked in parts of the other sources at once, checked whole and landed.
+#[test]
+fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(33, 8 << 20);
+    let key = sha256_key(&data);
+    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
+    // A piece takes a second from one source, a third of it from three at once.
+    let fault = || Faults { bytes_per_sec: Some(256 << 10), ..Faults::default() };
+    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
+    let kf = r.fetcher.key(&key, dyns(&sources), Some(common::manifest_of(&key, &data))).unwrap();
+    let at = 20 * piece + piece - (16 << 10);
+    let got = rt.block_on(kf.read(at, 16 << 10)).unwrap();
+    assert!(got[..] == data[at as usize..(at + (16 << 10)) as usize]);
+    // One source alone would have sent the whole piece before the read returned.
+    let most = sources.iter().map(|s| s.served()).max().unwrap();
+    assert!(most < piece * 3 / 4, "one source sent {most} bytes; the piece is {piece}");
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -83,7 +83,7 @@ impl KeyFetch {
     /// anything was freed. (Keys not open anywhere are evicted whole by the store first.)
     fn evict_pieces(&self, near: PieceIndex, want: u64) -> bool {
         let mut st = lock(&self.state);
-        let windows = st.streams.windows();
+        let windows = st.streams.windows(true);
         let mut victims: Vec<PieceIndex> = st
             .pieces
             .indices()

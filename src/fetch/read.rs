@@ -92,7 +92,15 @@ impl KeyFetch {
         // The pieces' requests first, so that the direct read goes to the least busy source
         // after them.
         self.schedule();
-        let direct = self.direct_source(&lock(&self.state), offset, end);
+        let (direct, split) = {
+            let st = lock(&self.state);
+            (self.direct_source(&st, offset, end), self.split_candidate(&st, first))
+        };
+        // Pieces are checked (a manifest): the first piece is also asked in parts of the idle
+        // sources, and the reader waits for whichever copy lands first.
+        if let Some(i) = split {
+            self.rt.spawn(self.clone().split_piece(i));
+        }
         let Some(s) = direct else { return self.read_pieces(offset, end, first, last).await };
         let pieces = self.read_pieces(offset, end, first, last);
         let this = self.clone();

@@ -126,12 +126,18 @@ pub fn wanted(b: &Board<'_>) -> Vec<PieceIndex> {
     let n = b.pieces.len();
     let mut out: Vec<PieceIndex> = b.demand.iter().copied().collect();
     let all = [(PieceIndex(0), n)];
-    let windows = if b.want_all { &all[..] } else { &b.windows[..] };
-    let mut seen: BTreeSet<PieceIndex> = b.demand.clone();
-    for &(start, len) in windows {
-        let from = start.0.min(n);
-        let to = from.saturating_add(len).min(n);
-        out.extend((from..to).map(PieceIndex).filter(|&i| seen.insert(i)));
+    let windows: Vec<(usize, usize)> = (if b.want_all { &all[..] } else { &b.windows[..] })
+        .iter()
+        .map(|&(start, len)| (start.0.min(n), start.0.min(n).saturating_add(len).min(n)))
+        .collect();
+    for (k, &(from, to)) in windows.iter().enumerate() {
+        let earlier = &windows[..k];
+        out.extend(
+            (from..to)
+                .filter(|i| !earlier.iter().any(|&(f, t)| (f..t).contains(i)))
+                .map(PieceIndex)
+                .filter(|i| !b.demand.contains(i)),
+        );
     }
     out
 }

@@ -11,20 +11,25 @@
 //!   stream's end and no further than its window past it (the kernel sends the reads of one
 //!   stream out of order, several at once). Its window then doubles, up to the maximum, and
 //!   the stream's end never moves backwards.
-//! - Otherwise it starts a new stream with the initial window. A stream of one read (a lone
-//!   seek) is speculative: when the next new stream starts, the speculative ones are dropped,
-//!   so random reads keep at most one small window wanted, as before, while streams that have
-//!   continued at least once keep theirs. At most [`MAX_STREAMS`] are kept (least recently
-//!   read dropped first).
+//! - Otherwise it starts a new stream. A stream is read ahead only once it is **established**:
+//!   it has read [`ESTABLISHED_BYTES`] (a seek makes the kernel read a little past it, so a
+//!   few reads after a seek are no stream yet). Readahead after a lone seek would take the
+//!   bandwidth the next seek's first bytes need, for bytes nobody may read. When a new stream
+//!   starts, the streams not established are dropped; at most [`MAX_STREAMS`] are kept
+//!   (least recently read dropped first).
+//! - Before any read, the head of the key is read ahead (a reader that opens a file usually
+//!   reads its head first), but only while no reader waits for anything.
 //!
-//! Windows are wanted in order: continued streams (most recently read first), then the
-//! speculative one. This is pure bookkeeping under the fetch state lock; tests below.
+//! Windows are wanted in order, most recently read first. This is pure bookkeeping under the
+//! fetch state lock; tests below.
 
 use super::config::SEQUENTIAL_SLACK;
 use super::piece::PieceIndex;
 
 /// Streams kept per key.
 pub(super) const MAX_STREAMS: usize = 8;
+/// A stream is read ahead once it has read this much.
+pub(super) const ESTABLISHED_BYTES: u64 = 1 << 20;
 
 /// One stream of reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +39,16 @@ struct Stream {
     window_pieces: usize,
     /// Reads that continued it (0: a lone seek so far).
     continued: u64,
+    /// Bytes its reads covered.
+    bytes: u64,
     /// When it was last read (a counter, higher is later).
     used: u64,
+}
+
+impl Stream {
+    fn established(&self) -> bool {
+        self.bytes >= ESTABLISHED_BYTES
+    }
 }
 
 /// The streams of one key.
@@ -50,7 +63,7 @@ impl Streams {
     /// No stream yet, but a speculative window at the start of the key (a reader that opens
     /// a file usually reads its head first).
     pub fn new(piece_size: u64, initial_pieces: usize) -> Streams {
-        let first = Stream { end: 0, window_pieces: initial_pieces, continued: 0, used: 0 };
+        let first = Stream { end: 0, window_pieces: initial_pieces, continued: 0, bytes: 0, used: 0 };
         Streams { streams: vec![first], clock: 0, piece_size: piece_size.max(1) }
     }
 
@@ -60,7 +73,7 @@ impl Streams {
         self.clock += 1;
         let ps = self.piece_size;
         // Streams share the largest window: readahead stays within its bound however many.
-        let share = max_pieces / self.streams.iter().filter(|s| s.continued > 0).count().max(1);
+        let share = max_pieces / self.streams.iter().filter(|s| s.established()).count().max(1);
         let found = self
             .streams
             .iter()
@@ -75,34 +88,45 @@ impl Streams {
             Some(k) => {
                 let s = &mut self.streams[k];
                 if s.used > 0 {
-                    s.window_pieces = (s.window_pieces * 2).min(share).max(1);
+                    if s.established() {
+                        s.window_pieces = (s.window_pieces * 2).min(share).max(1);
+                    }
                     s.continued += 1;
                     s.end = s.end.max(end);
                 } else {
                     s.window_pieces = initial_pieces.max(1);
                     s.end = end;
                 }
+                s.bytes += end - offset;
                 s.used = self.clock;
                 s.continued > 0
             }
             None => {
-                self.streams.retain(|s| s.continued > 0);
+                self.streams.retain(Stream::established);
                 if self.streams.len() >= MAX_STREAMS
                     && let Some(k) = self.streams.iter().enumerate().min_by_key(|(_, s)| s.used).map(|(k, _)| k)
                 {
                     self.streams.remove(k);
                 }
-                self.streams.push(Stream { end, window_pieces: initial_pieces.max(1), continued: 0, used: self.clock });
+                self.streams.push(Stream {
+                    end,
+                    window_pieces: initial_pieces.max(1),
+                    continued: 0,
+                    bytes: end - offset,
+                    used: self.clock,
+                });
                 false
             }
         }
     }
 
-    /// The readahead windows (first piece, length) in priority order; each starts at the
-    /// first piece after its stream's end (the pieces of a read are demanded, not read ahead).
-    pub fn windows(&self) -> Vec<(PieceIndex, usize)> {
-        let mut v: Vec<&Stream> = self.streams.iter().collect();
-        v.sort_by_key(|s| (s.continued == 0, std::cmp::Reverse(s.used)));
+    /// The readahead windows (first piece, length) of the established streams, most recently
+    /// read first; each starts at the first piece after its stream's end (the pieces of a read
+    /// are demanded, not read ahead). `idle`: no reader waits, and the head is read ahead if
+    /// nothing was read yet.
+    pub fn windows(&self, idle: bool) -> Vec<(PieceIndex, usize)> {
+        let mut v: Vec<&Stream> = self.streams.iter().filter(|s| s.established() || (idle && s.used == 0)).collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.used));
         v.into_iter()
             .map(|s| {
                 (PieceIndex(usize::try_from(s.end.div_ceil(self.piece_size)).unwrap_or(usize::MAX)), s.window_pieces)
@@ -125,19 +149,17 @@ mod tests {
         for k in 0..6 {
             s.read(k * MIB, (k + 1) * MIB, 4, 1024);
         }
-        let stream_window = s.windows()[0];
+        let stream_window = s.windows(true)[0];
         assert_eq!(stream_window.0, PieceIndex(24));
         assert!(stream_window.1 >= 64, "{stream_window:?}");
         // Random reads far ahead: each a seek; the stream's window stays first and the same.
         for k in 0..20 {
             assert!(!s.read(500 * MIB + k * 7 * MIB, 500 * MIB + k * 7 * MIB + 65536, 4, 1024));
-            let w = s.windows();
-            assert_eq!(w[0], stream_window);
-            assert_eq!(w.len(), 2, "one lone seek kept at a time: {w:?}");
+            assert_eq!(s.windows(true), vec![stream_window], "a lone seek is not read ahead");
         }
         // The stream goes on, sequential.
         assert!(s.read(6 * MIB, 7 * MIB, 4, 1024));
-        assert_eq!(s.windows()[0].0, PieceIndex(28));
+        assert_eq!(s.windows(true)[0].0, PieceIndex(28));
     }
 
     #[test]
@@ -146,24 +168,29 @@ mod tests {
         s.read(0, 128 * 1024, 4, 1024);
         assert!(s.read(256 * 1024, 384 * 1024, 4, 1024));
         assert!(s.read(128 * 1024, 256 * 1024, 4, 1024), "a read just behind the end still continues");
-        assert_eq!(s.windows().len(), 1);
-        assert_eq!(s.windows()[0].0, PieceIndex(2));
+        assert!(s.windows(true).is_empty(), "not read ahead before it read {ESTABLISHED_BYTES} bytes");
+        assert!(s.read(384 * 1024, MIB, 4, 1024));
+        assert_eq!(s.windows(true), vec![(PieceIndex(4), 4)]);
+        assert_eq!(s.windows(false), vec![(PieceIndex(4), 4)], "an established stream reads ahead always");
     }
 
     #[test]
     fn the_head_is_read_ahead_before_any_read_and_streams_are_bounded() {
         let mut s = Streams::new(PS, 4);
-        assert_eq!(s.windows(), vec![(PieceIndex(0), 4)]);
+        assert_eq!(s.windows(true), vec![(PieceIndex(0), 4)]);
+        assert!(s.windows(false).is_empty(), "a guess waits while a reader is blocked");
         // A seek elsewhere first: the speculative head window goes.
         assert!(!s.read(100 * MIB, 100 * MIB + 4096, 4, 1024));
-        assert_eq!(s.windows(), vec![(PieceIndex(401), 4)]);
+        // What the kernel reads after a seek is no stream yet.
+        assert!(s.read(100 * MIB + 4096, 100 * MIB + 256 * 1024, 4, 1024));
+        assert!(s.windows(true).is_empty());
         // Many continued streams: at most MAX_STREAMS kept.
         for k in 0..(MAX_STREAMS as u64 + 3) {
             let at = 1000 * MIB * (k + 1);
             s.read(at, at + MIB, 4, 1024);
             s.read(at + MIB, at + 2 * MIB, 4, 1024);
         }
-        assert_eq!(s.windows().len(), MAX_STREAMS);
-        assert!(!s.windows().iter().any(|&(from, _)| from == PieceIndex(0)));
+        assert_eq!(s.windows(true).len(), MAX_STREAMS);
+        assert!(!s.windows(true).iter().any(|&(from, _)| from == PieceIndex(0)));
     }
 }
