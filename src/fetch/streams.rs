@@ -18,7 +18,8 @@
 //!   starts, the streams not established are dropped; at most [`MAX_STREAMS`] are kept
 //!   (least recently read dropped first).
 //! - Before any read, the head of the key is read ahead (a reader that opens a file usually
-//!   reads its head first), but only while no reader waits for anything.
+//!   reads its head first), but only while no reader waits for anything; a stream that starts
+//!   at the head is established at once.
 //!
 //! Windows are wanted in order, most recently read first. This is pure bookkeeping under the
 //! fetch state lock; tests below.
@@ -94,8 +95,11 @@ impl Streams {
                     s.continued += 1;
                     s.end = s.end.max(end);
                 } else {
+                    // Reading from the head is how sequential readers start (players, copies):
+                    // read ahead at once, as the head was before any read.
                     s.window_pieces = initial_pieces.max(1);
                     s.end = end;
+                    s.bytes = ESTABLISHED_BYTES;
                 }
                 s.bytes += end - offset;
                 s.used = self.clock;
@@ -165,13 +169,18 @@ mod tests {
     #[test]
     fn out_of_order_reads_of_one_stream_are_one_stream() {
         let mut s = Streams::new(PS, 4);
-        s.read(0, 128 * 1024, 4, 1024);
-        assert!(s.read(256 * 1024, 384 * 1024, 4, 1024));
-        assert!(s.read(128 * 1024, 256 * 1024, 4, 1024), "a read just behind the end still continues");
+        let b = 10 * MIB;
+        assert!(!s.read(b, b + 128 * 1024, 4, 1024));
+        assert!(s.read(b + 256 * 1024, b + 384 * 1024, 4, 1024));
+        assert!(s.read(b + 128 * 1024, b + 256 * 1024, 4, 1024), "a read just behind the end still continues");
         assert!(s.windows(true).is_empty(), "not read ahead before it read {ESTABLISHED_BYTES} bytes");
-        assert!(s.read(384 * 1024, MIB, 4, 1024));
-        assert_eq!(s.windows(true), vec![(PieceIndex(4), 4)]);
-        assert_eq!(s.windows(false), vec![(PieceIndex(4), 4)], "an established stream reads ahead always");
+        assert!(s.read(b + 384 * 1024, b + MIB, 4, 1024));
+        assert_eq!(s.windows(true), vec![(PieceIndex(44), 4)]);
+        assert_eq!(s.windows(false), vec![(PieceIndex(44), 4)], "an established stream reads ahead always");
+        // A stream from the head is read ahead from its first read.
+        let mut h = Streams::new(PS, 4);
+        h.read(0, 128 * 1024, 4, 1024);
+        assert_eq!(h.windows(false), vec![(PieceIndex(1), 4)]);
     }
 
     #[test]
