@@ -2,6 +2,7 @@
 """Latency samplers for bench/run net, and a stalling server.
 
     netbench.py ttfb PATH CONTENT SAMPLES CACHE_DIR
+    netbench.py ttfb-http URL CONTENT SAMPLES
     netbench.py random PATH CONTENT SAMPLES CACHE_DIR
     netbench.py stall PORT
 
@@ -86,7 +87,40 @@ def ttfb(path, content, samples, cache_dir):
     except (RuntimeError, OSError) as e:
         result(ok=False, error=str(e))
     result(ok=True, value=round(pct(lat, 50), 2), p50_ms=round(pct(lat, 50), 2), p90_ms=round(pct(lat, 90), 2),
-           max_ms=round(max(lat), 2), samples=len(lat), warm_offsets_skipped=skipped, cache_checked=cache.found())
+           p99_ms=round(pct(lat, 99), 2), max_ms=round(max(lat), 2), samples=len(lat), warm_offsets_skipped=skipped,
+           cache_checked=cache.found())
+
+
+def offsets(size, samples):
+    """The offsets `ttfb` reads, in its order (one per stratum, last stratum first)."""
+    rng = random.Random(1)
+    stratum = size // samples
+    return [(k * stratum + rng.randrange(0, stratum - READ)) // 4096 * 4096 for k in reversed(range(samples))]
+
+
+def ttfb_http(url, content, samples):
+    """The anchor of `ttfb`: the same 64 KiB range GETs straight to one mirror over one kept-alive
+    connection (what the network itself costs), each checked against CONTENT."""
+    import http.client, urllib.parse
+    u = urllib.parse.urlsplit(url)
+    size = os.stat(content).st_size
+    cfd = os.open(content, os.O_RDONLY)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
+    lat = []
+    try:
+        for off in offsets(size, samples):
+            t = time.perf_counter()
+            conn.request("GET", u.path, headers={"Range": f"bytes={off}-{off + READ - 1}"})
+            resp = conn.getresponse()
+            got = resp.read()
+            ms = (time.perf_counter() - t) * 1000
+            if resp.status != 206 or got != os.pread(cfd, READ, off):
+                raise RuntimeError(f"range at {off}: status {resp.status}, {len(got)} bytes, or wrong bytes")
+            lat.append(ms)
+    except (RuntimeError, OSError, http.client.HTTPException) as e:
+        result(ok=False, error=str(e))
+    result(ok=True, value=round(pct(lat, 50), 2), p50_ms=round(pct(lat, 50), 2), p99_ms=round(pct(lat, 99), 2),
+           max_ms=round(max(lat), 2), samples=len(lat))
 
 
 def stream(path, progress):
@@ -110,6 +144,12 @@ def random_during_stream(path, content, samples, cache_dir):
     sample is at an offset ahead of the stream that the cache does not hold yet."""
     size = os.stat(content).st_size
     progress = os.path.join(cache_dir + ".progress")
+    # The previous run's file would read as this stream's position until the new stream
+    # truncates it: the stream would seem to stand still (or run backwards).
+    try:
+        os.unlink(progress)
+    except FileNotFoundError:
+        pass
     proc = subprocess.Popen([sys.executable, __file__, "stream", path, progress])
 
     def pos():
@@ -183,6 +223,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "ttfb":
         ttfb(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif cmd == "ttfb-http":
+        ttfb_http(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == "random":
         random_during_stream(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     elif cmd == "stream":
@@ -190,4 +232,4 @@ if __name__ == "__main__":
     elif cmd == "stall":
         stall_server(int(sys.argv[2]))
     else:
-        sys.exit(f"usage: {sys.argv[0]} ttfb|random|stream|stall ...")
+        sys.exit(f"usage: {sys.argv[0]} ttfb|ttfb-http|random|stream|stall ...")

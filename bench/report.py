@@ -68,7 +68,7 @@ def merge(a):
         res["sections"][s] = dict(stamp, ok=all(r["ok"] for r in rows if r["section"] == s) and
                                   any(r["section"] == s for r in rows),
                                   rows=[r for r in rows if r["section"] == s])
-    order = ["sources", "ls", "meta", "read", "net", "rss", "swarm", "remotes"]
+    order = ["sources", "ls", "meta", "read", "net", "video", "rss", "swarm", "remotes"]
     res["sections"] = dict(sorted(res["sections"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
     with open(a.results + ".tmp", "w") as f:
         json.dump(res, f, indent=1)

@@ -4,8 +4,9 @@
 //! Reads run on a blocking thread pool (the reply is sent from there), so a slow source never
 //! holds a FUSE thread; metadata requests are answered from memory on the FUSE threads.
 //!
-//! Passthrough (Linux ≥ 6.9, needs CAP_SYS_ADMIN): content present in the repository's own
-//! annex is handed to the kernel, which then reads the object file directly. The kernel
+//! Passthrough (Linux ≥ 6.9, needs CAP_SYS_ADMIN): content held whole in one local file (the
+//! repository's own annex, a local clone or bare repository, an unchunked directory remote;
+//! `AnnexFs::whole_local`) is handed to the kernel, which then reads that file directly. The kernel
 //! allows one backing file per inode at a time and no mixing of passthrough and normal opens
 //! on one inode, so `Passthrough::inodes` keeps one `BackingId` per inode while any passthrough
 //! handle is open, and never uses passthrough for an inode with normal opens.
@@ -124,9 +125,10 @@ impl FuseAdapter {
         if a.volatile { Duration::ZERO } else { self.entry_ttl }
     }
 
-    /// Opens `ino` in passthrough mode if possible; `None` means use a normal open.
-    /// `local` is the object file in the repository's own annex, if the content is there.
-    fn try_passthrough(&self, ino: u64, local: Option<&std::path::Path>, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+    /// Opens `ino` in passthrough mode if possible; `None` means use a normal open. The
+    /// backing file is the one local file holding the whole content (the repository's own
+    /// object, or a local clone's, a bare repository's, an unchunked directory remote's).
+    fn try_passthrough(&self, ino: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
         if !self.pt.enabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -140,9 +142,8 @@ impl FuseAdapter {
         if let Some(id) = st.backing.upgrade() {
             return Some(id);
         }
-        let path = local?;
-        let file = crate::source::open_readonly(path).ok()?;
-        match reply.open_backing(&file) {
+        let local = self.fs.whole_local(ino)?;
+        match reply.open_backing(local.file()) {
             Ok(id) => {
                 let id = Arc::new(id);
                 st.backing = Arc::downgrade(&id);
@@ -153,7 +154,7 @@ impl FuseAdapter {
                 if self.pt.failures.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::info!(
                         "kernel passthrough unavailable for {} ({e}); reading through annexfs",
-                        path.display()
+                        crate::source::RangeRead::describe(&local)
                     );
                 }
                 None
@@ -208,11 +209,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let (fh, local) = match self.fs.open(ino.0, write) {
+        let fh = match self.fs.open(ino.0, write) {
             Ok(x) => x,
             Err(e) => return reply.error(errno(&e)),
         };
-        let backing = self.try_passthrough(ino.0, local.as_deref(), &reply);
+        let backing = self.try_passthrough(ino.0, &reply);
         match &backing {
             Some(_) => {}
             None => lock(&self.pt.inodes).entry(ino.0).or_default().normal_opens += 1,

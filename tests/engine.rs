@@ -339,3 +339,105 @@ fn per_source_limits_cap_connections_and_bandwidth() {
     assert!(rt.block_on(kf2.read(0, 4 << 20)).unwrap() == *data);
     assert!(s2.peak_concurrency() > 1, "the control uses parallel requests");
 }
+
+/// A cold read at the back of a piece is also asked of a source directly: it returns before
+/// the front of its piece could have arrived.
+#[test]
+fn a_cold_seek_does_not_wait_for_the_front_of_its_piece() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(31, 8 << 20);
+    let key = sha256_key(&data);
+    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
+    // 512 KiB/s for the whole source, all requests together.
+    let s = src("slow", &data, Faults { bytes_per_sec: Some(512 << 10), ..Faults::default() });
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
+    let at = 20 * piece + piece - (16 << 10);
+    let got = rt.block_on(kf.read(at, 16 << 10)).unwrap();
+    let served = s.served();
+    assert!(got[..] == data[at as usize..(at + (16 << 10)) as usize]);
+    // The piece's own request sends its front first: without the direct read, the reader
+    // would have waited for all of it.
+    assert!(served < piece - (16 << 10), "the read waited for {served} bytes; the front of its piece is longer");
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The piece still lands in the cache: a read of it later is a hit with the same bytes.
+    let again = rt.block_on(kf.read(20 * piece, piece)).unwrap();
+    assert!(again[..] == data[(20 * piece) as usize..(21 * piece) as usize]);
+}
+
+/// Random reads far ahead of a sequential reader do not take its readahead away: the stream
+/// keeps going while they run.
+#[test]
+fn a_stream_keeps_going_while_random_reads_run() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let rt = runtime();
+    let r = rig(&rt);
+    let len = 64 << 20;
+    let data = content(32, len);
+    let key = sha256_key(&data);
+    let fault = || Faults { bytes_per_sec: Some(4 << 20), ..Faults::default() };
+    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
+    let pos = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let (kf, pos, stop, data) = (kf.clone(), pos.clone(), stop.clone(), data.clone());
+        let h = rt.handle().clone();
+        std::thread::spawn(move || {
+            let mut at = 0u64;
+            while !stop.load(Ordering::Relaxed) && at < len as u64 {
+                let got = h.block_on(kf.read(at, 128 << 10)).unwrap();
+                assert!(got[..] == data[at as usize..at as usize + got.len()], "stream bytes at {at}");
+                at += got.len() as u64;
+                pos.store(at, Ordering::Relaxed);
+            }
+        })
+    };
+    let start = Instant::now();
+    while pos.load(Ordering::Relaxed) < 2 << 20 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the stream did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = pos.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let mut x = 7u64;
+    for _ in 0..20 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let lo = pos.load(Ordering::Relaxed) + (16 << 20);
+        if lo + (64 << 10) >= len as u64 {
+            break;
+        }
+        let off = lo + (x >> 11) % (len as u64 - lo - (64 << 10));
+        let got = rt.block_on(kf.read(off, 64 << 10)).unwrap();
+        assert!(got[..] == data[off as usize..off as usize + (64 << 10)], "random bytes at {off}");
+    }
+    let moved = pos.load(Ordering::Relaxed) - before;
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    stream.join().unwrap();
+    // 16 MiB/s in all: the stream gets most of it. Stalled, it would not move at all.
+    eprintln!("the stream read {moved} bytes in {secs:.2} s of random reads");
+    assert!(moved as f64 >= secs * (4 << 20) as f64, "the stream read {moved} bytes in {secs:.2} s of random reads");
+}
+
+/// With a manifest a seek's whole piece is needed (it is checked before a byte is served): it
+/// is also asked in parts of the other sources at once, checked whole and landed.
+#[test]
+fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(33, 8 << 20);
+    let key = sha256_key(&data);
+    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
+    // A piece takes a second from one source, a third of it from three at once.
+    let fault = || Faults { bytes_per_sec: Some(256 << 10), ..Faults::default() };
+    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
+    let kf = r.fetcher.key(&key, dyns(&sources), Some(common::manifest_of(&key, &data))).unwrap();
+    let at = 20 * piece + piece - (16 << 10);
+    let got = rt.block_on(kf.read(at, 16 << 10)).unwrap();
+    assert!(got[..] == data[at as usize..(at + (16 << 10)) as usize]);
+    // One source alone would have sent the whole piece before the read returned.
+    let most = sources.iter().map(|s| s.served()).max().unwrap();
+    assert!(most < piece * 3 / 4, "one source sent {most} bytes; the piece is {piece}");
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -23,10 +23,11 @@ use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
 use crate::fetch::{FetchConfig, Fetcher, OnVerified, VerifyMode};
 use crate::fs::FsError;
-use crate::fs::holders::{Holders, Opened, open_local, unavailable};
+use crate::fs::holders::{Holders, Opened, open_local, unavailable, whole_local_file};
 use crate::manifest::Manifest;
 use crate::manifest::publish::MoreHolders;
 use crate::pieces::PieceStore;
+use crate::source::LocalFile;
 use crate::source::discover::{discover, discover_with_size};
 use crate::source::external::Programs;
 use crate::source::http::{HttpClient, learn_http_remotes};
@@ -525,6 +526,11 @@ impl Holders for MountHolders {
         // bytes are never repaired, so its pages may stay (only bytes fetched before they
         // could be verified may be replaced later).
         discover(&self.annex, key, None).is_ok_and(|d| !d.local.is_empty())
+    }
+
+    fn whole_local(&self, key: &Key) -> Option<LocalFile> {
+        // Only the annex layer's local holders: no network, no peers, no waiting.
+        whole_local_file(&discover(&self.annex, key, None).ok()?.local, key)
     }
 
     fn cached_bytes(&self, key: &Key) -> u64 {

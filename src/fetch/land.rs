@@ -83,8 +83,7 @@ impl KeyFetch {
     /// anything was freed. (Keys not open anywhere are evicted whole by the store first.)
     fn evict_pieces(&self, near: PieceIndex, want: u64) -> bool {
         let mut st = lock(&self.state);
-        let from = st.window_start;
-        let to = PieceIndex(from.0.saturating_add(st.window_pieces));
+        let windows = st.streams.windows(true);
         let mut victims: Vec<PieceIndex> = st
             .pieces
             .indices()
@@ -92,7 +91,7 @@ impl KeyFetch {
                 st.pieces.is(i, Piece::Present)
                     && !st.demand.contains(&i)
                     && !st.pins.contains_key(&i)
-                    && !(from..to).contains(&i)
+                    && !windows.iter().any(|&(from, len)| i >= from && i.0 < from.0.saturating_add(len))
                     && i != near
             })
             .collect();

@@ -15,6 +15,8 @@
 //! | `request.rs` | carrying the actions out; the request tasks |
 //! | `land.rs` | storing what arrived; making room in a full cache |
 //! | `read.rs` | [`KeyFetch::read`]: demand, readahead window, waiting, serving |
+//! | `direct.rs` | a cold seek's bytes asked of one source exactly, beside its pieces |
+//! | `streams.rs` | the readers' streams through a key, each with its readahead window |
 //! | `verify.rs` | whole-key verification, quarantine, the manifest made on a match |
 //! | `blame.rs` | strikes and bans; settling a whole-key mismatch across sources |
 //! | `vouched.rs` | a manifest a peer vouched for (stream mode): doubted, confirmed or proven wrong by the key |
@@ -38,6 +40,7 @@
 
 pub mod blame;
 mod config;
+mod direct;
 mod error;
 mod land;
 pub mod limits;
@@ -46,6 +49,7 @@ mod read;
 mod request;
 mod scheduler;
 mod stats;
+mod streams;
 mod verify;
 mod vouched;
 
@@ -106,9 +110,8 @@ struct State {
     pieces: PieceTable,
     /// Pieces readers are blocked on.
     demand: BTreeSet<PieceIndex>,
-    window_start: PieceIndex,
-    window_pieces: usize,
-    last_read_end: u64,
+    /// The readers' streams and their readahead windows.
+    streams: streams::Streams,
     requests: BTreeMap<RequestId, Request>,
     next_req: RequestId,
     hedged: BTreeSet<PieceIndex>,
@@ -138,13 +141,11 @@ struct State {
 }
 
 impl State {
-    fn new(pieces: Vec<Piece>, window_pieces: usize) -> State {
+    fn new(pieces: Vec<Piece>, piece_size: u64, window_pieces: usize) -> State {
         State {
             pieces: PieceTable::new(pieces),
             demand: BTreeSet::new(),
-            window_start: PieceIndex(0),
-            window_pieces,
-            last_read_end: u64::MAX,
+            streams: streams::Streams::new(piece_size, window_pieces),
             requests: BTreeMap::new(),
             next_req: RequestId(1),
             hedged: BTreeSet::new(),
@@ -283,6 +284,7 @@ impl Fetcher {
         let pieces: Vec<Piece> =
             (0..cache.piece_count()).map(|i| if cache.has(i) { Piece::Present } else { Piece::Missing }).collect();
         let window_pieces = usize::try_from(INITIAL_WINDOW_BYTES / cache.piece_size).unwrap_or(1).max(1);
+        let piece_size = cache.piece_size;
         let kf = Arc::new(KeyFetch {
             key: key.clone(),
             cache,
@@ -295,7 +297,7 @@ impl Fetcher {
                     stats: Mutex::new(SourceStats::default()),
                 })
                 .collect(),
-            state: Mutex::new(State::new(pieces, window_pieces)),
+            state: Mutex::new(State::new(pieces, piece_size, window_pieces)),
             landed: tokio::sync::Notify::new(),
             stats: self.stats.clone(),
             rep: self.reputation.clone(),

@@ -13,7 +13,7 @@
 //! deadline when nothing of the key lands. Pieces a read covers are pinned while it runs, so
 //! a full cache never drops them under it.
 
-use super::config::{INITIAL_WINDOW_BYTES, MAX_WINDOW_BYTES, SEQUENTIAL_SLACK, TICK};
+use super::config::{INITIAL_WINDOW_BYTES, MAX_WINDOW_BYTES, TICK};
 use super::error::{ReadError, StrictRefusal};
 use super::piece::{Piece, PieceIndex};
 use super::{KeyFetch, State, lock};
@@ -33,29 +33,16 @@ impl KeyFetch {
         let ps = self.cache.piece_size;
         let first = PieceIndex(usize::try_from(offset / ps).unwrap_or(usize::MAX));
         let last = PieceIndex(usize::try_from((end - 1) / ps).unwrap_or(usize::MAX));
+        let seek;
         {
             let mut st = lock(&self.state);
-            // Sequential reading grows the readahead window; a seek resets it. Readahead never
-            // takes more than a quarter of the cache, so it cannot crowd out the pieces being
-            // read (a cache smaller than the window would evict its own readahead).
+            // Sequential reading grows its stream's readahead window; a seek starts a stream
+            // with a small one (`streams.rs`). Readahead never takes more than a quarter of
+            // the cache, so it cannot crowd out the pieces being read (a cache smaller than
+            // the window would evict its own readahead).
             let max_window = usize::try_from(MAX_WINDOW_BYTES.min(self.store.limit() / 4) / ps).unwrap_or(1).max(1);
             let initial = usize::try_from(INITIAL_WINDOW_BYTES / ps).unwrap_or(1).max(1);
-            // The kernel sends several reads of one stream at once (async reads, readahead),
-            // and they reach here out of order: a read near the last position still counts as
-            // sequential, and the position never moves backwards within a stream.
-            let window_bytes = st.window_pieces as u64 * ps;
-            let sequential = st.last_read_end != u64::MAX
-                && offset + SEQUENTIAL_SLACK >= st.last_read_end
-                && offset <= st.last_read_end.saturating_add(window_bytes);
-            if sequential {
-                st.window_pieces = (st.window_pieces * 2).min(max_window);
-                st.last_read_end = st.last_read_end.max(end);
-            } else {
-                st.window_pieces = initial;
-                st.last_read_end = end;
-            }
-            st.window_start =
-                PieceIndex(usize::try_from(st.last_read_end.div_ceil(ps)).unwrap_or(usize::MAX).max(last.0 + 1));
+            seek = !st.streams.read(offset, end, initial, max_window);
             // A new read tries the cache again (space may have been freed since), and a
             // verification that could not conclude when it waits for one.
             st.cache_error = None;
@@ -68,7 +55,7 @@ impl KeyFetch {
                 *st.pins.entry(i).or_insert(0) += 1;
             }
         }
-        let result = self.read_pinned(offset, end, first, last).await;
+        let result = self.read_pinned(offset, end, first, last, seek).await;
         let mut st = lock(&self.state);
         for i in PieceIndex::range(first, last.next()) {
             if let Some(n) = st.pins.get_mut(&i) {
@@ -82,7 +69,52 @@ impl KeyFetch {
         result
     }
 
+    /// A pinned read: from its pieces, and for a cold seek also directly (`direct.rs`),
+    /// whichever comes first.
     async fn read_pinned(
+        self: &Arc<Self>,
+        offset: u64,
+        end: u64,
+        first: PieceIndex,
+        last: PieceIndex,
+        seek: bool,
+    ) -> Result<Vec<u8>, ReadError> {
+        let cold = seek && {
+            let mut st = lock(&self.state);
+            let missing: Vec<PieceIndex> =
+                PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect();
+            st.demand.extend(missing.iter().copied());
+            !missing.is_empty()
+        };
+        if !cold {
+            return self.read_pieces(offset, end, first, last).await;
+        }
+        // The pieces' requests first, so that the direct read goes to the least busy source
+        // after them.
+        self.schedule();
+        let (direct, split) = {
+            let st = lock(&self.state);
+            (self.direct_source(&st, offset, end), self.split_candidate(&st, first))
+        };
+        // Pieces are checked (a manifest): the first piece is also asked in parts of the idle
+        // sources, and the reader waits for whichever copy lands first.
+        if let Some(i) = split {
+            self.rt.spawn(self.clone().split_piece(i));
+        }
+        let Some(s) = direct else { return self.read_pieces(offset, end, first, last).await };
+        let pieces = self.read_pieces(offset, end, first, last);
+        let this = self.clone();
+        let direct = async move { this.direct_read(s, offset, end).await };
+        tokio::pin!(pieces, direct);
+        // A direct read that fails leaves the reader waiting for its pieces.
+        tokio::select! {
+            biased;
+            r = &mut pieces => r,
+            Some(bytes) = &mut direct => Ok(bytes),
+        }
+    }
+
+    async fn read_pieces(
         self: &Arc<Self>,
         offset: u64,
         end: u64,

@@ -129,8 +129,8 @@ impl KeyFetch {
             demand: &st.demand,
             hedged: &st.hedged,
             refused: &st.refused,
-            window_start: st.window_start,
-            window_pieces: st.window_pieces,
+            // A lone seek's readahead waits until no reader is blocked (`streams.rs`).
+            windows: st.streams.windows(st.demand.iter().all(|&i| st.pieces.is(i, Piece::Present))),
             want_all: st.want_all,
             sources,
             requests,

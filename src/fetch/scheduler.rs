@@ -4,8 +4,8 @@
 //! (`request.rs`); tests build boards by hand.
 //!
 //! Which pieces are wanted, in order ([`wanted`]): pieces readers are blocked on (`demand`),
-//! lowest first; then the readahead window (every piece when a strict reader waits for the
-//! whole key).
+//! lowest first; then the readahead windows, one per stream of reads (`read.rs`), sequential
+//! streams before a lone seek's (every piece when a strict reader waits for the whole key).
 //!
 //! Sources choose fastest first. Each source that is not dead, not backing off, under its
 //! limiter's room and under [`MAX_INFLIGHT`] requests (plus [`DEMAND_EXTRA`] while a reader is
@@ -90,8 +90,8 @@ pub struct Board<'a> {
     pub hedged: &'a BTreeSet<PieceIndex>,
     /// Sources that sent a piece that failed its check: not asked for that piece again.
     pub refused: &'a HashMap<PieceIndex, Vec<SourceId>>,
-    pub window_start: PieceIndex,
-    pub window_pieces: usize,
+    /// The readahead windows (first piece, length) of the readers' streams, by priority.
+    pub windows: Vec<(PieceIndex, usize)>,
     /// Every piece is wanted (a strict reader waits for the whole key).
     pub want_all: bool,
     pub sources: Vec<SourceView>,
@@ -120,17 +120,25 @@ pub enum Action {
     Hedge { id: RequestId, source: SourceId, piece: PieceIndex },
 }
 
-/// Pieces wanted now, in priority order: demanded ones, then the readahead window.
+/// Pieces wanted now, in priority order: demanded ones, then the readahead windows in their
+/// order (each piece once).
 pub fn wanted(b: &Board<'_>) -> Vec<PieceIndex> {
     let n = b.pieces.len();
     let mut out: Vec<PieceIndex> = b.demand.iter().copied().collect();
-    let (from, to) = if b.want_all {
-        (0, n)
-    } else {
-        let from = b.window_start.0.min(n);
-        (from, from.saturating_add(b.window_pieces).min(n))
-    };
-    out.extend((from..to).map(PieceIndex).filter(|i| !b.demand.contains(i)));
+    let all = [(PieceIndex(0), n)];
+    let windows: Vec<(usize, usize)> = (if b.want_all { &all[..] } else { &b.windows[..] })
+        .iter()
+        .map(|&(start, len)| (start.0.min(n), start.0.min(n).saturating_add(len).min(n)))
+        .collect();
+    for (k, &(from, to)) in windows.iter().enumerate() {
+        let earlier = &windows[..k];
+        out.extend(
+            (from..to)
+                .filter(|i| !earlier.iter().any(|&(f, t)| (f..t).contains(i)))
+                .map(PieceIndex)
+                .filter(|i| !b.demand.contains(i)),
+        );
+    }
     out
 }
 

@@ -24,6 +24,8 @@ struct Fixture {
     hedged: BTreeSet<PieceIndex>,
     refused: HashMap<PieceIndex, Vec<SourceId>>,
     window: (usize, usize),
+    /// Windows of further streams, after `window`.
+    more_windows: Vec<(usize, usize)>,
     sources: Vec<SourceView>,
     requests: Vec<RequestView>,
     next_id: u64,
@@ -38,6 +40,7 @@ impl Fixture {
             hedged: BTreeSet::new(),
             refused: HashMap::new(),
             window: (n, 0),
+            more_windows: Vec::new(),
             sources,
             requests: Vec::new(),
             next_id: 1,
@@ -91,23 +94,27 @@ impl Fixture {
         id
     }
 
-    fn plan(&self, now: Instant) -> Vec<Action> {
-        let holds = |_: SourceId, _: PieceIndex| true;
-        let b = Board {
+    fn board<'a>(&'a self, holds: &'a dyn Fn(SourceId, PieceIndex) -> bool) -> Board<'a> {
+        let mut windows = vec![(PieceIndex(self.window.0), self.window.1)];
+        windows.extend(self.more_windows.iter().map(|&(f, l)| (PieceIndex(f), l)));
+        Board {
             pieces: &self.pieces,
             piece_size: PS,
             demand: &self.demand,
             hedged: &self.hedged,
             refused: &self.refused,
-            window_start: PieceIndex(self.window.0),
-            window_pieces: self.window.1,
+            windows,
             want_all: false,
             sources: self.sources.clone(),
             requests: self.requests.clone(),
             next_id: RequestId(self.next_id),
-            holds: &holds,
-        };
-        plan(&b, now)
+            holds,
+        }
+    }
+
+    fn plan(&self, now: Instant) -> Vec<Action> {
+        let holds = |_: SourceId, _: PieceIndex| true;
+        plan(&self.board(&holds), now)
     }
 }
 
@@ -295,4 +302,14 @@ fn a_source_without_ranges_neither_steals_nor_hedges() {
     let mut f = Fixture::new(40, vec![source(0.5 * MB), whole_object_source(100.0 * MB)]).window(0, 40).demand([3]);
     f.request(0, 0, 40, t0, 0, t0);
     assert_eq!(f.plan(t0 + Duration::from_secs(5)), vec![]);
+}
+
+#[test]
+fn every_streams_window_is_wanted_once_after_the_demand() {
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).window(10, 4).demand([30, 11]);
+    // A second stream whose window overlaps the first one's, and a third far away.
+    f.more_windows = vec![(12, 4), (40, 2)];
+    let holds = |_: SourceId, _: PieceIndex| true;
+    let w: Vec<usize> = wanted(&f.board(&holds)).into_iter().map(|i| i.0).collect();
+    assert_eq!(w, vec![11, 30, 10, 12, 13, 14, 15, 40, 41]);
 }

@@ -37,6 +37,9 @@ pub struct Stats {
     pub steals: AtomicU64,
     pub hedges: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Cold seeks served directly: their bytes read exactly, or their piece in parts
+    /// (`direct.rs`).
+    pub direct_reads: AtomicU64,
     /// Pieces dropped from a full cache to make room.
     pub evicted_pieces: AtomicU64,
     pub verified: AtomicU64,

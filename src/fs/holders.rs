@@ -17,7 +17,7 @@ use crate::fetch::KeyFetch;
 use crate::source::discover::discover;
 use crate::source::remote::BoxFuture;
 use crate::source::sizeless::WholeStream;
-use crate::source::{RangeRead, open_location};
+use crate::source::{LocalFile, RangeRead, open_location};
 use std::sync::Arc;
 
 /// A readable copy of one key's content.
@@ -77,6 +77,12 @@ pub trait Holders: Send + Sync {
         true
     }
 
+    /// A local file holding the whole content of `key`, opened and checked, if one of its
+    /// holders keeps it on a local disk (for kernel passthrough). Never waits on the network.
+    fn whole_local(&self, _key: &Key) -> Option<LocalFile> {
+        None
+    }
+
     /// Bytes of `key` held in a cache beside the repository (for `user.annexfs.present`).
     fn cached_bytes(&self, _key: &Key) -> u64 {
         0
@@ -124,6 +130,15 @@ pub fn open_local(
     None
 }
 
+/// The first of `locals` that is one whole object file of `key`, opened and checked (chunked
+/// copies are not one file; a file of the wrong size or a symlink is passed over).
+pub fn whole_local_file(locals: &[(String, crate::annex::remotes::Location)], key: &Key) -> Option<LocalFile> {
+    locals.iter().find_map(|(_, loc)| match loc {
+        crate::annex::remotes::Location::Path(p) => LocalFile::open(p, key.size()).ok(),
+        _ => None,
+    })
+}
+
 /// The error for content no holder could serve, logged once with every holder and why.
 pub fn unavailable(file: &str, key: &Key, mut tried: Vec<String>, any_holder: bool) -> FsError {
     if !any_holder {
@@ -145,5 +160,9 @@ impl Holders for LocalHolders {
                 None => Err(unavailable(file, key, tried, found.any_holder)),
             }
         })
+    }
+
+    fn whole_local(&self, key: &Key) -> Option<LocalFile> {
+        whole_local_file(&discover(&self.annex, key, None).ok()?.local, key)
     }
 }

@@ -348,24 +348,38 @@ impl AnnexFs {
         }
     }
 
-    /// Opens a file for reading. Returns the handle and, for annexed content present in the
-    /// repository's own annex, that object file (for kernel passthrough).
-    pub fn open(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
+    /// Opens a file for reading. Returns the handle.
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
         let (ns, id, path) = self.resolve(ino)?;
         let node = ns.node(id).ok_or(FsError::NotFound)?;
-        let (content, local) = match &node.kind {
+        let content = match &node.kind {
             EntryKind::Dir => return Err(FsError::IsDir),
             EntryKind::Symlink(_) => return Err(FsError::NotFound),
-            EntryKind::Annexed(key) => (Content::Annexed(key.clone()), self.annex.present_object(key)),
-            EntryKind::Plain { content, .. } => (Content::Plain(content.clone()), None),
+            EntryKind::Annexed(key) => Content::Annexed(key.clone()),
+            EntryKind::Plain { content, .. } => Content::Plain(content.clone()),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Handle { file: String::from_utf8_lossy(&path).into_owned(), content, reader: Mutex::new(None) };
         lock(&self.handles).insert(fh, Arc::new(handle));
-        Ok((fh, local))
+        Ok(fh)
+    }
+
+    /// The one local file holding the whole content of annexed `ino`, opened and checked (a
+    /// regular file of the key's size, not a symlink): the repository's own object, else a
+    /// whole object of another local holder (a clone, a bare repository, an unchunked
+    /// directory remote). For kernel passthrough, which then reads that file directly.
+    pub fn whole_local(&self, ino: u64) -> Option<LocalFile> {
+        let (ns, id, _) = self.resolve(ino).ok()?;
+        let EntryKind::Annexed(key) = &ns.node(id)?.kind else { return None };
+        if let Some(p) = self.annex.present_object(key)
+            && let Ok(f) = LocalFile::open(&p, key.size())
+        {
+            return Some(f);
+        }
+        self.holders.whole_local(key)
     }
 
     /// Whether the kernel may keep an inode's pages across opens. Not for content that may be
