@@ -141,6 +141,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Space this node offers the swarm for keeping pieces by the repository's signed rules
+    /// (e.g. 20G); shown to the other nodes, which divide the wanted pieces by it.
+    #[arg(long, value_name = "SIZE")]
+    pub keep: Option<String>,
+
     /// Record this node's URL for every key present in the repository with `git annex
     /// registerurl`, so that plain `git annex get` can download from it as a web URL.
     #[arg(long)]

@@ -1,8 +1,8 @@
 //! Keys without a size (`git annex addurl --relaxed`: URL or VURL keys): `stat` through the mount
 //! shows the real size and reads give the exact bytes, from nginx (HEAD and ranges), from
 //! Python's `http.server` (HEAD, no ranges), and from a server that gives no length at all
-//! (chunked: the file is read to its end, and `stat` shows the real size afterwards); a URL
-//! that answers 404 is an EIO with a clear log line, never an empty file.
+//! (chunked: the object is downloaded once, which tells its size; `stat` shows what arrived
+//! meanwhile); a URL that answers 404 is an EIO with a clear log line, never an empty file.
 
 mod common;
 #[path = "common/pyhttp.rs"]
@@ -75,7 +75,7 @@ fn sizes_come_from_head_and_reads_are_exact_with_or_without_ranges() {
 }
 
 #[test]
-fn a_server_without_lengths_is_read_to_its_end_and_then_stat_knows() {
+fn a_server_without_lengths_is_downloaded_once_and_stat_knows_before_the_read() {
     if !common::require("python3", pyhttp::available()) {
         return;
     }
@@ -85,13 +85,43 @@ fn a_server_without_lengths_is_read_to_its_end_and_then_stat_knows() {
     sb.write(&www.join("c.bin"), &c);
     let chunked = PyHttp::chunked(&www, &sb.path("chunked.log"));
     let r = relaxed_repo(&sb, &[("c.bin", chunked.url("c.bin"))]);
+    let gets = |log: String| log.lines().filter(|l| l.starts_with("GET /c.bin")).count();
+    // `git annex addurl` may have asked too.
+    let before = gets(chunked.log());
     let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
-    let got = std::fs::read(m.p("c.bin")).unwrap_or_else(|e| panic!("read: {e}\n{}", m.log()));
-    assert!(got == c, "{} bytes read of {}\n{}", got.len(), c.len(), m.log());
-    let size = std::fs::metadata(m.p("c.bin")).unwrap().len();
-    assert_eq!(size, c.len() as u64, "stat after the read shows the real size\n{}", m.log());
-    // Read again (now of known size, through the piece cache): exact.
+    // The look-up downloads the object (no header tells its length) and waits for it.
+    let size = std::fs::metadata(m.p("c.bin")).unwrap_or_else(|e| panic!("stat: {e}\n{}", m.log())).len();
+    assert_eq!(size, c.len() as u64, "stat shows the real size before any read\n{}", m.log());
     check_file(&m, "c.bin", &c);
+    // Read through the piece cache from the finished download: besides the first probe
+    // for a length (a one-byte range, answered with the whole body and cut), one download.
+    let n = gets(chunked.log()) - before;
+    assert_eq!(n, 2, "a probe and one download of c.bin:\n{}\n{}", chunked.log(), m.log());
+}
+
+#[test]
+fn a_long_download_shows_what_arrived_and_reads_to_the_real_end() {
+    if !common::require("python3", pyhttp::available()) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let www = sb.path("www");
+    let c = pseudo_random(84, SIZE);
+    sb.write(&www.join("slow.bin"), &c);
+    // About 10 s for the whole body: longer than a look-up waits.
+    let slow = PyHttp::chunked_slow(&www, &sb.path("slow.log"), 300_000);
+    let r = relaxed_repo(&sb, &[("slow.bin", slow.url("slow.bin"))]);
+    let gets = |log: String| log.lines().filter(|l| l.starts_with("GET /slow.bin")).count();
+    let before = gets(slow.log());
+    let m = mount(&sb, &r, "mnt", &["--cache-dir", sb.path("cache").to_str().unwrap()]);
+    let early = std::fs::metadata(m.p("slow.bin")).unwrap_or_else(|e| panic!("stat: {e}\n{}", m.log())).len();
+    assert!(early > 0 && early < c.len() as u64, "stat during the download shows what arrived: {early}\n{}", m.log());
+    let got = std::fs::read(m.p("slow.bin")).unwrap_or_else(|e| panic!("read: {e}\n{}", m.log()));
+    assert!(got == c, "{} bytes read of {}\n{}", got.len(), c.len(), m.log());
+    let size = std::fs::metadata(m.p("slow.bin")).unwrap().len();
+    assert_eq!(size, c.len() as u64, "stat after the download shows the real size\n{}", m.log());
+    let n = gets(slow.log()) - before;
+    assert_eq!(n, 2, "a probe, and the reader served from the look-up's download:\n{}", slow.log());
 }
 
 #[test]

@@ -8,107 +8,25 @@ mod common;
 
 use common::free_port;
 use common::mnt::Mount;
+use common::swarm::{Served, get, http, key_path, mount_debug, serve, wait_port};
 use common::{Sandbox, pseudo_random};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 64 << 20;
 
-fn wait_port(port: u16) {
-    common::wait_until(Duration::from_secs(60), &format!("a listener on port {port}"), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-}
-
-struct Served(Child, PathBuf);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Served {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-fn serve(sb: &Sandbox, repo: &Path, port: u16, extra: &[&str]) -> Served {
-    let log = sb.path(&format!("serve-{port}.log"));
-    let child = sb
-        .cmd(env!("CARGO_BIN_EXE_annexfs"), repo)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cache-dir"])
-        .arg(sb.path(&format!("serve-cache-{port}")))
-        .args(extra)
-        .env("ANNEXFS_LOG", "annexfs=debug")
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Served(child, log)
-}
-
-fn mount_debug(sb: &Sandbox, repo: &Path, name: &str, extra: &[&str]) -> Mount {
-    let mp = sb.path(name);
-    std::fs::create_dir_all(&mp).unwrap();
-    let log = sb.path(&format!("{name}.log"));
-    let out = sb
-        .cmd(env!("CARGO_BIN_EXE_annexfs"), sb.dir.path())
-        .env("ANNEXFS_LOG", "annexfs=debug")
-        .arg("mount")
-        .arg("--log-file")
-        .arg(&log)
-        .args(extra)
-        .arg(repo)
-        .arg(&mp)
-        .output()
-        .unwrap();
-    let m = Mount { mp, log };
-    assert!(out.status.success(), "mount {name}: {}\n{}", String::from_utf8_lossy(&out.stderr), m.log());
-    m
-}
-
-/// A raw HTTP/1.1 exchange: (status, headers, body).
-fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let body = buf.get(split + 4..).unwrap_or(&[]).to_vec();
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, head, body)
-}
-
-fn get(port: u16, path: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
-    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
-    http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{range}Connection: close\r\n\r\n"))
-}
-
-fn key_path(key: &str) -> String {
-    let enc: String = key
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    format!("/v1/keys/{enc}")
-}
-
-/// A node that claims every piece of every key and sends corrupted bytes.
-fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>) -> u16 {
+/// A node that claims every piece of every key and sends corrupted bytes; it answers `hello`
+/// with `hello` (as a node of the repository: nothing keeps a liar from saying so).
+fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>, hello: String) -> u16 {
     use tokio::io::AsyncWriteExt;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else { return };
-            let data = data.clone();
+            let (data, hello) = (data.clone(), hello.clone());
             tokio::spawn(async move {
                 let Some(text) = common::hostile::read_head(&mut sock).await else { return };
                 let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
@@ -129,6 +47,8 @@ fn lying_node(rt: &tokio::runtime::Runtime, data: std::sync::Arc<Vec<u8>>) -> u1
                 };
                 let out = if path.ends_with("/have") {
                     reply("200 OK", "", format!("{{\"size\":{size},\"ranges\":[[0,{size}]]}}").as_bytes())
+                } else if path.starts_with("/v1/hello") {
+                    reply("200 OK", "", hello.as_bytes())
                 } else if path.starts_with("/v1/peers") {
                     reply("200 OK", "", b"{\"peers\":[]}")
                 } else if path.starts_with("/v1/announce") {
@@ -233,7 +153,8 @@ fn three_nodes_and_a_liar_share_a_key_without_a_tracker() {
     assert!(held(&have) < SIZE as u64, "B holds about half: {have}");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let pd = lying_node(&rt, std::sync::Arc::new(data.clone()));
+    let origin_uuid = sb.git(&o, &["config", "annex.uuid"]).trim().to_string();
+    let pd = lying_node(&rt, std::sync::Arc::new(data.clone()), common::swarm::hello("liar", &origin_uuid));
     let url_d = format!("http://127.0.0.1:{pd}");
     let a_before = served_ranges(&node_a.log()).len();
     // C knows only B and D.

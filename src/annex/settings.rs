@@ -128,6 +128,9 @@ struct Raw {
     group: BTreeMap<String, RawLimits>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    /// The swarm's rules: read by the swarm, from signed commits only.
+    #[serde(default, rename = "swarm")]
+    _swarm: Option<toml::Value>,
 }
 
 /// Why `.annexfs.toml` was refused.

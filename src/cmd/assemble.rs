@@ -9,13 +9,16 @@
 //! Keys whose name has no size (URL keys, `addurl --relaxed`, old WORM keys): their size is
 //! learnt from their web URLs ([`HttpClient::learn_size`]: `HEAD`, else a `Range: bytes=0-0`
 //! `GET`), at most [`LEARN_SIZE_WAIT`] per lookup, and kept in [`Network::sizes`] for the
-//! life of the mount (a failure for [`UNKNOWN_SIZE_RETRY`], then asked again). A learnt size
+//! life of the mount (a failure for [`super::sizes::UNKNOWN_SIZE_RETRY`], then asked again). A learnt size
 //! makes the key fetchable like any other: the fetcher and the piece cache get the key with
 //! that size written in (`-sN`), the sources are made for that size, and the whole key is
 //! checked as far as its backend allows (a URL key has no hash: the fetcher says so once).
-//! A size that cannot be learnt leaves the file to be streamed to its end
-//! ([`crate::fs::stream`]), which learns it.
+//! A size no header tells is learnt by downloading the object once, to its end
+//! ([`crate::source::sizeless`], [`Network::downloads`]): a look-up waits for that briefly,
+//! readers of the file are served from the download while it runs (direct I/O, read to the
+//! real end), and once it ended the finished file is a local source of the sized key.
 
+use super::sizes::{LEARN_SIZE_WAIT, SizeBook, web_urls, with_size};
 use crate::annex::remotes::Location;
 use crate::annex::{Annex, Key};
 use crate::fetch::{FetchConfig, Fetcher, OnVerified, VerifyMode};
@@ -31,64 +34,12 @@ use crate::source::reach::Reach;
 use crate::source::remote::{BoxFuture, RangeSource};
 use crate::swarm::Peers;
 use anyhow::{Context, anyhow};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long opening a key waits for an external remote to say where the key is.
 const WHEREIS_WAIT: Duration = Duration::from_secs(1);
-/// How long a lookup of a key without a size may wait for its size from the network.
-pub(crate) const LEARN_SIZE_WAIT: Duration = Duration::from_secs(3);
-/// A size that could not be learnt is asked again after this.
-pub(crate) const UNKNOWN_SIZE_RETRY: Duration = Duration::from_secs(10);
-
-/// Sizes learnt for keys whose name has none, by key: `Some` for good, `None` (not learnt)
-/// with when it was asked.
-#[derive(Default)]
-pub(crate) struct SizeBook(Mutex<HashMap<Vec<u8>, Learnt>>);
-
-/// A size learnt (or not, and when that was found).
-type Learnt = (Option<u64>, Instant);
-
-impl SizeBook {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Learnt>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The size learnt, if any; `Err(())` if asking again is not due yet.
-    fn get(&self, key: &Key) -> Result<Option<u64>, ()> {
-        match self.map().get(&key.to_bytes()) {
-            Some(&(Some(n), _)) => Ok(Some(n)),
-            Some(&(None, at)) if at.elapsed() < UNKNOWN_SIZE_RETRY => Err(()),
-            _ => Ok(None),
-        }
-    }
-
-    fn known(&self, key: &Key) -> Option<u64> {
-        self.get(key).ok().flatten()
-    }
-
-    fn set(&self, key: &Key, size: Option<u64>) {
-        let mut m = self.map();
-        // A size once learnt is kept (a later failure to ask does not forget it).
-        if size.is_some() || !matches!(m.get(&key.to_bytes()), Some((Some(_), _))) {
-            m.insert(key.to_bytes(), (size, Instant::now()));
-        }
-    }
-}
-
-/// `key` with `size` written in (`-sN`): what the fetcher and the piece cache know a key
-/// without a size by, once its size is learnt.
-fn with_size(key: &Key, size: u64) -> Option<Key> {
-    let bytes = key.to_bytes();
-    let v = key.variety().len();
-    let mut sized = bytes[..v].to_vec();
-    sized.extend_from_slice(format!("-s{size}").as_bytes());
-    sized.extend_from_slice(&bytes[v..]);
-    Key::parse(&sized).ok().filter(|k| k.size() == Some(size))
-}
-
 /// The external remotes holding `key` that annexfs reads (readable holders only).
 fn external_locations(annex: &Annex, key: &Key) -> Vec<crate::annex::remotes::external::ExternalLocation> {
     let Ok(holders) = annex.holders(key) else { return Vec::new() };
@@ -101,23 +52,6 @@ fn external_locations(annex: &Annex, key: &Key) -> Vec<crate::annex::remotes::ex
             _ => None,
         })
         .collect()
-}
-
-/// The web URLs recorded for `key` (readable holders only).
-fn web_urls(annex: &Annex, key: &Key) -> Vec<String> {
-    let Ok(holders) = annex.holders(key) else { return Vec::new() };
-    let mut urls = Vec::new();
-    for h in holders.iter().filter(|h| h.readable.is_ok()) {
-        for loc in &h.locations {
-            match loc {
-                Location::Url(u) => urls.push(u.clone()),
-                Location::Urls(us) => urls.extend(us.iter().cloned()),
-                _ => {}
-            }
-        }
-    }
-    urls.dedup();
-    urls
 }
 
 /// How a command's fetcher verifies and publishes.
@@ -136,6 +70,8 @@ pub(crate) struct SwarmOptions {
     pub serve: Option<crate::swarm::server::ServeConfig>,
     /// The URL other nodes reach this one at (default: `http://` + the listening address).
     pub advertise: Option<String>,
+    /// Space offered to the swarm for keeping pieces (`--keep`, `-o keep=`).
+    pub keep: Option<u64>,
 }
 
 /// What reading from network sources needs.
@@ -149,6 +85,10 @@ pub(crate) struct Network {
     pub serving: OnceLock<crate::swarm::server::Server>,
     /// Sizes learnt for keys whose name has none.
     pub sizes: Arc<SizeBook>,
+    /// Downloads of keys whose size no header tells (they learn it).
+    pub downloads: crate::source::sizeless::Downloads,
+    /// The swarm's rules in force (from signed commits), with the HEAD they were read at.
+    pub rules: Mutex<(Option<String>, Arc<crate::swarm::rules::RulesState>)>,
     /// Spread remotes read in place, by remote name (their stores' figures for status).
     pub spreads: super::spread::Registry,
 }
@@ -263,6 +203,49 @@ impl Network {
         Some((with_size(key, n)?, n))
     }
 
+    /// The swarm's rules in force, read again when HEAD moved (see [`crate::swarm::rules`]).
+    pub fn rules(&self, annex: &Annex) -> Arc<crate::swarm::rules::RulesState> {
+        let head = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&annex.gitdir)
+            .args(["rev-parse", "-q", "--verify", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let mut r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if r.0.is_some() && r.0 == head {
+            return r.1.clone();
+        }
+        let signers = crate::swarm::rules::signers_from(annex.config.get(crate::swarm::rules::SIGNERS_CONFIG));
+        let st = Arc::new(crate::swarm::rules::load(&annex.gitdir, &signers));
+        if let (Some(rules), Some(c)) = (&st.rules, &st.commit) {
+            tracing::info!(
+                "swarm rules from commit {c} (signed by {}): {} copies",
+                st.signer.as_deref().unwrap_or("?"),
+                rules.copies
+            );
+        }
+        *r = (head, st.clone());
+        st
+    }
+
+    /// Stream mode, a key some peer holds and without a manifest: a manifest a peer vouches
+    /// for, checked by the key in the end (`fetch::vouched`); kept apart in the cache so that
+    /// this node can serve the pieces it checked against it.
+    pub async fn vouch(&self, kf: &crate::fetch::KeyFetch, key: &Key) {
+        let f = &self.fetcher;
+        if kf.present_bytes() >= kf.size()
+            && f.store().open_existing(key).ok().flatten().is_some_and(|c| c.is_verified())
+        {
+            return;
+        }
+        let Some((m, by)) = self.peers.vouched_manifest(key, |who| f.is_banned(who)).await else { return };
+        if let Err(e) = crate::manifest::cached::save_vouched(self.store(), &m) {
+            tracing::warn!("{key}: keep the manifest {by} vouched for in the cache: {e}");
+        }
+        kf.set_vouched_manifest(m, by);
+    }
+
     /// The manifest of `key` for a fetch: the one kept in the cache, else the published one,
     /// else (for BLAKE3 keys, whose manifests need no trust) one from a peer; kept in the
     /// cache once found. Problems are logged, never fatal: without a manifest the key is
@@ -355,7 +338,8 @@ pub(crate) fn network(
     let mut urls: Vec<String> = settings.peers.iter().map(|p| p.url.clone()).collect();
     urls.extend(swarm.peers.iter().cloned());
     let own = swarm.serve.as_ref().map(|s| swarm.advertise.clone().unwrap_or_else(|| format!("http://{}", s.listen)));
-    let peers = Peers::new(&urls, own, http.client.clone(), rt.handle().clone());
+    let identity = crate::swarm::Identity::of(annex).offering(swarm.keep.unwrap_or(0));
+    let peers = Peers::new(&urls, own, identity, http.client.clone(), rt.handle().clone());
     if !urls.is_empty() || swarm.serve.is_some() {
         // A first round now, so that the peers' peers are known before the first read.
         let _ = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), peers.exchange()).await });
@@ -365,16 +349,38 @@ pub(crate) fn network(
         external: Programs::for_repo_in(annex.base_dir().to_path_buf(), cache_dir),
         ..Reach::new(http).for_repository(annex.uuid.clone(), annex.base_dir())
     };
+    // ssh hosts are connected to ahead of the first read (as a warm master connection
+    // sharing its sessions): connecting takes longer than most ranges.
+    let meta = annex.meta().ok();
+    for r in meta.iter().flat_map(|m| m.remotes.iter()).filter(|r| !r.ignore && r.uuid.is_some()) {
+        if let crate::annex::remotes::RemoteKind::GitSsh(ssh) = &r.kind
+            && let Ok(how) = &ssh.access
+        {
+            reach.ssh.warm(how, &r.name, rt.handle());
+        }
+    }
+    let sizes: Arc<SizeBook> = Arc::default();
+    let learnt = sizes.clone();
+    let on_end: crate::source::sizeless::OnEnd = Arc::new(move |key, n| learnt.set_bytes(key, Some(n)));
+    // A download of unknown size may take at most half the cache's bound on disk.
+    let downloads = crate::source::sizeless::Downloads::new(cache_dir, reach.http.clone(), cache_size / 2, on_end)
+        .with_context(|| format!("a private directory for downloads in {}", cache_dir.display()))?;
     let spreads = super::spread::Registry::default();
     reach.external_makers.insert(super::spread::EXTERNALTYPE.to_string(), super::spread::mount_maker(spreads.clone()));
-    Ok(Arc::new(Network {
+    let net = Network {
         fetcher,
         reach: Arc::new(reach),
         peers,
         serving: OnceLock::new(),
-        sizes: Arc::default(),
+        sizes,
+        downloads,
+        rules: Mutex::new((None, Arc::default())),
         spreads,
-    }))
+    };
+    if !urls.is_empty() || swarm.serve.is_some() {
+        net.rules(annex);
+    }
+    Ok(Arc::new(net))
 }
 
 /// The holders fs reads annexed content from: local copies in place, then the piece cache
@@ -396,7 +402,9 @@ impl MountHolders {
 }
 
 impl MountHolders {
-    /// Asks the web URLs of `key` for its size, at most [`LEARN_SIZE_WAIT`].
+    /// Asks the web URLs of `key` for its size; where none tells it, downloads the object
+    /// (once) to learn it. Waits at most [`LEARN_SIZE_WAIT`] in all: a large object's
+    /// download goes on, and its size is known when it ends.
     fn ask_size(&self, key: &Key) -> Option<u64> {
         let urls = web_urls(&self.annex, key);
         if urls.is_empty() {
@@ -406,28 +414,34 @@ impl MountHolders {
         let (net, key) = (self.net.clone(), key.clone());
         // Run on the fetcher's runtime and waited for here: lookups come from FUSE threads,
         // outside any runtime.
+        let rt = self.net.fetcher.runtime().clone();
+        let started = Instant::now();
         self.net.fetcher.runtime().spawn(async move {
-            let _ = tx.send(net.ask_size(&key, urls).await);
+            let size = match net.ask_size(&key, urls.clone()).await {
+                Some(n) => Some(n),
+                None => {
+                    let d = net.downloads.start(&key.to_bytes(), &key.to_string_lossy(), &urls, &rt);
+                    d.size_within(LEARN_SIZE_WAIT.saturating_sub(started.elapsed())).await
+                }
+            };
+            let _ = tx.send(size);
         });
         rx.recv_timeout(LEARN_SIZE_WAIT + Duration::from_millis(500)).ok().flatten()
     }
 
-    /// A key without a size, whose size could not be learnt: streamed from its URLs.
+    /// A key without a size, whose size is not known yet: read from its download.
     fn open_stream(&self, file: &str, key: &Key, skip: &[String], tried: Vec<String>) -> Result<Opened, FsError> {
         let urls = web_urls(&self.annex, key);
-        let sizes = self.net.sizes.clone();
-        let k = key.clone();
-        let on_end: crate::source::sizeless::OnEnd = Arc::new(move |n| sizes.set(&k, Some(n)));
-        let w = crate::source::sizeless::WholeStream::new(
-            key.to_string_lossy(),
-            urls.clone(),
-            self.net.reach.http.clone(),
-            on_end,
-        );
-        if urls.is_empty() || skip.contains(&w.describe()) {
-            return Err(unavailable(file, key, tried, !urls.is_empty()));
+        if urls.is_empty() {
+            return Err(unavailable(file, key, tried, false));
         }
-        tracing::info!("{file}: size of {key} unknown: streaming it to its end");
+        let rt = self.net.fetcher.runtime();
+        let d = self.net.downloads.start(&key.to_bytes(), &key.to_string_lossy(), &urls, rt);
+        let w = crate::source::sizeless::WholeStream::new(d);
+        if skip.contains(&w.describe()) {
+            return Err(unavailable(file, key, tried, true));
+        }
+        tracing::info!("{file}: size of {key} unknown: read from its download, to its end");
         Ok(Opened::Stream(Arc::new(w)))
     }
 }
@@ -441,7 +455,19 @@ impl Holders for MountHolders {
                 Some(n) => with_size(key, n),
                 None => None,
             };
-            let parts = self.net.parts_sized(&self.annex, key, key.size().or(learnt)).await?;
+            let mut parts = self.net.parts_sized(&self.annex, key, key.size().or(learnt)).await?;
+            // A finished download that taught the size is the content: the sized key is
+            // read from it alone (into the piece cache), nothing is downloaded again.
+            if let Some(n) = learnt
+                && parts.local.is_empty()
+                && let Some((path, got)) = self.net.downloads.get(&key.to_bytes()).and_then(|d| d.finished())
+                && got == n
+            {
+                match crate::source::discover::LocalSource::open("download", &Location::Path(path), Some(n)) {
+                    Ok(s) => parts.remote = vec![Arc::new(s)],
+                    Err(e) => tracing::debug!("{key}: its finished download cannot be read: {e}"),
+                }
+            }
             let mut tried = parts.unusable;
             if let Some(r) = open_local(&parts.local, key, skip, &mut tried) {
                 return Ok(Opened::Local(r));
@@ -463,9 +489,13 @@ impl Holders for MountHolders {
                 if !skip.contains(&what) {
                     let manifest =
                         if fetcher.has_manifest(key) { None } else { self.net.manifest(&self.annex, key).await };
+                    let peer_held = parts.remote.iter().any(|s| s.name().starts_with("peer "));
                     let kf = fetcher
                         .key(key, parts.remote, manifest)
                         .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
+                    if peer_held && !kf.has_manifest() && fetcher.config().verify == VerifyMode::Stream {
+                        self.net.vouch(&kf, key).await;
+                    }
                     return Ok(Opened::Fetched { kf, what });
                 }
             }
@@ -489,6 +519,10 @@ impl Holders for MountHolders {
 
     fn keep_cache(&self, key: &Key) -> bool {
         let f = &self.net.fetcher;
+        // Pages checked only against a manifest a peer vouched for may still be replaced.
+        if f.vouched_by(key).is_some() {
+            return false;
+        }
         if f.config().verify == VerifyMode::Strict || f.has_manifest(key) || f.store().has_manifest(key) {
             return true;
         }
@@ -514,6 +548,11 @@ impl Holders for MountHolders {
             Err(()) => return None,
             Ok(None) => {}
         }
+        // A download under way was waited for by the look-up that started it; later ones
+        // answer at once (stat shows what arrived so far).
+        if self.net.downloads.get(&key.to_bytes()).is_some_and(|d| d.progress().end.is_none()) {
+            return None;
+        }
         let size = self.ask_size(key);
         self.net.sizes.set(key, size);
         size
@@ -521,5 +560,9 @@ impl Holders for MountHolders {
 
     fn known_size(&self, key: &Key) -> Option<u64> {
         key.size().or_else(|| self.net.sizes.known(key))
+    }
+
+    fn size_so_far(&self, key: &Key) -> u64 {
+        self.net.downloads.get(&key.to_bytes()).map_or(0, |d| d.progress().got)
     }
 }

@@ -8,6 +8,7 @@ pub mod index;
 pub mod ls;
 pub mod mount;
 pub mod serve;
+pub mod sizes;
 pub mod sources;
 pub mod spread;
 pub mod status;

@@ -32,6 +32,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
         peers: args.swarm.peers.clone(),
         serve: Some(cfg.clone()),
         advertise: args.advertise.clone(),
+        keep: match &args.keep {
+            Some(k) => Some(super::mount::parse_size(k)?),
+            None => None,
+        },
     };
     let opts = super::FetchOptions { verify: crate::fetch::VerifyMode::Stream, publish: false };
     let parts = super::assemble::network(&annex, &cache_dir, crate::pieces::DEFAULT_CACHE_SIZE, &rt, opts, &swarm)?;

@@ -44,6 +44,15 @@ pub struct MountStatus {
     /// Swarm peers known and not dropped.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// How full the peer table is (peers, candidates not yet answered, dropped, bound).
+    #[serde(default)]
+    pub peer_table: crate::swarm::TableCounts,
+    /// The live nodes of the swarm, this one first, with the space each offers.
+    #[serde(default)]
+    pub swarm_nodes: Vec<SwarmNode>,
+    /// The swarm's rules in force (from a signed commit) and the changes refused.
+    #[serde(default)]
+    pub swarm_rules: crate::swarm::rules::RulesState,
     /// What this node serves to the swarm, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Serving>,
@@ -53,6 +62,15 @@ pub struct MountStatus {
     /// Set when the daemon could not be asked (then the other fields are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SwarmNode {
+    /// Its address (empty for this node when it does not serve).
+    pub url: String,
+    pub uuid: String,
+    /// Bytes it offers the swarm for keeping pieces.
+    pub offered: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -202,6 +220,10 @@ pub(crate) fn snapshot(
     };
     let parts = net;
     st.peers = parts.peers.live();
+    st.peer_table = parts.peers.counts();
+    st.swarm_nodes =
+        parts.peers.nodes().into_iter().map(|(url, uuid, offered)| SwarmNode { url, uuid, offered }).collect();
+    st.swarm_rules = (*parts.rules(fs.annex())).clone();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         Serving {
@@ -414,6 +436,36 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         }
         if !m.peers.is_empty() {
             writeln!(out, "  peers: {}", m.peers.join(", "))?;
+        }
+        let r = &m.swarm_rules;
+        if let (Some(rules), Some(c)) = (&r.rules, &r.commit) {
+            writeln!(
+                out,
+                "  swarm rules: {} copies, from commit {} signed by {}",
+                rules.copies,
+                &c[..c.len().min(12)],
+                r.signer.as_deref().unwrap_or("?")
+            )?;
+        }
+        for x in &r.refused {
+            writeln!(out, "  swarm rules change refused: commit {}: {}", &x.commit[..x.commit.len().min(12)], x.why)?;
+        }
+        let offering: Vec<String> = m
+            .swarm_nodes
+            .iter()
+            .filter(|n| n.offered > 0)
+            .map(|n| format!("{} {}", if n.url.is_empty() { "this node" } else { &n.url }, human(n.offered as f64)))
+            .collect();
+        if !offering.is_empty() {
+            writeln!(out, "  swarm space offered: {}", offering.join(", "))?;
+        }
+        let t = &m.peer_table;
+        if t.candidates + t.dropped > 0 {
+            writeln!(
+                out,
+                "  peer table: {} peers, {} not yet answered, {} dropped (of {})",
+                t.live, t.candidates, t.dropped, t.capacity
+            )?;
         }
         for e in m.recent_errors.iter().rev().take(5) {
             writeln!(out, "  {} {}", e.level, e.message)?;

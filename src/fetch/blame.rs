@@ -67,6 +67,21 @@ impl Reputation {
         r.banned
     }
 
+    /// Bans `who` at once (it vouched for something the key proved wrong).
+    pub fn ban(&self, who: &str, why: &str) {
+        let mut map = lock(&self.map);
+        let r = map.entry(who.to_string()).or_default();
+        r.strikes += 1;
+        if r.reasons.len() >= 5 {
+            r.reasons.remove(0);
+        }
+        r.reasons.push(why.to_string());
+        if !r.banned {
+            r.banned = true;
+            tracing::error!("banning {who} for the life of this mount: {why}");
+        }
+    }
+
     pub fn is_banned(&self, who: &str) -> bool {
         lock(&self.map).get(who).is_some_and(|r| r.banned)
     }

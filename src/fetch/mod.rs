@@ -17,6 +17,7 @@
 //! | `read.rs` | [`KeyFetch::read`]: demand, readahead window, waiting, serving |
 //! | `verify.rs` | whole-key verification, quarantine, the manifest made on a match |
 //! | `blame.rs` | strikes and bans; settling a whole-key mismatch across sources |
+//! | `vouched.rs` | a manifest a peer vouched for (stream mode): doubted, confirmed or proven wrong by the key |
 //! | `limits.rs` | per-identity limits shared by every key |
 //!
 //! Scheduling runs whenever something changes and every [`TICK`](config::TICK): the state
@@ -46,6 +47,7 @@ mod request;
 mod scheduler;
 mod stats;
 mod verify;
+mod vouched;
 
 pub use blame::Reputation;
 pub use config::{
@@ -131,6 +133,8 @@ struct State {
     origin: HashMap<PieceIndex, SourceId>,
     /// Sources that sent a piece that failed its check, per piece: not asked for it again.
     refused: HashMap<PieceIndex, Vec<SourceId>>,
+    /// The manifest in force (or set aside) when a peer vouched for it.
+    vouched: Option<vouched::Vouched>,
 }
 
 impl State {
@@ -155,6 +159,7 @@ impl State {
             want_all: false,
             origin: HashMap::new(),
             refused: HashMap::new(),
+            vouched: None,
         }
     }
 

@@ -293,6 +293,9 @@ impl KeyFetch {
         let started = Instant::now();
         let mut received = 0u64;
         let mut store_failed = false;
+        // When the first byte came (after `started`): the source's throughput is measured
+        // from then on, its latency apart.
+        let mut first_byte: Option<Duration> = None;
         let (manifest, partial_ok) = {
             let st = lock(&self.state);
             (st.manifest.clone(), self.partial_serving(&st))
@@ -355,6 +358,7 @@ impl KeyFetch {
                             }
                             if progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed) == 0 {
                                 lock(&self.source(s).stats).first_byte(progress.started.elapsed().as_secs_f64() * 1e3);
+                                first_byte = Some(started.elapsed());
                             }
                             let ms = u64::try_from(progress.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                             progress.progress_ms.store(ms, Ordering::Relaxed);
@@ -416,6 +420,7 @@ impl KeyFetch {
                 received,
                 arrived: progress.got.load(Ordering::Relaxed),
                 elapsed: started.elapsed(),
+                first_byte,
             },
         );
     }
@@ -547,6 +552,10 @@ impl KeyFetch {
     /// Source `s` sent piece `i` and it failed its manifest hash: a strike, and `s` is not
     /// asked for that piece again.
     fn refuse(&self, s: SourceId, i: PieceIndex) {
+        // Against a manifest a peer vouched for, the manifest may be the liar.
+        if self.doubt_vouched(s, i) {
+            return;
+        }
         self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
         let src = &self.source(s).src;
         let why = format!("piece {i} of {} from {} fails its manifest hash", self.key, src.name());

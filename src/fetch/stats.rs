@@ -73,6 +73,8 @@ pub struct RequestEnd<'a> {
     /// Every byte that arrived.
     pub arrived: u64,
     pub elapsed: Duration,
+    /// When the first byte arrived, if one did.
+    pub first_byte: Option<Duration>,
 }
 
 /// What became of a source after a request.
@@ -102,7 +104,12 @@ impl SourceStats {
             Ok(()) | Err(FetchError::TooSlow(_)) => end.arrived,
             Err(_) => end.received,
         };
-        let secs = end.elapsed.as_secs_f64().max(1e-3);
+        // Throughput from the first byte on: the wait before it (opening a session, a slow
+        // first answer) is latency, measured apart (`ttfb_ms`). Counted in, it would make a
+        // source that takes long to start but then streams fast look slow, and a slow-looking
+        // source gets short runs, each again mostly latency: it would never be measured right.
+        let streaming = end.elapsed.saturating_sub(end.first_byte.unwrap_or_default());
+        let secs = streaming.as_secs_f64().max(1e-3);
         if arrived > 0 || secs > 1.0 {
             let rate = arrived as f64 / secs;
             self.bps = if self.bps == 0.0 { rate } else { 0.7 * self.bps + 0.3 * rate };
@@ -229,7 +236,14 @@ mod tests {
     use super::*;
 
     fn end(result: &Result<(), FetchError>) -> RequestEnd<'_> {
-        RequestEnd { result, store_failed: false, received: 0, arrived: 0, elapsed: Duration::from_millis(10) }
+        RequestEnd {
+            result,
+            store_failed: false,
+            received: 0,
+            arrived: 0,
+            elapsed: Duration::from_millis(10),
+            first_byte: None,
+        }
     }
 
     #[test]
@@ -256,6 +270,23 @@ mod tests {
         assert_eq!(s.request_ended(&e, now), Verdict::Fine);
         assert_eq!((s.fails_in_row, s.backoff_until, s.inflight), (0, None, 1));
         assert!((s.bps - 1e6).abs() < 1.0, "{}", s.bps);
+    }
+
+    #[test]
+    fn throughput_is_measured_from_the_first_byte() {
+        let now = Instant::now();
+        let mut s = SourceStats { inflight: 1, ..Default::default() };
+        let ok = Ok(());
+        // 0.5 s to start (a new ssh session), then 1 MB in 0.1 s: 10 MB/s, not 1.7.
+        let e = RequestEnd {
+            received: 1_000_000,
+            arrived: 1_000_000,
+            elapsed: Duration::from_millis(600),
+            first_byte: Some(Duration::from_millis(500)),
+            ..end(&ok)
+        };
+        assert_eq!(s.request_ended(&e, now), Verdict::Fine);
+        assert!((s.bps - 1e7).abs() < 1e3, "{}", s.bps);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!
 //! - A match marks the key verified (strict readers without a manifest are served from then
 //!   on) and, when the key had no manifest, keeps and publishes the one just made.
+//! - A manifest a peer vouched for is settled here (`vouched.rs`): confirmed, or its peer
+//!   banned.
 //! - A mismatch with a manifest means the manifest itself is wrong; without one, blame
 //!   compares pieces across sources (`blame.rs`), replaces the bad ones and strikes their
 //!   senders. What cannot be resolved is quarantined: every later read fails.
@@ -83,7 +85,12 @@ impl KeyFetch {
         .await
         .map_err(VerifyError::Task)??;
         match outcome {
-            Outcome::Match => self.verified(manifest, had_manifest).await,
+            Outcome::Match => {
+                // A manifest a peer vouched for is settled by the content; the one made from
+                // it is then kept as the key's manifest.
+                let vouched = self.settle_vouched(manifest.as_ref());
+                self.verified(manifest, had_manifest && !vouched).await
+            }
             Outcome::Unverifiable(why) => {
                 tracing::info!("{}: complete; not verifiable ({why})", self.key);
                 Err(VerifyError::Unverifiable(why))
@@ -91,10 +98,17 @@ impl KeyFetch {
             Outcome::Io(e) => Err(VerifyError::Io(e)),
             Outcome::Mismatch(got) => {
                 self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
-                let resolved = if had_manifest { Err(ResolveError::ManifestWrong) } else { self.resolve().await };
+                // A manifest a peer vouched for is proven wrong: its peer is banned and the
+                // pieces are settled across the other sources, as without a manifest.
+                let resolved = if had_manifest && !self.vouched_wrong() {
+                    Err(ResolveError::ManifestWrong)
+                } else {
+                    self.resolve().await
+                };
                 match resolved {
                     Ok(m) => {
                         tracing::warn!("{}: bad pieces replaced; content now matches its key", self.key);
+                        self.settle_vouched(Some(&m));
                         self.verified(Some(m), false).await
                     }
                     Err(why) => {

@@ -7,7 +7,7 @@
 //!
 //! An [`Opened`] reader is either a local copy (a blocking `pread`, cheap and bounded by the
 //! disk), a fetch through the piece cache (awaited: it may wait on the network), or, for a key
-//! whose size could not be learnt, a stream to the object's real end (`stream.rs`). Both are
+//! whose size is not known yet, its download, read to the object's real end. Both are
 //! read from [`crate::fs::AnnexFs::read`], which runs inside the one async boundary in
 //! `crate::fuse` (a request on the blocking pool).
 
@@ -31,7 +31,7 @@ pub enum Opened {
         /// For log lines and to skip it when it failed.
         what: String,
     },
-    /// A key of unknown size, streamed from its start to its end.
+    /// A key of unknown size, read from its download to its end.
     Stream(Arc<WholeStream>),
 }
 
@@ -92,6 +92,12 @@ pub trait Holders: Send + Sync {
     /// The size of such a key if already learnt; never waits.
     fn known_size(&self, _key: &Key) -> Option<u64> {
         None
+    }
+
+    /// For such a key whose size is not known yet: the bytes of it received so far (a lower
+    /// bound `stat` shows rather than 0); never waits.
+    fn size_so_far(&self, _key: &Key) -> u64 {
+        0
     }
 }
 

@@ -11,10 +11,11 @@
 //!   (`FOPEN_KEEP_CACHE`) can never show stale bytes.
 //! - Except for a key whose name has no size (URL keys, `addurl --relaxed`, old WORM keys):
 //!   its size is learnt (a local copy, else [`Holders::learn_size`] on `lookup`/`getattr`,
-//!   bounded in time; `readdir` uses only what is known) and may change from unknown (0) to
+//!   bounded in time; `readdir` uses only what is known) and may change from unknown to
 //!   the real size, so its attributes are [`Attr::volatile`] (the adapter gives them TTL 0
-//!   and never keeps its pages); while its size is unknown it is opened with direct I/O and
-//!   read to its real end ([`AnnexFs::size_unknown`], `stream.rs`).
+//!   and never keeps its pages); while its size is unknown `stat` shows the bytes of it
+//!   received so far ([`Holders::size_so_far`]) and it is opened with direct I/O and read to
+//!   its real end ([`AnnexFs::size_unknown`]).
 //! - Metadata operations never do I/O on content; `read` does, and is called by the adapter on
 //!   a worker thread, so a slow disk never blocks other requests.
 //!
@@ -243,7 +244,7 @@ impl AnnexFs {
                     Some(s) => s,
                     None => {
                         volatile = true;
-                        self.size_of_sizeless(key, learn).unwrap_or(0)
+                        self.size_of_sizeless(key, learn).unwrap_or_else(|| self.holders.size_so_far(key))
                     }
                 };
                 (Kind::File, size, if node.exec { 0o555 } else { 0o444 }, 1)

@@ -81,6 +81,36 @@ impl PieceStore {
         dir.join(format!("{h}.manifest"))
     }
 
+    /// Where a manifest of `key` that a peer vouched for (not checked against the key yet) is
+    /// kept, apart from the trusted one.
+    fn vouched_path(&self, key: &Key) -> PathBuf {
+        let (dir, h) = self.paths(key);
+        dir.join(format!("{h}.vouched"))
+    }
+
+    /// Keeps a manifest a peer vouched for (see [`PieceStore::save_manifest_bytes`]).
+    pub fn save_vouched_manifest_bytes(&self, key: &Key, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.vouched_path(key);
+        if let Some(dir) = path.parent() {
+            private_dir(dir)?;
+        }
+        write_atomic(&path, bytes)
+    }
+
+    /// The kept manifest bytes a peer vouched for (at most `max` read), and where they are.
+    pub fn load_vouched_manifest_bytes(&self, key: &Key, max: u64) -> Option<(Vec<u8>, PathBuf)> {
+        let path = self.vouched_path(key);
+        let f = std::fs::File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, max), &mut bytes).ok()?;
+        Some((bytes, path))
+    }
+
+    /// Forgets the manifest a peer vouched for (proven wrong, or replaced by a trusted one).
+    pub fn remove_vouched_manifest(&self, key: &Key) {
+        let _ = std::fs::remove_file(self.vouched_path(key));
+    }
+
     /// Keeps the manifest of a key, as the manifest layer serialised it (the store does not
     /// interpret it: whoever loads it parses and checks it against the key).
     pub fn save_manifest_bytes(&self, key: &Key, bytes: &[u8]) -> Result<(), CacheError> {

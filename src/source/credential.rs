@@ -13,7 +13,8 @@
 //! [`FILL_TIMEOUT`]: a helper that hangs gives an error, not a hung read.
 //!
 //! Lock order: the map's std mutex is held only to find or insert a URL's entry; the entry's
-//! tokio mutex is then held across the `fill`.
+//! tokio mutex is then held across the `fill`, by a task of its own (so that a caller that
+//! stops waiting does not abandon the answer).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -99,8 +100,7 @@ impl Credentials {
         tried: Option<&Arc<Login>>,
         www_authenticate: Option<&str>,
     ) -> Result<Arc<Login>, CredentialError> {
-        let entry = self.entry(url);
-        let mut st = entry.lock().await;
+        let mut st = self.entry(url).lock_owned().await;
         match (&*st, tried) {
             (State::Failed(e), _) => return Err(e.clone()),
             (State::Have(l), Some(t)) if Arc::ptr_eq(l, t) => {
@@ -119,29 +119,29 @@ impl Credentials {
         if let Some(w) = www_authenticate {
             input.push(("wwwauth[]".to_string(), w.to_string()));
         }
-        let dir = self.dir.clone();
-        let got = tokio::task::spawn_blocking(move || run(dir, "fill", &input))
-            .await
-            .map_err(|e| CredentialError::Git { action: "fill", why: e.to_string() })
-            .and_then(|r| r);
-        let login = got.and_then(|fields| {
-            let get = |k: &str| fields.iter().rev().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-            match (get("username"), get("password")) {
-                (Some(username), Some(password)) => Ok(Login { username, password, fields }),
-                _ => Err(CredentialError::Incomplete(url.to_string())),
-            }
+        let (dir, url) = (self.dir.clone(), url.to_string());
+        // The fill runs in a task of its own that holds the URL's entry until the answer is
+        // recorded: a request given up on meanwhile (its header wait timed out) does not
+        // cancel it, and the next request waits for this answer instead of asking again.
+        let filling = tokio::spawn(async move {
+            let got = tokio::task::spawn_blocking(move || run(dir, "fill", &input))
+                .await
+                .map_err(|e| CredentialError::Git { action: "fill", why: e.to_string() })
+                .and_then(|r| r);
+            let login = got.and_then(|fields| {
+                let get = |k: &str| fields.iter().rev().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+                match (get("username"), get("password")) {
+                    (Some(username), Some(password)) => Ok(Arc::new(Login { username, password, fields })),
+                    _ => Err(CredentialError::Incomplete(url.clone())),
+                }
+            });
+            *st = match &login {
+                Ok(l) => State::Have(l.clone()),
+                Err(e) => State::Failed(e.clone()),
+            };
+            login
         });
-        match login {
-            Ok(l) => {
-                let l = Arc::new(l);
-                *st = State::Have(l.clone());
-                Ok(l)
-            }
-            Err(e) => {
-                *st = State::Failed(e.clone());
-                Err(e)
-            }
-        }
+        filling.await.map_err(|e| CredentialError::Git { action: "fill", why: e.to_string() })?
     }
 
     /// Tells git the login worked (once per login; it may store it).
@@ -226,4 +226,38 @@ fn run(
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fill slower than the request that asked for it is not run again by the next request:
+    /// its answer is kept even though the first caller stopped waiting.
+    #[test]
+    fn a_fill_outlives_the_caller_that_gave_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let count = dir.path().join("count");
+        let git = |args: &[&str]| {
+            let ok = Command::new("git").args(args).current_dir(dir.path()).status().is_ok_and(|s| s.success());
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        let helper = format!(
+            "!f() {{ test \"$1\" = get || exit 0; echo x >> '{}'; sleep 1; printf 'username=u\\npassword=p\\n'; }}; f",
+            count.display()
+        );
+        git(&["config", "credential.helper", &helper]);
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let creds = Credentials::new(Some(dir.path().to_path_buf()));
+        let url = "http://example.invalid/";
+        rt.block_on(async {
+            let first = tokio::time::timeout(Duration::from_millis(200), creds.after_401(url, None, None)).await;
+            assert!(first.is_err(), "the first caller gives up before the helper answers");
+            let login = creds.after_401(url, None, None).await.expect("the fill's answer");
+            assert_eq!((login.username.as_str(), login.password.as_str()), ("u", "p"));
+        });
+        let asked = std::fs::read_to_string(&count).expect("the helper ran");
+        assert_eq!(asked.lines().count(), 1, "git credential fill ran once");
+    }
 }

@@ -6,7 +6,9 @@
 //! Bounds: at most `max_connections` connections and `per_peer` per client address (more are
 //! closed at once); request headers must arrive within [`HEADER_TIMEOUT`]; a connection that
 //! moves no byte either way for `idle_timeout` (an idle keep-alive, or a client that stopped
-//! reading) is closed and its resources freed; uploads are paced under `bwlimit`.
+//! reading) is closed and its resources freed; uploads are paced under `bwlimit`;
+//! announcements are taken at most [`ANNOUNCE_BURST`] at once and [`ANNOUNCE_PER_SEC`] a second
+//! per client address (429 beyond; the addresses counted are bounded too).
 
 use super::{HaveMap, Peers, TOKEN_ENV};
 use crate::annex::{Annex, Key};
@@ -35,6 +37,34 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const MAX_KEY_BYTES: usize = 1024;
 /// Bytes read from disk per step of a response.
 const STEP: usize = 256 << 10;
+/// Announcements taken from one client address at once.
+pub const ANNOUNCE_BURST: f64 = 10.0;
+/// Announcements taken from one client address per second, after the burst. Honest nodes
+/// announce themselves once per exchange round each.
+pub const ANNOUNCE_PER_SEC: f64 = 1.0;
+/// Client addresses whose announcements are counted (least recent forgotten).
+const ANNOUNCERS: usize = 4096;
+
+/// Per-address token buckets for announcements.
+struct AnnounceRate(Mutex<lru::LruCache<IpAddr, (f64, Instant)>>);
+
+impl AnnounceRate {
+    fn new() -> AnnounceRate {
+        AnnounceRate(Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(ANNOUNCERS).unwrap_or(std::num::NonZeroUsize::MIN),
+        )))
+    }
+
+    /// Takes one announcement from `ip`, if its bucket has one.
+    fn take(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut m = lock(&self.0);
+        let (tokens, at) = m.get(&ip).copied().unwrap_or((ANNOUNCE_BURST, now));
+        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * ANNOUNCE_PER_SEC).min(ANNOUNCE_BURST);
+        let ok = tokens >= 1.0;
+        m.put(ip, (if ok { tokens - 1.0 } else { tokens }, now));
+        ok
+    }
+}
 
 /// How a node serves.
 #[derive(Debug, Clone)]
@@ -68,6 +98,7 @@ struct Node {
     token: Option<String>,
     pace: Option<Arc<Limiter>>,
     stats: Arc<ServeStats>,
+    announces: AnnounceRate,
     /// Manifests read from the cache, regrouped and checked: every request for a piece of a
     /// key needs its key's, and a large key's is large.
     manifests: Mutex<lru::LruCache<Vec<u8>, Arc<Manifest>>>,
@@ -86,7 +117,8 @@ enum Holding {
     /// The whole content in the repository's annex.
     Local(Arc<LocalFile>),
     /// Pieces in the cache: all of them verified (the key matched), or checked against the
-    /// manifest when served.
+    /// manifest when served (the trusted one, else one a peer vouched for: a reader checks
+    /// them again against its own and the whole key).
     Cache { cache: Arc<CachedKey>, manifest: Option<Arc<Manifest>> },
 }
 
@@ -119,8 +151,12 @@ impl Node {
             .map(Arc::new);
         if let Some(m) = &m {
             lock(&self.manifests).put(kb, m.clone());
+            return Some(m.clone());
         }
-        m
+        // A manifest a peer vouched for (stream mode): this node's pieces were checked
+        // against it as they arrived, and are checked again as they are served; read each
+        // time (it may be proven wrong and dropped), never handed on as a manifest.
+        crate::manifest::cached::load_vouched(store, key).and_then(|m| m.regroup(piece_size).ok()).map(Arc::new)
     }
 
     fn have(&self, key: &Key) -> HaveMap {
@@ -229,7 +265,7 @@ fn parse_key(seg: &str) -> Option<Key> {
     Key::parse(&bytes).ok()
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
     node.stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = &node.token {
         use subtle::ConstantTimeEq;
@@ -251,18 +287,26 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             }
             full(StatusCode::OK, serde_json::json!({ "peers": peers }).to_string())
         }
+        (Method::GET, ["v1", "hello"]) => {
+            full(StatusCode::OK, serde_json::to_string(&node.peers.identity().hello()).unwrap_or_default())
+        }
         (Method::POST, ["v1", "announce"]) => {
+            if !node.announces.take(client, Instant::now()) {
+                node.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return full(StatusCode::TOO_MANY_REQUESTS, "too many announcements from this address\n");
+            }
             let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return full(StatusCode::PAYLOAD_TOO_LARGE, "announce bodies are small\n"),
             };
-            let url = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["url"].as_str().map(str::to_string));
+            let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
+            let url = v.as_ref().and_then(|v| v["url"].as_str().map(str::to_string));
+            let uuid = v.as_ref().and_then(|v| v["uuid"].as_str().map(str::to_string));
             match url {
                 Some(u) => {
-                    node.peers.add(&u);
-                    full(StatusCode::NO_CONTENT, "")
+                    // Listed only once the address answers as a node of this repository.
+                    node.peers.announced(&u, uuid);
+                    full(StatusCode::ACCEPTED, "")
                 }
                 None => full(StatusCode::BAD_REQUEST, "expected {\"url\": ...}\n"),
             }
@@ -453,6 +497,7 @@ pub fn start(
             .bwlimit
             .map(|r| Arc::new(Limiter::new(crate::annex::settings::Limits { bwlimit: Some(r), maxconnections: None }))),
         stats: stats.clone(),
+        announces: AnnounceRate::new(),
         manifests: Mutex::new(lru::LruCache::new(
             std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN),
         )),
@@ -496,7 +541,7 @@ pub fn start(
                 let epoch = io.epoch;
                 let svc = hyper::service::service_fn(move |req| {
                     let node = node.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(node, req).await) }
+                    async move { Ok::<_, std::convert::Infallible>(handle(node, req, peer.ip()).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -547,6 +592,18 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 10), Err(()));
         assert_eq!(parse_range("bytes=-0", 10), Err(()));
         assert_eq!(parse_range("bytes=0-0", 0), Err(()));
+    }
+
+    #[test]
+    fn announcements_are_rate_limited_per_address() {
+        let r = AnnounceRate::new();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t = Instant::now();
+        let burst = (0..100).filter(|_| r.take(a, t)).count();
+        assert_eq!(burst as f64, ANNOUNCE_BURST);
+        assert!(r.take(b, t), "another address has its own bucket");
+        assert!(!r.take(a, t + Duration::from_millis(100)));
+        assert!(r.take(a, t + Duration::from_secs_f64(1.5 / ANNOUNCE_PER_SEC)), "refilled");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod mnt;
 pub mod nginx;
 pub mod slowfs;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -5,7 +5,8 @@
 //!   whole file (with its Content-Length) and HEAD with the length;
 //! - [`PyHttp::slow`]: the same handler, sending at most `rate` bytes/s;
 //! - [`PyHttp::chunked`]: 200 with `Transfer-Encoding: chunked` and no length anywhere (HEAD
-//!   too), ignoring Range: the size cannot be learnt before the end of the body.
+//!   too), ignoring Range: the size cannot be learnt before the end of the body
+//!   ([`PyHttp::chunked_slow`]: at most `rate` bytes/s).
 //!
 //! Included with `#[path]` by the test files that use it.
 
@@ -69,6 +70,8 @@ class Chunked(http.server.SimpleHTTPRequestHandler):
                 if not b:
                     break
                 self.wfile.write(b"%x\r\n" % len(b) + b + b"\r\n")
+                if rate:
+                    time.sleep(len(b) / rate)
         self.wfile.write(b"0\r\n\r\n")
 
 handler = {"slow": Slow, "chunked": Chunked}[mode]
@@ -124,6 +127,11 @@ impl PyHttp {
     /// A server that sends every body chunked, with no length anywhere.
     pub fn chunked(root: &Path, log: &Path) -> PyHttp {
         PyHttp::script("chunked", root, log, None)
+    }
+
+    /// The same, sending at most `rate` bytes/s per response.
+    pub fn chunked_slow(root: &Path, log: &Path, rate: u64) -> PyHttp {
+        PyHttp::script("chunked", root, log, Some(rate))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -144,6 +144,7 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
                 c
             }),
             advertise: None,
+            keep: plan.keep,
         },
     )?;
     // SAFETY: getuid/getgid have no preconditions.

@@ -43,6 +43,8 @@ pub struct MountPlan {
     pub(super) peers: Vec<String>,
     pub(super) serve: Option<std::net::SocketAddr>,
     pub(super) serve_bwlimit: Option<u64>,
+    /// Space offered to the swarm (`keep=SIZE`).
+    pub(super) keep: Option<u64>,
     /// Let git-annex get keys annexfs cannot read (writes the repository's annex).
     pub(super) annex_get: bool,
 }
@@ -69,6 +71,7 @@ impl MountPlan {
             peers: Vec::new(),
             serve: None,
             serve_bwlimit: None,
+            keep: None,
             annex_get: false,
         }
     }
@@ -124,6 +127,7 @@ pub(super) fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Re
             }
             ("peer", Some(v)) => plan.peers.push(v.to_string()),
             ("serve_bwlimit", Some(v)) => plan.serve_bwlimit = Some(parse_size(v)?),
+            ("keep", Some(v)) => plan.keep = Some(parse_size(v)?),
             _ => bail!("unknown mount option `{opt}`"),
         }
     }

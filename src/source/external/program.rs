@@ -229,7 +229,13 @@ impl Program {
                 protocol::parse(&line).map_err(|error| Error::Protocol { remote: self.ctx.remote.clone(), error })?;
             match msg {
                 FromRemote::Request(req) => {
-                    for reply in self.ctx.reply(&req) {
+                    // Answers may read the git-annex branch (GETSTATE, GETURLS): off the
+                    // runtime's workers, which serve every other transfer meanwhile.
+                    let ctx = self.ctx.clone();
+                    let replies = tokio::task::spawn_blocking(move || ctx.reply(&req)).await.map_err(|e| {
+                        Error::Io { remote: self.ctx.remote.clone(), what: "answer", source: std::io::Error::other(e) }
+                    })?;
+                    for reply in replies {
                         self.send(&reply).await?;
                     }
                 }

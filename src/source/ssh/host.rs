@@ -20,6 +20,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_SESSIONS: usize = 8;
 /// An idle session is closed after this long.
 const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Idle sessions kept ready per repository while it is read: opening one (a process on the
+/// server, git-annex-shell starting) takes a good part of a second, longer than a range.
+const SPARES: usize = 2;
 /// A parked session nobody continued is given up after this long.
 const PARK_FOR: Duration = Duration::from_secs(2);
 /// How often kept sessions are looked at.
@@ -70,6 +73,8 @@ pub struct Host {
     slots: Arc<Semaphore>,
     pool: Mutex<Pool<Session>>,
     reaping: AtomicBool,
+    /// Spare sessions being opened, per repository.
+    warming: Mutex<HashMap<RepoKey, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,6 +92,7 @@ impl Host {
             slots: Arc::new(Semaphore::new(MAX_SESSIONS)),
             pool: Default::default(),
             reaping: AtomicBool::new(false),
+            warming: Default::default(),
         }
     }
 
@@ -100,20 +106,63 @@ impl Host {
         if let Some(e) = self.remembered(None).or_else(|| self.remembered(Some(repo))) {
             return Err(e);
         }
-        self.ready(remote).await?;
         let slot = self.slot().await;
+        self.open_new(repo, remote, slot).await.map(|s| (s, false))
+    }
+
+    /// A new session to `repo` in the place `slot` (the master set up first).
+    async fn open_new(
+        self: &Arc<Self>,
+        repo: &RepoKey,
+        remote: &str,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Session, SshError> {
+        self.ready(remote).await?;
         let started = Instant::now();
         match Session::open(&self.args, &repo.command(), &repo.remote_uuid, &self.dest, slot).await {
             Ok(s) => {
                 lock(&self.pool).measured_startup(started.elapsed().as_secs_f64());
                 self.forget(None, remote);
                 self.forget(Some(repo), remote);
-                Ok((s, false))
+                Ok(s)
             }
             Err(e) => {
                 self.remember(if e.is_host_wide() { None } else { Some(repo) }, &e, remote);
                 Err(e)
             }
+        }
+    }
+
+    /// Keeps up to [`SPARES`] idle sessions of `repo` ready, opened in the background, so that
+    /// the next ranges start at once. Called as ranges are asked for (a repository nobody
+    /// reads gets none; unused spares close after [`IDLE_FOR`]). A spare only takes a free
+    /// place, never one a running range or a parked session holds, and one place is left free.
+    pub fn keep_spares(self: &Arc<Self>, repo: &RepoKey, remote: &str) {
+        if self.remembered(None).is_some() || self.remembered(Some(repo)).is_some() {
+            return;
+        }
+        let idle = lock(&self.pool).idle_count(repo);
+        let need = {
+            let mut warming = lock(&self.warming);
+            let n = warming.entry(repo.clone()).or_default();
+            let need = SPARES.saturating_sub(idle + *n).min(self.slots.available_permits().saturating_sub(1));
+            *n += need;
+            need
+        };
+        for _ in 0..need {
+            let (host, repo, remote) = (self.clone(), repo.clone(), remote.to_string());
+            tokio::spawn(async move {
+                let opened = match host.slots.clone().try_acquire_owned() {
+                    Ok(slot) => host.open_new(&repo, &remote, slot).await.ok(),
+                    Err(_) => None,
+                };
+                if let Some(n) = lock(&host.warming).get_mut(&repo) {
+                    *n = n.saturating_sub(1);
+                }
+                if let Some(s) = opened {
+                    host.keep_idle(repo, s);
+                }
+            });
         }
     }
 
@@ -236,7 +285,7 @@ impl Host {
 
     /// Makes sure the master connection is up (connection sharing on): once per host at a
     /// time, in a task of its own so that a request given up meanwhile does not cut it short.
-    async fn ready(self: &Arc<Self>, remote: &str) -> Result<(), SshError> {
+    pub(super) async fn ready(self: &Arc<Self>, remote: &str) -> Result<(), SshError> {
         let Some(socket) = self.control.clone() else { return Ok(()) };
         let host = self.clone();
         let remote = remote.to_string();

@@ -102,6 +102,24 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Sets up the master connection to the host of `how` (connection sharing on) in the
+    /// background on `rt`, so that the first range read from `remote` does not wait for ssh
+    /// to connect. A failure is remembered and reported as on first use.
+    pub fn warm(&self, how: &SshAccess, remote: &str, rt: &tokio::runtime::Handle) {
+        if !how.caching {
+            return;
+        }
+        let Ok(host) = self.host(how) else { return };
+        let remote = remote.to_string();
+        rt.spawn(async move {
+            if let Err(e) = host.ready(&remote).await {
+                tracing::debug!("ssh {}: no master connection ahead of use: {e}", host.dest);
+            }
+        });
+    }
+}
+
 impl Drop for Connections {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -162,10 +180,13 @@ impl SshSource {
         // Registered first, so that the range after this one may wait to go on from it.
         let ticket = self.host.start_running(self.repo.clone(), self.key.clone(), offset, offset + len);
         let running = RunningGuard { host: self.host.clone(), id: ticket.id };
-        let session = match self.continuation(offset).await {
-            Some(s) => s,
-            None => self.start_get(offset, want).await?,
+        self.host.keep_spares(&self.repo, &self.remote);
+        let asked = Instant::now();
+        let (session, how) = match self.continuation(offset).await {
+            Some(s) => (s, "went on from an earlier transfer"),
+            None => (self.start_get(offset, want).await?, "new GET"),
         };
+        tracing::debug!("ssh {}: {len} bytes at {offset}: {how}, ready after {:?}", self.remote, asked.elapsed());
         let t = Transfer {
             session: Some(session),
             host: self.host.clone(),
@@ -206,7 +227,14 @@ impl SshSource {
         let mut tries = 0;
         let (mut session, data) = loop {
             tries += 1;
+            let t = Instant::now();
             let (mut session, reused) = self.host.session(&self.repo, &self.remote).await?;
+            tracing::debug!(
+                "ssh {}: session ({}) after {:?}",
+                self.remote,
+                if reused { "idle" } else { "new" },
+                t.elapsed()
+            );
             match session.get(offset, &self.key).await {
                 Ok(n) => break (session, n),
                 Err(SshError::Lost { .. }) if reused && tries < 3 => continue,

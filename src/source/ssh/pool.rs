@@ -178,6 +178,11 @@ impl<S> Pool<S> {
         Some(self.idle.remove(i).session)
     }
 
+    /// Idle sessions of `repo`.
+    pub fn idle_count(&self, repo: &RepoKey) -> usize {
+        self.idle.iter().filter(|i| &i.repo == repo).count()
+    }
+
     /// Drops idle sessions kept longer than `idle_for` or dead; returns the parked ones kept
     /// longer than `park_for` (for the caller to finish or drop).
     pub fn expire(
