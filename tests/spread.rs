@@ -356,6 +356,17 @@ fn an_s3_store_beside_directories() {
     for (name, ..) in FILES {
         assert!(w.content(name) == want(name), "{name} differs");
     }
+    // The mount reads the S3 store too (signed with the same credentials), bytes exact.
+    if fuse_ok() {
+        run(&["drop", "-q", "--force", "."]);
+        let m = mount_env(&w, "m-s3", &env);
+        assert!(std::fs::read(m.mp.join("big.bin")).unwrap() == want("big.bin"), "big.bin through the mount");
+        let status = common::mount_status(&m.mp);
+        let s3 = status["spread"][0]["stores"].as_array().unwrap().iter().find(|s| s["store"] == s3.as_str()).cloned();
+        assert!(s3.is_some_and(|s| s["bytes"].as_u64().unwrap() > 0), "the S3 store gave nothing: {status}");
+        drop(m);
+        run(&["get", "-q", "--from", "spread", "."]);
+    }
     w.hide(0, false);
     run(&["drop", "-q", "--force", "--from", "spread", "."]);
     assert_eq!(w.files(), Vec::<PathBuf>::new());
@@ -377,12 +388,17 @@ impl Drop for Mounted {
 }
 
 fn mount(w: &World, name: &str) -> Mounted {
+    mount_env(w, name, &[])
+}
+
+fn mount_env(w: &World, name: &str, env: &[(&str, &str)]) -> Mounted {
     let mp = w.sb.path(name);
     std::fs::create_dir_all(&mp).unwrap();
     let log = w.sb.path(&format!("{name}.log"));
     let cache = w.sb.path(&format!("{name}.cache"));
     let out = w
         .cmd(env!("CARGO_BIN_EXE_annexfs"))
+        .envs(env.iter().copied())
         .arg("mount")
         .arg("--log-file")
         .arg(&log)

@@ -146,7 +146,12 @@ impl Network {
             && let Some(n) = size
             && self.store().present_bytes(key) < n
         {
-            for loc in external_locations(annex, key) {
+            // Remotes read by a maker (spread remotes) have no URLs to tell; their program
+            // is not run.
+            let asked_ones = external_locations(annex, key)
+                .into_iter()
+                .filter(|l| !self.reach.external_makers.contains_key(&l.externaltype));
+            for loc in asked_ones {
                 let asked = crate::source::external::whereis_sources(&loc, key, n, &self.reach);
                 if let Ok(found) = tokio::time::timeout(WHEREIS_WAIT, asked).await {
                     parts.remote.extend(found);

@@ -1,46 +1,21 @@
 //! The Reed–Solomon code (systematic: data pieces are stored as they are) over one stripe,
 //! through reed-solomon-simd.
-//!
-//! The encoder and decoder keep work buffers of several pieces; one of each is kept per thread
-//! and reset for the next stripe, rather than made (and its buffers zeroed) every time.
 
 use super::SpreadError;
 use super::layout::Code;
-use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
-use std::cell::RefCell;
 
 fn code_err(e: reed_solomon_simd::Error) -> SpreadError {
     SpreadError::Code(e.to_string())
 }
 
-thread_local! {
-    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
-    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
-}
-
 /// The `m` parity pieces of a stripe's `k` data pieces (all of one even length).
 pub fn encode(code: Code, data: &[&[u8]]) -> Result<Vec<Vec<u8>>, SpreadError> {
-    let bytes = data.first().map_or(0, |d| d.len());
-    ENCODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let enc = match slot.as_mut() {
-            Some(e) => {
-                e.reset(code.k, code.m, bytes).map_err(code_err)?;
-                e
-            }
-            None => slot.insert(ReedSolomonEncoder::new(code.k, code.m, bytes).map_err(code_err)?),
-        };
-        for d in data {
-            enc.add_original_shard(d).map_err(code_err)?;
-        }
-        let out = enc.encode().map_err(code_err)?;
-        Ok(out.recovery_iter().map(<[u8]>::to_vec).collect())
-    })
+    reed_solomon_simd::encode(code.k, code.m, data).map_err(code_err)
 }
 
 /// Rebuilds the missing data pieces of a stripe. `pieces[i]` is shard `i`'s piece when it was
 /// read and checked, `None` when it is lost; at least `k` must be present. On return every
-/// data piece (`0..k`) is present; returns how many were rebuilt.
+/// data piece (`0..k`) is present.
 pub fn decode(code: Code, pieces: &mut [Option<Vec<u8>>]) -> Result<usize, SpreadError> {
     let present = pieces.iter().filter(|p| p.is_some()).count();
     let missing_data: Vec<usize> = (0..code.k).filter(|&i| pieces[i].is_none()).collect();
@@ -50,35 +25,12 @@ pub fn decode(code: Code, pieces: &mut [Option<Vec<u8>>]) -> Result<usize, Sprea
     if present < code.k {
         return Err(SpreadError::TooFew { have: present, need: code.k });
     }
-    let bytes = pieces.iter().flatten().next().map_or(0, Vec::len);
-    let restored: Vec<(usize, Vec<u8>)> = DECODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let dec = match slot.as_mut() {
-            Some(d) => {
-                d.reset(code.k, code.m, bytes).map_err(code_err)?;
-                d
-            }
-            None => slot.insert(ReedSolomonDecoder::new(code.k, code.m, bytes).map_err(code_err)?),
-        };
-        for (i, p) in pieces.iter().enumerate() {
-            if let Some(p) = p {
-                if i < code.k {
-                    dec.add_original_shard(i, p).map_err(code_err)?;
-                } else {
-                    dec.add_recovery_shard(i - code.k, p).map_err(code_err)?;
-                }
-            }
-        }
-        let out = dec.decode().map_err(code_err)?;
-        Ok::<_, SpreadError>(out.restored_original_iter().map(|(i, p)| (i, p.to_vec())).collect())
-    })?;
-    for (i, p) in restored {
-        if i < code.k && pieces[i].is_none() {
-            pieces[i] = Some(p);
-        }
-    }
-    if let Some(&i) = missing_data.iter().find(|&&i| pieces[i].is_none()) {
-        return Err(SpreadError::Code(format!("piece {i} was not rebuilt")));
+    let original = (0..code.k).filter_map(|i| pieces[i].as_ref().map(|p| (i, p)));
+    let recovery = (0..code.m).filter_map(|j| pieces[code.k + j].as_ref().map(|p| (j, p)));
+    let mut restored = reed_solomon_simd::decode(code.k, code.m, original, recovery).map_err(code_err)?;
+    for &i in &missing_data {
+        let p = restored.remove(&i).ok_or_else(|| SpreadError::Code(format!("piece {i} was not rebuilt")))?;
+        pieces[i] = Some(p);
     }
     Ok(missing_data.len())
 }
