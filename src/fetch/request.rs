@@ -132,6 +132,7 @@ impl KeyFetch {
             window_start: st.window_start,
             window_pieces: st.window_pieces,
             want_all: st.want_all,
+            background: &st.background,
             sources,
             requests,
             next_id: st.next_req,

@@ -27,6 +27,7 @@ struct Fixture {
     sources: Vec<SourceView>,
     requests: Vec<RequestView>,
     next_id: u64,
+    background: BTreeSet<PieceIndex>,
 }
 
 impl Fixture {
@@ -41,11 +42,17 @@ impl Fixture {
             sources,
             requests: Vec::new(),
             next_id: 1,
+            background: BTreeSet::new(),
         }
     }
 
     fn demand(mut self, pieces: impl IntoIterator<Item = usize>) -> Fixture {
         self.demand.extend(pieces.into_iter().map(PieceIndex));
+        self
+    }
+
+    fn background(mut self, pieces: impl IntoIterator<Item = usize>) -> Fixture {
+        self.background.extend(pieces.into_iter().map(PieceIndex));
         self
     }
 
@@ -102,6 +109,7 @@ impl Fixture {
             window_start: PieceIndex(self.window.0),
             window_pieces: self.window.1,
             want_all: false,
+            background: &self.background,
             sources: self.sources.clone(),
             requests: self.requests.clone(),
             next_id: RequestId(self.next_id),
@@ -295,4 +303,36 @@ fn a_source_without_ranges_neither_steals_nor_hedges() {
     let mut f = Fixture::new(40, vec![source(0.5 * MB), whole_object_source(100.0 * MB)]).window(0, 40).demand([3]);
     f.request(0, 0, 40, t0, 0, t0);
     assert_eq!(f.plan(t0 + Duration::from_secs(5)), vec![]);
+}
+
+#[test]
+fn background_pieces_come_after_readers_one_at_a_time_with_spare_room() {
+    // Nothing read: idle sources fetch background pieces, one piece per request.
+    let f = Fixture::new(64, vec![source(10.0 * MB), source(10.0 * MB)]).background(10..20);
+    let s = starts(&f.plan(Instant::now()));
+    assert!(!s.is_empty(), "idle sources keep background pieces");
+    assert!(s.iter().all(|&(_, a, b)| b == a + 1 && (10..20).contains(&a)), "{s:?}");
+
+    // A blocked reader: its pieces first, and no background request while it waits.
+    let f = Fixture::new(64, vec![source(10.0 * MB)]).window(0, 8).demand(40..44).background(10..20);
+    let s = starts(&f.plan(Instant::now()));
+    assert!(!s.is_empty() && s.iter().all(|&(_, a, _)| a >= 40 || a < 8), "{s:?}");
+    assert!(s.iter().all(|&(_, a, _)| !(10..20).contains(&a)), "background while a reader waits: {s:?}");
+
+    // Readahead before background on the same source.
+    let f = Fixture::new(64, vec![source(10.0 * MB)]).window(30, 4).background(0..4);
+    let s = starts(&f.plan(Instant::now()));
+    assert_eq!(s.first().map(|t| t.1), Some(30), "{s:?}");
+
+    // A limited source with only the room readers may need gets no background request.
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).background(0..8);
+    f.sources[0].room = Some(BACKGROUND_RESERVE);
+    assert!(starts(&f.plan(Instant::now())).is_empty());
+    f.sources[0].room = Some(BACKGROUND_RESERVE + 1);
+    assert_eq!(starts(&f.plan(Instant::now())), vec![(0, 0, 1)]);
+
+    // A source that serves no ranges never streams a key for background pieces.
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).background(0..8);
+    f.sources[0].ranges = false;
+    assert!(starts(&f.plan(Instant::now())).is_empty());
 }
