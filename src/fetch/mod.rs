@@ -455,6 +455,10 @@ impl KeyFetch {
     pub fn want_background(self: &Arc<Self>, pieces: &std::collections::BTreeSet<usize>) -> usize {
         let present = {
             let mut st = lock(&self.state);
+            // No reader yet: no readahead either (a reader's first read sets its window).
+            if st.last_read_end == u64::MAX {
+                st.window_pieces = 0;
+            }
             st.background = pieces.iter().filter(|&&i| i < st.pieces.len()).map(|&i| PieceIndex(i)).collect();
             st.background.iter().filter(|&&i| st.pieces.is(i, Piece::Present)).count()
         };

@@ -35,8 +35,11 @@ pub struct PieceStore {
     /// When the cache directory was last counted (other processes write to it too).
     counted: Mutex<Instant>,
     /// Pinned pieces per key (key bytes → piece indices), with the key's file stem.
-    pins: Mutex<HashMap<Vec<u8>, (PathBuf, std::collections::BTreeSet<usize>)>>,
+    pins: Mutex<HashMap<Vec<u8>, Pinned>>,
 }
+
+/// The pinned pieces of a key, with the key's file stem (what eviction sees).
+type Pinned = (PathBuf, std::collections::BTreeSet<usize>);
 
 /// How often the use of the cache is counted again from the directory.
 const RECOUNT_EVERY: Duration = Duration::from_secs(30);
