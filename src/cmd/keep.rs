@@ -3,7 +3,7 @@
 
 use super::Network;
 use crate::annex::{Annex, Key};
-use crate::swarm::keep::{KeepConfig, KeepHost, Keeper, Opened};
+use crate::swarm::keep::{KeepConfig, KeepHost, Keeper, Opened, Wanted};
 use crate::swarm::rules::Rules;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,10 +71,22 @@ fn wanted_keys(annex: &Annex, rules: &Rules, files: Vec<(String, Key)>) -> Vec<K
 }
 
 impl KeepHost for Host {
-    fn wanted(&self) -> crate::source::remote::BoxFuture<'_, Option<(u32, Vec<Key>)>> {
+    fn wanted(&self) -> crate::source::remote::BoxFuture<'_, Option<Wanted>> {
         Box::pin(async move {
             let state = self.net.rules(&self.annex);
             let rules = state.rules.clone()?;
+            let copies = rules.copies;
+            // Limits by UUID: the nodes the rules name, and every node of a group they name.
+            let groups = self.annex.meta().map(|m| m.groups.clone()).unwrap_or_default();
+            let mut uuids: Vec<String> = rules.nodes.keys().cloned().collect();
+            uuids.extend(groups.keys().cloned());
+            let limits = uuids
+                .into_iter()
+                .filter_map(|u| {
+                    let l = rules.limits_for(&u, groups.get(&u).map_or(&[][..], Vec::as_slice)).keep?;
+                    Some((u, l))
+                })
+                .collect();
             let annex = self.annex.clone();
             let keys = tokio::task::spawn_blocking(move || match annexed_files(&annex) {
                 Ok(files) => wanted_keys(&annex, &rules, files),
@@ -85,7 +97,7 @@ impl KeepHost for Host {
             })
             .await
             .unwrap_or_default();
-            Some((state.rules.as_ref().map_or(1, |r| r.copies), keys))
+            Some(Wanted { copies, keys, limits })
         })
     }
 

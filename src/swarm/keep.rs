@@ -76,11 +76,21 @@ pub enum Opened {
     Unavailable(String),
 }
 
+/// What the rules in force want.
+pub struct Wanted {
+    /// Copies of each piece.
+    pub copies: u32,
+    /// The keys wanted (with sizes).
+    pub keys: Vec<Key>,
+    /// The space each node may keep for the swarm by the rules (`[swarm.node."UUID"]`,
+    /// `[swarm.group.NAME]` `keep`), by UUID; nodes not named are bound by what they offer.
+    pub limits: HashMap<String, u64>,
+}
+
 /// What the keeper needs from the command running it.
 pub trait KeepHost: Send + Sync {
-    /// The copies the rules in force ask for, and the keys they want (with sizes); `None`
-    /// without rules in force.
-    fn wanted(&self) -> BoxFuture<'_, Option<(u32, Vec<Key>)>>;
+    /// What the rules in force want; `None` without rules in force.
+    fn wanted(&self) -> BoxFuture<'_, Option<Wanted>>;
     /// Whether the repository's annex holds `key` whole (no fetch needed).
     fn whole(&self, key: &Key) -> bool;
     /// The fetch of `key` from all its sources, with its manifest when there is one.
@@ -192,7 +202,9 @@ impl Keeper {
     }
 
     /// The nodes of the placement now (this one first), after noting who is live.
-    fn placement(&self, now: Instant) -> (Vec<Node>, Vec<KeepNode>) {
+    /// A node's weight is the space it offers, bounded by what the rules let it keep (every
+    /// node reads the same signed rules, so all weigh alike).
+    fn placement(&self, now: Instant, limits: &HashMap<String, u64>) -> (Vec<Node>, Vec<KeepNode>) {
         let me = self.peers.identity().uuid.clone();
         let live = self.peers.nodes();
         let mut st = lock(&self.state);
@@ -204,11 +216,12 @@ impl Keeper {
         let mut shown = Vec::new();
         for (uuid, (url, offered, at)) in &st.seen {
             let banned = *uuid != me && self.host.banned(&format!("peer {url}"));
-            let placed = !banned && *offered > 0 && now.duration_since(*at) <= self.cfg.grace;
+            let offered = limits.get(uuid).map_or(*offered, |&l| l.min(*offered));
+            let placed = !banned && offered > 0 && now.duration_since(*at) <= self.cfg.grace;
             if placed {
-                nodes.push(Node { id: uuid.clone(), offered: *offered });
+                nodes.push(Node { id: uuid.clone(), offered });
             }
-            shown.push(KeepNode { url: url.clone(), uuid: uuid.clone(), offered: *offered, used: 0, placed, banned });
+            shown.push(KeepNode { url: url.clone(), uuid: uuid.clone(), offered, used: 0, placed, banned });
         }
         // Gone for good after twice the grace period: forgotten.
         let grace = self.cfg.grace;
@@ -219,8 +232,12 @@ impl Keeper {
 
     /// One round (see the module doc).
     pub async fn round(&self) {
-        let (nodes, mut shown) = self.placement(Instant::now());
-        let Some((copies, keys)) = self.host.wanted().await else {
+        let wanted = self.host.wanted().await;
+        let no_limits = HashMap::new();
+        let limits = wanted.as_ref().map_or(&no_limits, |w| &w.limits);
+        let (nodes, mut shown) = self.placement(Instant::now(), limits);
+        let me = self.peers.identity().uuid.clone();
+        let Some(Wanted { copies, keys, limits }) = wanted else {
             let pinned = std::mem::take(&mut lock(&self.state).pinned);
             for kb in pinned {
                 if let Ok(k) = Key::parse(&kb) {
@@ -240,7 +257,6 @@ impl Keeper {
             return;
         };
         let copies_n = usize::try_from(copies.max(1)).unwrap_or(1);
-        let me = self.peers.identity().uuid.clone();
         let mut r = KeepReport {
             rules: true,
             copies,
@@ -248,7 +264,7 @@ impl Keeper {
             wanted_keys: keys.len(),
             ..KeepReport::default()
         };
-        let mut budget = self.cfg.offered;
+        let mut budget = limits.get(&me).map_or(self.cfg.offered, |&l| l.min(self.cfg.offered));
         let mut want_fetch: Vec<(Key, BTreeSet<usize>)> = Vec::new();
         let mut pinned_now: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut used: HashMap<String, u64> = HashMap::new();
