@@ -146,6 +146,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     pub keep: Option<String>,
 
+    /// Seconds a node may be silent before the others take over the pieces it keeps.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub keep_grace: u64,
+
+    /// Seconds between the keeper's rounds (placement, copies, fetching its share).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub keep_every: u64,
+
     /// Record this node's URL for every key present in the repository with `git annex
     /// registerurl`, so that plain `git annex get` can download from it as a web URL.
     #[arg(long)]

@@ -122,7 +122,15 @@ fn nodes_show_the_space_they_offer_the_swarm() {
     assert_eq!(a["offered"], 1u64 << 30, "{st}");
     let origin_uuid = sb.git(&o, &["config", "annex.uuid"]).trim().to_string();
     assert_eq!(a["uuid"], origin_uuid.as_str());
+    // The keeper of a node offering space reports, and keeps nothing without signed rules.
+    common::wait_until(std::time::Duration::from_secs(30), "the keeper's first round", || {
+        common::mount_status(&m.mp)["swarm_keep"]["rounds"].as_u64().unwrap_or(0) > 0
+    });
+    let st = common::mount_status(&m.mp);
+    assert!(st["swarm_keep"]["rules"] == false && st["swarm_keep"]["offered"] == 512u64 << 20, "{st}");
+    assert_eq!(st["swarm_keep"]["assigned_pieces"], 0, "{st}");
     let text = sb.annexfs(sb.dir.path(), &["status", m.mp.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("swarm space offered") && text.contains(&url_a), "{text}");
+    assert!(text.contains("swarm keep: no signed rules in force"), "{text}");
 }

@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod generate;
 pub mod get;
 pub mod index;
+pub mod keep;
 pub mod ls;
 pub mod mount;
 pub mod serve;

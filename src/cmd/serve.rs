@@ -39,8 +39,25 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
     };
     let opts = super::FetchOptions { verify: crate::fetch::VerifyMode::Stream, publish: false };
     let parts = super::assemble::network(&annex, &cache_dir, crate::pieces::DEFAULT_CACHE_SIZE, &rt, opts, &swarm)?;
-    let server =
-        crate::swarm::server::start(cfg, annex, Some(parts.fetcher.store().clone()), parts.peers.clone(), rt.handle())?;
+    let server = crate::swarm::server::start(
+        cfg,
+        annex.clone(),
+        Some(parts.fetcher.store().clone()),
+        parts.peers.clone(),
+        rt.handle(),
+    )?;
+    // A node offering space keeps its share of the pieces the signed rules want.
+    if let Some(offered) = swarm.keep.filter(|&k| k > 0) {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        super::keep::start(
+            annex.clone(),
+            parts.clone(),
+            offered,
+            secs(args.keep_grace),
+            secs(args.keep_every),
+            rt.handle(),
+        );
+    }
     eprintln!("annexfs: serving {} on http://{}", repo.display(), server.addr);
     if args.register_urls {
         let base = args.advertise.clone().unwrap_or_else(|| format!("http://{}", server.addr));

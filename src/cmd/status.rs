@@ -50,6 +50,10 @@ pub struct MountStatus {
     /// The live nodes of the swarm, this one first, with the space each offers.
     #[serde(default)]
     pub swarm_nodes: Vec<SwarmNode>,
+    /// What this node keeps for the swarm (when it offers space): wanted keys and pieces,
+    /// pieces below their copies, the nodes with offered and used space, repair progress.
+    #[serde(default)]
+    pub swarm_keep: Option<crate::swarm::keep::KeepReport>,
     /// The swarm's rules in force (from a signed commit) and the changes refused.
     #[serde(default)]
     pub swarm_rules: crate::swarm::rules::RulesState,
@@ -224,6 +228,7 @@ pub(crate) fn snapshot(
     st.swarm_nodes =
         parts.peers.nodes().into_iter().map(|(url, uuid, offered)| SwarmNode { url, uuid, offered }).collect();
     st.swarm_rules = (*parts.rules(fs.annex())).clone();
+    st.swarm_keep = parts.peers.keep_report();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         Serving {
@@ -365,6 +370,48 @@ fn human(n: f64) -> String {
     if u == 0 { format!("{v:.0} {}", units[u]) } else { format!("{v:.1} {}", units[u]) }
 }
 
+/// The keeper's report, in a few lines.
+fn print_keep(k: &crate::swarm::keep::KeepReport, out: &mut impl Write) -> std::io::Result<()> {
+    if !k.rules {
+        return writeln!(out, "  swarm keep: no signed rules in force; nothing kept");
+    }
+    writeln!(
+        out,
+        "  swarm keep: {} keys, {} pieces wanted ({}), {} copies each; {} pieces below {} copies",
+        k.wanted_keys,
+        k.wanted_pieces,
+        human(k.wanted_bytes as f64),
+        k.copies,
+        k.below_copies,
+        k.copies
+    )?;
+    writeln!(
+        out,
+        "  swarm keep here: {} of {} assigned pieces held ({} of {}), {} fetched, {} pieces released",
+        k.held_pieces,
+        k.assigned_pieces,
+        human(k.held_bytes as f64),
+        human(k.assigned_bytes as f64),
+        human(k.fetched_bytes as f64),
+        k.released_pieces
+    )?;
+    for n in &k.nodes {
+        let state = if n.banned {
+            "banned"
+        } else if n.placed {
+            "placed"
+        } else {
+            "out"
+        };
+        let name = if n.url.is_empty() { "this node" } else { &n.url };
+        writeln!(out, "    {name}: offers {}, uses {} ({state})", human(n.offered as f64), human(n.used as f64))?;
+    }
+    for why in &k.not_kept {
+        writeln!(out, "    not kept: {why}")?;
+    }
+    Ok(())
+}
+
 fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     if r.mounts.is_empty() {
         writeln!(out, "no annexfs mounts")?;
@@ -458,6 +505,9 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             .collect();
         if !offering.is_empty() {
             writeln!(out, "  swarm space offered: {}", offering.join(", "))?;
+        }
+        if let Some(k) = &m.swarm_keep {
+            print_keep(k, out)?;
         }
         let t = &m.peer_table;
         if t.candidates + t.dropped > 0 {

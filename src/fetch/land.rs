@@ -79,7 +79,7 @@ impl KeyFetch {
     }
 
     /// Frees room in a full cache from this key itself: drops present pieces no reader waits
-    /// on and outside the readahead window, farthest from piece `near` first. Returns whether
+    /// on, not pinned for the swarm and outside the readahead window, farthest from piece `near` first. Returns whether
     /// anything was freed. (Keys not open anywhere are evicted whole by the store first.)
     fn evict_pieces(&self, near: PieceIndex, want: u64) -> bool {
         let mut st = lock(&self.state);
@@ -91,6 +91,7 @@ impl KeyFetch {
                 st.pieces.is(i, Piece::Present)
                     && !st.demand.contains(&i)
                     && !st.pins.contains_key(&i)
+                    && !self.store.is_pinned(&self.key, i.0)
                     && !windows.iter().any(|&(from, len)| i >= from && i.0 < from.0.saturating_add(len))
                     && i != near
             })

@@ -132,6 +132,8 @@ struct State {
     /// A reader waits for the whole key (strict mode without a manifest): every piece is
     /// wanted.
     want_all: bool,
+    /// Pieces wanted in the background (a swarm node keeping its share), after readers.
+    background: BTreeSet<PieceIndex>,
     /// Which source sent each piece landed by this process (for blame).
     origin: HashMap<PieceIndex, SourceId>,
     /// Sources that sent a piece that failed its check, per piece: not asked for it again.
@@ -158,6 +160,7 @@ impl State {
             verify: Verification::default(),
             manifest: None,
             want_all: false,
+            background: BTreeSet::new(),
             origin: HashMap::new(),
             refused: HashMap::new(),
             vouched: None,
@@ -447,6 +450,30 @@ impl KeyFetch {
             }
         }
         self.schedule();
+    }
+
+    /// Wants `pieces` in the background: fetched after readers (see `scheduler`), for as long
+    /// as this fetch lives or until wanted otherwise. Returns how many of them are present.
+    pub fn want_background(self: &Arc<Self>, pieces: &std::collections::BTreeSet<usize>) -> usize {
+        let present = {
+            let mut st = lock(&self.state);
+            // No reader yet: no readahead either (a reader's first read sets its window).
+            st.streams.no_head_window();
+            st.background = pieces.iter().filter(|&&i| i < st.pieces.len()).map(|&i| PieceIndex(i)).collect();
+            st.background.iter().filter(|&&i| st.pieces.is(i, Piece::Present)).count()
+        };
+        self.schedule();
+        present
+    }
+
+    /// Whether piece `i` is in the cache.
+    pub fn has_piece(&self, i: usize) -> bool {
+        self.cache.has(i)
+    }
+
+    /// The piece size of the key in the cache.
+    pub fn piece_size(&self) -> u64 {
+        self.cache.piece_size
     }
 
     /// Whether the whole key was verified.

@@ -132,6 +132,7 @@ impl KeyFetch {
             // A lone seek's readahead waits until no reader is blocked (`streams.rs`).
             windows: st.streams.windows(st.demand.iter().all(|&i| st.pieces.is(i, Piece::Present))),
             want_all: st.want_all,
+            background: &st.background,
             sources,
             requests,
             next_id: st.next_req,

@@ -5,7 +5,13 @@
 //!
 //! Which pieces are wanted, in order ([`wanted`]): pieces readers are blocked on (`demand`),
 //! lowest first; then the readahead windows, one per stream of reads (`read.rs`), sequential
-//! streams before a lone seek's (every piece when a strict reader waits for the whole key).
+//! streams before a lone seek's (every piece when a strict reader waits for the whole key);
+//! last the **background** pieces (a swarm node keeping its share, see
+//! `crate::swarm::keep`). Background pieces come after readers, never ahead of them: one is
+//! asked for only while no reader of the key is blocked, only of a source with
+//! [`BACKGROUND_RESERVE`] requests of room left under its limiter (the room readers of any key
+//! may still need) and fewer than [`MAX_INFLIGHT`] requests, and one piece per request (a reader
+//! arriving waits for at most one piece on that source).
 //!
 //! Sources choose fastest first. Each source that is not dead, not backing off, under its
 //! limiter's room and under [`MAX_INFLIGHT`] requests (plus [`DEMAND_EXTRA`] while a reader is
@@ -47,6 +53,9 @@ use super::piece::{Piece, PieceIndex, PieceTable, RequestId};
 use super::stats::SourceId;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+
+/// Requests of a limited source's room that background pieces leave to readers.
+pub const BACKGROUND_RESERVE: u32 = 1;
 
 /// A source as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -94,6 +103,8 @@ pub struct Board<'a> {
     pub windows: Vec<(PieceIndex, usize)>,
     /// Every piece is wanted (a strict reader waits for the whole key).
     pub want_all: bool,
+    /// Pieces wanted in the background, after readers (see the module doc).
+    pub background: &'a BTreeSet<PieceIndex>,
     pub sources: Vec<SourceView>,
     /// In order of their ids.
     pub requests: Vec<RequestView>,
@@ -120,9 +131,17 @@ pub enum Action {
     Hedge { id: RequestId, source: SourceId, piece: PieceIndex },
 }
 
-/// Pieces wanted now, in priority order: demanded ones, then the readahead windows in their
-/// order (each piece once).
+/// Pieces wanted now, in priority order: demanded ones, the readahead windows in their order
+/// (each piece once), then the background pieces.
 pub fn wanted(b: &Board<'_>) -> Vec<PieceIndex> {
+    let mut out = wanted_by_readers(b);
+    let readers: BTreeSet<PieceIndex> = out.iter().copied().collect();
+    out.extend(b.background.iter().copied().filter(|i| i.0 < b.pieces.len() && !readers.contains(i)));
+    out
+}
+
+/// Pieces readers want now: demanded ones, then the readahead window.
+fn wanted_by_readers(b: &Board<'_>) -> Vec<PieceIndex> {
     let n = b.pieces.len();
     let mut out: Vec<PieceIndex> = b.demand.iter().copied().collect();
     let all = [(PieceIndex(0), n)];
@@ -154,6 +173,7 @@ pub fn plan(b: &Board<'_>, now: Instant) -> Vec<Action> {
     let mut p = Planner {
         b,
         now,
+        readers_wanted: wanted_by_readers(b).into_iter().collect(),
         wanted_set: wanted.iter().copied().collect(),
         wanted,
         changed: HashMap::new(),
@@ -172,6 +192,8 @@ struct Planner<'a, 'b> {
     now: Instant,
     wanted: Vec<PieceIndex>,
     wanted_set: BTreeSet<PieceIndex>,
+    /// What readers want (the rest of `wanted` is background).
+    readers_wanted: BTreeSet<PieceIndex>,
     /// Pieces whose state this plan changed.
     changed: HashMap<PieceIndex, Piece>,
     /// Pieces this plan hedged.
@@ -244,6 +266,22 @@ impl Planner<'_, '_> {
         let busy = v.inflight >= MAX_INFLIGHT;
         let start = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i));
         match start {
+            Some(p) if !self.readers_wanted.contains(&p) => {
+                // Background: only with room readers do not use, one piece at a time.
+                if stuck {
+                    return self.hedge(s);
+                }
+                let spare = self.sources[s.0].room.is_none_or(|r| r > BACKGROUND_RESERVE);
+                if busy || demand_missing > 0 || !spare {
+                    return false;
+                }
+                // A reader's long run elsewhere still comes first.
+                if self.steal(s) {
+                    return true;
+                }
+                self.assign_run(s, p, 1);
+                true
+            }
             Some(p) if self.b.demand.contains(&p) => {
                 // Spread the demanded pieces over the sources, for the earliest finish.
                 self.assign_run(s, p, demand_missing.div_ceil(usable).max(1));
@@ -298,7 +336,14 @@ impl Planner<'_, '_> {
         if self.sources[s.0].inflight > 0 {
             return false;
         }
-        let Some(p) = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i)) else {
+        // Background pieces are not streamed from the start of a key: that run would hold the
+        // source for the whole key, ahead of readers.
+        let Some(p) = self
+            .wanted
+            .iter()
+            .copied()
+            .find(|&i| self.readers_wanted.contains(&i) && self.missing(i) && self.may_ask(s, i))
+        else {
             return false;
         };
         let mut end = p;

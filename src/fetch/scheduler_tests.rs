@@ -29,6 +29,7 @@ struct Fixture {
     sources: Vec<SourceView>,
     requests: Vec<RequestView>,
     next_id: u64,
+    background: BTreeSet<PieceIndex>,
 }
 
 impl Fixture {
@@ -44,11 +45,17 @@ impl Fixture {
             sources,
             requests: Vec::new(),
             next_id: 1,
+            background: BTreeSet::new(),
         }
     }
 
     fn demand(mut self, pieces: impl IntoIterator<Item = usize>) -> Fixture {
         self.demand.extend(pieces.into_iter().map(PieceIndex));
+        self
+    }
+
+    fn background(mut self, pieces: impl IntoIterator<Item = usize>) -> Fixture {
+        self.background.extend(pieces.into_iter().map(PieceIndex));
         self
     }
 
@@ -105,6 +112,7 @@ impl Fixture {
             refused: &self.refused,
             windows,
             want_all: false,
+            background: &self.background,
             sources: self.sources.clone(),
             requests: self.requests.clone(),
             next_id: RequestId(self.next_id),
@@ -312,4 +320,36 @@ fn every_streams_window_is_wanted_once_after_the_demand() {
     let holds = |_: SourceId, _: PieceIndex| true;
     let w: Vec<usize> = wanted(&f.board(&holds)).into_iter().map(|i| i.0).collect();
     assert_eq!(w, vec![11, 30, 10, 12, 13, 14, 15, 40, 41]);
+}
+
+#[test]
+fn background_pieces_come_after_readers_one_at_a_time_with_spare_room() {
+    // Nothing read: idle sources fetch background pieces, one piece per request.
+    let f = Fixture::new(64, vec![source(10.0 * MB), source(10.0 * MB)]).background(10..20);
+    let s = starts(&f.plan(Instant::now()));
+    assert!(!s.is_empty(), "idle sources keep background pieces");
+    assert!(s.iter().all(|&(_, a, b)| b == a + 1 && (10..20).contains(&a)), "{s:?}");
+
+    // A blocked reader: its pieces first, and no background request while it waits.
+    let f = Fixture::new(64, vec![source(10.0 * MB)]).window(0, 8).demand(40..44).background(10..20);
+    let s = starts(&f.plan(Instant::now()));
+    assert!(!s.is_empty() && s.iter().all(|&(_, a, _)| !(8..40).contains(&a)), "{s:?}");
+    assert!(s.iter().all(|&(_, a, _)| !(10..20).contains(&a)), "background while a reader waits: {s:?}");
+
+    // Readahead before background on the same source.
+    let f = Fixture::new(64, vec![source(10.0 * MB)]).window(30, 4).background(0..4);
+    let s = starts(&f.plan(Instant::now()));
+    assert_eq!(s.first().map(|t| t.1), Some(30), "{s:?}");
+
+    // A limited source with only the room readers may need gets no background request.
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).background(0..8);
+    f.sources[0].room = Some(BACKGROUND_RESERVE);
+    assert!(starts(&f.plan(Instant::now())).is_empty());
+    f.sources[0].room = Some(BACKGROUND_RESERVE + 1);
+    assert_eq!(starts(&f.plan(Instant::now())), vec![(0, 0, 1)]);
+
+    // A source that serves no ranges never streams a key for background pieces.
+    let mut f = Fixture::new(64, vec![source(10.0 * MB)]).background(0..8);
+    f.sources[0].ranges = false;
+    assert!(starts(&f.plan(Instant::now())).is_empty());
 }

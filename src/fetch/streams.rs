@@ -124,6 +124,15 @@ impl Streams {
         }
     }
 
+    /// Forgets the speculative window at the head while nothing was read (a fetch that only
+    /// keeps pieces in the background reads nothing ahead); a later read of the head starts
+    /// a stream as any read does.
+    pub fn no_head_window(&mut self) {
+        if self.streams.iter().all(|s| s.used == 0) {
+            self.streams.clear();
+        }
+    }
+
     /// The readahead windows (first piece, length) of the established streams, most recently
     /// read first; each starts at the first piece after its stream's end (the pieces of a read
     /// are demanded, not read ahead). `idle`: no reader waits, and the head is read ahead if

@@ -1,8 +1,12 @@
 //! The cache shared by every key of every mount of the user: paths from a hash of the key,
 //! opening keys (one `CachedKey` per key per process), usage accounting, eviction by least
-//! recent open that skips keys any process holds, kept manifests (as bytes).
+//! recent open that skips keys any process holds, kept manifests (as bytes), and **pins**:
+//! pieces this process keeps for the swarm (`crate::swarm::keep`), which eviction skips (a
+//! pinned key is never evicted whole, a pinned piece never dropped to make room for reading).
+//! Pins live in this process only: the keeper sets them again at every start, bounded by the
+//! space its node offers.
 //!
-//! Lock order: `inner` → `CachedKey::state`.
+//! Lock order: `inner` → `CachedKey::state`; `pins` is a leaf.
 
 use super::cached::{CachedKey, KeyState};
 use super::locks::{flock, lock, ofd_lock};
@@ -30,7 +34,12 @@ pub struct PieceStore {
     used: std::sync::atomic::AtomicU64,
     /// When the cache directory was last counted (other processes write to it too).
     counted: Mutex<Instant>,
+    /// Pinned pieces per key (key bytes → piece indices), with the key's file stem.
+    pins: Mutex<HashMap<Vec<u8>, Pinned>>,
 }
+
+/// The pinned pieces of a key, with the key's file stem (what eviction sees).
+type Pinned = (PathBuf, std::collections::BTreeSet<usize>);
 
 /// How often the use of the cache is counted again from the directory.
 const RECOUNT_EVERY: Duration = Duration::from_secs(30);
@@ -50,6 +59,7 @@ impl PieceStore {
             inner: Mutex::new(StoreInner { open: HashMap::new() }),
             used: Default::default(),
             counted: Mutex::new(Instant::now()),
+            pins: Mutex::new(HashMap::new()),
         };
         store.used.store(store.used(), std::sync::atomic::Ordering::Relaxed);
         Ok(store)
@@ -67,6 +77,27 @@ impl PieceStore {
 
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// Pins exactly `pieces` of `key` (none: unpinned, evictable again).
+    pub fn pin(&self, key: &Key, pieces: std::collections::BTreeSet<usize>) {
+        let mut pins = lock(&self.pins);
+        if pieces.is_empty() {
+            pins.remove(&key.to_bytes());
+        } else {
+            let (dir, h) = self.paths(key);
+            pins.insert(key.to_bytes(), (dir.join(h), pieces));
+        }
+    }
+
+    /// Whether piece `i` of `key` is pinned.
+    pub fn is_pinned(&self, key: &Key, i: usize) -> bool {
+        lock(&self.pins).get(&key.to_bytes()).is_some_and(|(_, p)| p.contains(&i))
+    }
+
+    /// The pinned pieces of `key`.
+    pub fn pinned(&self, key: &Key) -> std::collections::BTreeSet<usize> {
+        lock(&self.pins).get(&key.to_bytes()).map(|(_, p)| p.clone()).unwrap_or_default()
     }
 
     fn paths(&self, key: &Key) -> (PathBuf, String) {
@@ -335,9 +366,13 @@ impl PieceStore {
             return Ok(used);
         }
         entries.sort_by_key(|e| e.used);
+        let pinned: std::collections::HashSet<PathBuf> = lock(&self.pins).values().map(|(s, _)| s.clone()).collect();
         for e in entries {
             if used + need <= self.limit {
                 break;
+            }
+            if pinned.contains(&e.stem) {
+                continue;
             }
             let lock_path = e.stem.with_extension("lock");
             let Ok(lf) = OpenOptions::new().read(true).write(true).open(&lock_path) else { continue };

@@ -23,10 +23,12 @@
 //! | `GET /v1/hello` | [`identity::Hello`]: the node's repository UUID and the repositories it knows |
 //! | `GET /v1/peers` | `{"peers": [URL...]}`: the peers that answered |
 //! | `POST /v1/announce` | body `{"url": URL, "uuid": UUID}`: a node nominating itself (202; checked before it is listed; 429 beyond the rate per address) |
+//! | `GET /v1/keep` | [`keep::KeepReport`]: what the node keeps for the swarm (404 when it keeps nothing) |
 //!
 //! With a token (`ANNEXFS_SWARM_TOKEN`), every request needs `Authorization: Bearer TOKEN`.
 
 pub mod identity;
+pub mod keep;
 pub mod placement;
 pub mod rules;
 pub mod server;
@@ -132,6 +134,10 @@ pub struct Peers {
     rt: tokio::runtime::Handle,
     /// Hello checks running at most at once (announcements come from anyone).
     checks: Arc<tokio::sync::Semaphore>,
+    /// Milliseconds between rounds of peer exchange ([`EXCHANGE_EVERY`] unless set).
+    exchange_ms: std::sync::atomic::AtomicU64,
+    /// The keeper's last report, when this node keeps pieces for the swarm.
+    keep_report: Mutex<Option<keep::KeepReport>>,
 }
 
 fn normalise(url: &str) -> Option<String> {
@@ -157,11 +163,32 @@ impl Peers {
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             rt,
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CHECKS)),
+            exchange_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(EXCHANGE_EVERY.as_millis()).unwrap_or(u64::MAX),
+            ),
+            keep_report: Mutex::new(None),
         });
         for u in urls {
             p.add_as(u, None, true);
         }
         p
+    }
+
+    /// Rounds of peer exchange every `every` (a short grace period needs quicker news of a
+    /// node gone).
+    pub fn set_exchange_every(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(100);
+        self.exchange_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Notes the keeper's last report (served as `GET /v1/keep`, shown by status).
+    pub fn set_keep_report(&self, r: keep::KeepReport) {
+        *self.keep_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// The keeper's last report, when this node keeps pieces.
+    pub fn keep_report(&self) -> Option<keep::KeepReport> {
+        self.keep_report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// This node's identity (what it answers to `GET /v1/hello`).
@@ -200,7 +227,10 @@ impl Peers {
     /// An announcement of `url` (claiming `uuid`, when given): a candidate, checked now when a
     /// check is free, else in the next round.
     pub fn announced(self: &Arc<Self>, url: &str, uuid: Option<String>) -> bool {
-        if !self.add_as(url, uuid.clone(), false) {
+        // An address waiting for its retry (a dropped peer, a given node not up yet) that
+        // announces itself is checked now: a node that comes back is a peer again at once.
+        let back = normalise(url).is_some_and(|u| self.table().is_waiting(&u, Instant::now()));
+        if !self.add_as(url, uuid.clone(), false) && !back {
             return false;
         }
         let Ok(permit) = self.checks.clone().try_acquire_owned() else { return true };
@@ -342,12 +372,14 @@ impl Peers {
             loop {
                 let Some(p) = weak.upgrade() else { return };
                 p.exchange().await;
+                let every = Duration::from_millis(p.exchange_ms.load(Ordering::Relaxed));
                 drop(p);
-                tokio::time::sleep(EXCHANGE_EVERY).await;
+                tokio::time::sleep(every).await;
             }
         });
     }
 
+    /// The have-map of `key` at `peer`, if it answers.
     async fn have(&self, peer: &str, key: &Key) -> Option<HaveMap> {
         let url = format!("{peer}/v1/keys/{}/have", key_segment(key));
         let r = self.request(reqwest::Method::GET, &url).send().await.ok()?;

@@ -287,6 +287,10 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Resp
             }
             full(StatusCode::OK, serde_json::json!({ "peers": peers }).to_string())
         }
+        (Method::GET, ["v1", "keep"]) => match node.peers.keep_report() {
+            Some(r) => full(StatusCode::OK, serde_json::to_string(&r).unwrap_or_default()),
+            None => full(StatusCode::NOT_FOUND, "this node keeps nothing for the swarm\n"),
+        },
         (Method::GET, ["v1", "hello"]) => {
             full(StatusCode::OK, serde_json::to_string(&node.peers.identity().hello()).unwrap_or_default())
         }

@@ -122,6 +122,12 @@ impl Table {
             .collect()
     }
 
+    /// Whether `url` waits to be tried again (a dropped peer, or a given address that did not
+    /// answer yet).
+    pub fn is_waiting(&self, url: &str, now: Instant) -> bool {
+        self.map.get(url).is_some_and(|e| e.retry_at.is_some_and(|t| t > now))
+    }
+
     /// Peers that answered and are not dropped now.
     pub fn live(&self, now: Instant) -> Vec<String> {
         self.map

@@ -159,6 +159,11 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
             .context("serve the swarm")?;
         let _ = net.serving.set(server);
     }
+    // A node offering space keeps its share of the pieces the signed rules want.
+    if let Some(offered) = plan.keep.filter(|&k| k > 0) {
+        use crate::swarm::keep::{GRACE, KEEP_EVERY};
+        crate::cmd::keep::start(fs.annex().clone(), net.clone(), offered, GRACE, KEEP_EVERY, rt.handle());
+    }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
 
     let mut config = fuser::Config::default();
