@@ -372,4 +372,12 @@ fn superdataset_mounted_with_subdatasets_installed_on_demand() {
     assert_eq!(std::fs::read(m2.p("sub01/deep/data/deep.bin")).unwrap(), w.deep);
     assert_eq!(w.git_requests("sub03"), sub03_before, "sub03's clone was not reused");
     assert_eq!(w.clones().len(), SUBS, "no new clone");
+    drop(m2);
+
+    // A bare superdataset (the served one, relative URLs against itself) follows its
+    // gitlinks too; the clones are the same datasets (by DataLad id), so they are reused.
+    let m3 = mount(&w.sb, &w.sb.path("www/super.git"), "mnt3", &["--cache-dir", &cache, "--no-publish"]);
+    assert_eq!(std::fs::read(m3.p("sub05/file05.bin")).unwrap(), sub_content(5));
+    assert_eq!(std::fs::read(m3.p("sub02/new.txt")).unwrap(), b"second commit\n");
+    assert_eq!(w.clones().len(), SUBS, "no new clone");
 }

@@ -108,7 +108,8 @@ pub fn resolve_relative(base: &str, rel: &str) -> String {
 }
 
 /// The URLs to try for `sub`, best first, without repeats. `remotes`: the superdataset's
-/// remote URLs in order; `own`: the superdataset's own directory, if it is local.
+/// remote URLs in order; `own`: the superdataset's own directory (its working tree, or the
+/// repository itself when bare).
 pub fn candidates(sub: &Submodule, remotes: &[String], own: Option<&str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut add = |u: String| {

@@ -75,6 +75,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn git() -> Command {
     let mut c = Command::new("git");
     c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").stdin(Stdio::null());
+    // The URLs come from the repository (untrusted): never a command as a transport, whatever
+    // the user's config says.
+    c.args(["-c", "protocol.ext.allow=never"]);
     c
 }
 
@@ -146,7 +149,8 @@ pub(crate) fn clone_plan(datasets: &Path, parent: &Annex, view: &View, path: &[u
         path: path.to_string(),
         ..Default::default()
     });
-    let own = parent.workdir.as_deref().map(|p| p.to_string_lossy().into_owned());
+    // A bare repository's relative URLs are relative to the repository itself, as git has it.
+    let own = Some(parent.base_dir().to_string_lossy().into_owned());
     let candidates = gitmodules::candidates(&sub, &remote_urls(parent), own.as_deref());
     let id = sub
         .datalad_id
