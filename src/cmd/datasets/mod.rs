@@ -11,14 +11,16 @@
 //!   `--ref` mount. Candidates are tried in DataLad's order ([`crate::annex::gitmodules`]).
 //!   A clone made for one mount is reused by the next; when it lacks the recorded commit it is
 //!   fetched again from its candidates.
-//! - At most [`MAX_CLONES`] clones run at once; a look-up waits only for the clone of its own
+//! - At most [`clones::MAX_CLONES`] clones run at once; a look-up waits only for the clone of its own
 //!   repository (one clone per directory, later callers wait for it). A clone that fails is
 //!   logged with every candidate and why, shows as an empty directory, and is tried again
-//!   once [`RETRY_AFTER`] has passed.
+//!   once [`RETRY_AFTER`] has passed (`clones.rs`).
 //! - A nested repository's content is fetched through the mount's fetcher and piece cache,
 //!   from its own holders (its git-annex branch, its remotes resolved by its own config).
 //!
-//! Lock order: `flights` is never held while git runs or a repository is opened.
+//! Locks: see `clones.rs`; nothing here holds one.
+
+mod clones;
 
 use crate::annex::gitmodules::{self, Submodule};
 use crate::annex::{Annex, policy::AddressPolicy};
@@ -28,31 +30,14 @@ use crate::fs::{AnnexFs, FsConfig, Gitlink, Subtrees, View};
 use crate::source::external::Programs;
 use crate::source::http::learn_http_remotes;
 use crate::source::reach::Reach;
-use std::collections::HashMap;
+use clones::{Clones, RETRY_AFTER, has_commit};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-/// Clones running at once, per mount.
-pub const MAX_CLONES: usize = 4;
-/// A repository that could not be had is tried again after this.
-pub const RETRY_AFTER: Duration = Duration::from_secs(30);
-/// One `git clone` or `git fetch` is given up after this.
-const GIT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// What is happening to one clone directory.
-enum Flight {
-    Running,
-    Failed(Instant),
-}
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The mount's nested repositories.
 pub(crate) struct Datasets {
-    /// `<cache>/datasets`.
-    dir: PathBuf,
     cache_dir: PathBuf,
     net: Arc<Network>,
     cfg: FsConfig,
@@ -60,58 +45,7 @@ pub(crate) struct Datasets {
     /// config is annexfs's, not the user's).
     policy: AddressPolicy,
     rt: tokio::runtime::Handle,
-    flights: Mutex<HashMap<PathBuf, Flight>>,
-    landed: Condvar,
-    running: Mutex<usize>,
-    slot_free: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `git` without prompts (a daemon has no terminal); the user's config and credential helpers
-/// still apply.
-fn git() -> Command {
-    let mut c = Command::new("git");
-    c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").stdin(Stdio::null());
-    // The URLs come from the repository (untrusted): never a command as a transport, whatever
-    // the user's config says.
-    c.args(["-c", "protocol.ext.allow=never"]);
-    c
-}
-
-/// Runs `cmd`; `Err` with the last line of its error output, or a timeout.
-fn run(mut cmd: Command) -> Result<(), String> {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| format!("run git: {e}"))?;
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > GIT_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no result within {GIT_TIMEOUT:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("wait for git: {e}")),
-        }
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    let last = err.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string();
-    Err(if last.is_empty() { format!("git {status}") } else { last })
-}
-
-/// Whether the repository at `gitdir` has `commit`.
-fn has_commit(gitdir: &Path, commit: git2::Oid) -> bool {
-    git2::Repository::open_bare(gitdir).is_ok_and(|r| r.find_commit(commit).is_ok())
+    clones: Clones,
 }
 
 /// The `.gitmodules` text of the repository `annex` as shown in `view`.
@@ -200,16 +134,12 @@ impl Datasets {
         rt: tokio::runtime::Handle,
     ) -> Datasets {
         Datasets {
-            dir: datasets_dir(cache_dir),
             cache_dir: cache_dir.to_path_buf(),
             net,
             cfg,
             policy,
             rt,
-            flights: Mutex::new(HashMap::new()),
-            landed: Condvar::new(),
-            running: Mutex::new(0),
-            slot_free: Condvar::new(),
+            clones: Clones::new(datasets_dir(cache_dir), RETRY_AFTER),
         }
     }
 
@@ -225,127 +155,6 @@ impl Datasets {
             Ok(a) => Some((a, View::Worktree)),
             Err(e) => {
                 tracing::warn!("{}: installed submodule not readable ({e}); cloning it instead", link.shown);
-                None
-            }
-        }
-    }
-
-    /// Waits for a free clone slot; the slot is freed when the guard drops.
-    fn slot(&self) -> SlotGuard<'_> {
-        let mut n = lock(&self.running);
-        while *n >= MAX_CLONES {
-            n = self.slot_free.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-        *n += 1;
-        SlotGuard(self)
-    }
-
-    /// Makes sure `dir` is a clone with `commit`: clones or fetches from `candidates`. `Err`
-    /// names each candidate and why it failed.
-    fn ensure(&self, dir: &Path, commit: git2::Oid, candidates: &[String]) -> Result<(), String> {
-        if has_commit(dir, commit) {
-            return Ok(());
-        }
-        let _slot = self.slot();
-        let mut why = Vec::new();
-        if dir.exists() {
-            // A clone from an earlier mount, made before the superdataset recorded this commit.
-            for url in candidates {
-                let mut c = git();
-                c.arg("-C").arg(dir).args(["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/heads/*"]);
-                match run(c) {
-                    Ok(()) if has_commit(dir, commit) => return Ok(()),
-                    Ok(()) => why.push(format!("{url}: fetched, but it has no commit {commit}")),
-                    Err(e) => why.push(format!("{url}: {e}")),
-                }
-            }
-            return Err(why.join("; "));
-        }
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            // Private, like the rest of the cache.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(|e| format!("create {}: {e}", self.dir.display()))?;
-        }
-        for url in candidates {
-            let tmp = self.dir.join(format!(
-                ".{}.{}.tmp",
-                dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&tmp);
-            let mut c = git();
-            c.args(["clone", "--bare", "--quiet", "--no-hardlinks", "--", url]).arg(&tmp);
-            match run(c) {
-                Ok(()) if has_commit(&tmp, commit) => {
-                    // Another mount may have landed the same clone meanwhile: either serves.
-                    if std::fs::rename(&tmp, dir).is_err() {
-                        let _ = std::fs::remove_dir_all(&tmp);
-                    }
-                    if has_commit(dir, commit) {
-                        return Ok(());
-                    }
-                    why.push(format!("{url}: cloned, but {} is in the way", dir.display()));
-                }
-                Ok(()) => {
-                    why.push(format!("{url}: cloned, but it has no commit {commit}"));
-                    let _ = std::fs::remove_dir_all(&tmp);
-                }
-                Err(e) => {
-                    why.push(format!("{url}: {e}"));
-                    let _ = std::fs::remove_dir_all(&tmp);
-                }
-            }
-        }
-        if candidates.is_empty() {
-            why.push("no candidate URL (no .gitmodules entry and no remote)".into());
-        }
-        Err(why.join("; "))
-    }
-
-    /// The clone of `link`, made or brought up to date now if it must be; one at a time per
-    /// directory, failures remembered for [`RETRY_AFTER`].
-    fn cloned(&self, link: &Gitlink) -> Option<(Annex, View)> {
-        let (candidates, dir) = clone_plan(&self.dir, &link.parent, &link.parent_view, &link.path);
-        {
-            let mut flights = lock(&self.flights);
-            loop {
-                match flights.get(&dir) {
-                    Some(Flight::Running) => {
-                        flights = self.landed.wait(flights).unwrap_or_else(|p| p.into_inner());
-                    }
-                    Some(Flight::Failed(at)) if at.elapsed() < RETRY_AFTER => return None,
-                    _ => break,
-                }
-            }
-            flights.insert(dir.clone(), Flight::Running);
-        }
-        let started = Instant::now();
-        let result = self.ensure(&dir, link.commit, &candidates);
-        {
-            let mut flights = lock(&self.flights);
-            match &result {
-                Ok(()) => flights.remove(&dir),
-                Err(_) => flights.insert(dir.clone(), Flight::Failed(Instant::now())),
-            };
-            self.landed.notify_all();
-        }
-        if let Err(why) = result {
-            tracing::error!(
-                "{}: cannot install the nested repository (commit {}); shown empty, tried again in {RETRY_AFTER:?}; candidates tried: {why}",
-                link.shown,
-                link.commit
-            );
-            return None;
-        }
-        tracing::debug!("{}: {} ready in {:?}", link.shown, dir.display(), started.elapsed());
-        match Annex::open_plain(&dir) {
-            Ok(a) => Some((a, View::Ref(link.commit.to_string()))),
-            Err(e) => {
-                tracing::error!("{}: open the clone {}: {e}", link.shown, dir.display());
                 None
             }
         }
@@ -376,20 +185,11 @@ impl Datasets {
     }
 }
 
-struct SlotGuard<'a>(&'a Datasets);
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.running) -= 1;
-        self.0.slot_free.notify_one();
-    }
-}
-
 impl Subtrees for Datasets {
     fn open(&self, link: &Gitlink) -> Option<Arc<AnnexFs>> {
         let (mut annex, view) = match self.installed(link) {
             Some(x) => x,
-            None => self.cloned(link)?,
+            None => self.clones.cloned(link)?,
         };
         annex.policy = self.policy.clone();
         let annex = Arc::new(annex);
