@@ -338,6 +338,11 @@ pub struct SourcesArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Where mounts keep their state (default: $XDG_CACHE_HOME/annexfs): paths inside
+    /// subdatasets a mount cloned are answered from those clones.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Files or directories (directories are searched recursively).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,

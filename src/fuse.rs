@@ -1,4 +1,4 @@
-//! The fuser adapter: unpacks requests, calls [`AnnexFs`], replies. No policy lives here
+//! The fuser adapter: unpacks requests, calls [`MountFs`], replies. No policy lives here
 //! except what is FUSE-specific: TTLs, open flags, and kernel passthrough bookkeeping.
 //!
 //! Reads run on a blocking thread pool (the reply is sent from there), so a slow source never
@@ -13,7 +13,7 @@
 //!
 //! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`.
 
-use crate::fs::{AnnexFs, Attr, FsError, Kind};
+use crate::fs::{Attr, FsError, Kind, MountFs};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -53,9 +53,47 @@ struct Passthrough {
     failures: AtomicU64,
 }
 
+fn attr_ttl(a: &Attr, entry_ttl: Duration) -> Duration {
+    // A directory's mtime follows the working tree; file attributes never change, except
+    // the size of a key without one, which is learnt (asked again at every stat).
+    if a.volatile {
+        Duration::ZERO
+    } else if a.kind == Kind::Dir {
+        entry_ttl
+    } else {
+        ATTR_TTL
+    }
+}
+
+/// The entry TTL of a name: none for a key without a size, so that every lookup sees its
+/// size as learnt so far.
+fn entry_ttl_of(a: &Attr, entry_ttl: Duration) -> Duration {
+    if a.volatile { Duration::ZERO } else { entry_ttl }
+}
+
+/// Look-ups, answerable from any thread.
+struct Lookups {
+    fs: Arc<MountFs>,
+    entry_ttl: Duration,
+}
+
+impl Lookups {
+    fn lookup_now(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry_with_ttls(
+                &attr_ttl(&a, self.entry_ttl),
+                &entry_ttl_of(&a, self.entry_ttl),
+                &file_attr(&a),
+                Generation(0),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
 /// The `fuser::Filesystem` of annexfs.
 pub struct FuseAdapter {
-    fs: Arc<AnnexFs>,
+    fs: Arc<MountFs>,
     pool: tokio::runtime::Handle,
     entry_ttl: Duration,
     want_passthrough: bool,
@@ -97,7 +135,7 @@ fn file_attr(a: &Attr) -> FileAttr {
 impl FuseAdapter {
     /// `live`: the view follows the repository (short entry TTL). `passthrough`: try kernel
     /// passthrough for local content.
-    pub fn new(fs: Arc<AnnexFs>, pool: tokio::runtime::Handle, live: bool, passthrough: bool) -> FuseAdapter {
+    pub fn new(fs: Arc<MountFs>, pool: tokio::runtime::Handle, live: bool, passthrough: bool) -> FuseAdapter {
         FuseAdapter {
             fs,
             pool,
@@ -107,22 +145,13 @@ impl FuseAdapter {
         }
     }
 
-    fn ttl(&self, a: &Attr) -> Duration {
-        // A directory's mtime follows the working tree; file attributes never change, except
-        // the size of a key without one, which is learnt (asked again at every stat).
-        if a.volatile {
-            Duration::ZERO
-        } else if a.kind == Kind::Dir {
-            self.entry_ttl
-        } else {
-            ATTR_TTL
-        }
+    /// What answering a look-up needs, detached from the adapter (to move to another thread).
+    fn detached(&self) -> Lookups {
+        Lookups { fs: self.fs.clone(), entry_ttl: self.entry_ttl }
     }
 
-    /// The entry TTL of a name: none for a key without a size, so that every lookup sees its
-    /// size as learnt so far.
-    fn entry_ttl_of(&self, a: &Attr) -> Duration {
-        if a.volatile { Duration::ZERO } else { self.entry_ttl }
+    fn ttl(&self, a: &Attr) -> Duration {
+        attr_ttl(a, self.entry_ttl)
     }
 
     /// Opens `ino` in passthrough mode if possible; `None` means use a normal open. The
@@ -187,10 +216,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry_with_ttls(&self.ttl(&a), &self.entry_ttl_of(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+        // Inside a nested repository not opened yet (a clone): answered from the blocking
+        // pool, so that only this request waits for it.
+        if self.fs.would_wait(parent.0) {
+            let this = self.detached();
+            let name = name.to_os_string();
+            self.pool.spawn_blocking(move || this.lookup_now(parent, &name, reply));
+            return;
         }
+        self.detached().lookup_now(parent, name, reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -290,25 +324,41 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listed = self
-            .fs
-            .readdir(ino.0, offset, |name, attr, next| reply.add(INodeNo(attr.ino), next, file_attr(attr).kind, name));
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+        let fs = self.fs.clone();
+        let list = move || {
+            let listed = fs.readdir(ino.0, offset, |name, attr, next| {
+                reply.add(INodeNo(attr.ino), next, file_attr(attr).kind, name)
+            });
+            match listed {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        };
+        // See `lookup`: a listing that opens a nested repository waits on the blocking pool.
+        if self.fs.would_wait(ino.0) {
+            self.pool.spawn_blocking(list);
+        } else {
+            list();
         }
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entry_ttl = self.entry_ttl;
-        let listed = self.fs.readdir(ino.0, offset, |name, attr, next| {
-            // `.` and `..` must not create dentries.
-            let ttl = if next <= 2 || attr.volatile { Duration::ZERO } else { entry_ttl };
-            reply.add(INodeNo(attr.ino), next, name, &ttl, &file_attr(attr), Generation(0))
-        });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+        let (fs, entry_ttl) = (self.fs.clone(), self.entry_ttl);
+        let list = move || {
+            let listed = fs.readdir(ino.0, offset, |name, attr, next| {
+                // `.` and `..` must not create dentries.
+                let ttl = if next <= 2 || attr.volatile { Duration::ZERO } else { entry_ttl };
+                reply.add(INodeNo(attr.ino), next, name, &ttl, &file_attr(attr), Generation(0))
+            });
+            match listed {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        };
+        if self.fs.would_wait(ino.0) {
+            self.pool.spawn_blocking(list);
+        } else {
+            list();
         }
     }
 

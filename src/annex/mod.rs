@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod branch;
+pub mod gitmodules;
 pub mod key;
 pub mod logs;
 pub mod namespace;
@@ -102,6 +103,16 @@ fn uuid_from_bytes(b: &[u8]) -> Option<String> {
 impl Annex {
     /// Opens the repository containing `path` (as git does from a working directory).
     pub fn open(path: &Path) -> Result<Annex, RepoError> {
+        Annex::open_inner(path, true)
+    }
+
+    /// Like [`Annex::open`], but a plain git repository (no annex: a git submodule) is opened
+    /// too, with no holders for anything.
+    pub fn open_plain(path: &Path) -> Result<Annex, RepoError> {
+        Annex::open_inner(path, false)
+    }
+
+    fn open_inner(path: &Path, annex_only: bool) -> Result<Annex, RepoError> {
         repo::init_git2();
         let repo = git2::Repository::discover(path).map_err(|e| match e.code() {
             git2::ErrorCode::NotFound => RepoError::NotGit { path: path.to_path_buf() },
@@ -119,7 +130,7 @@ impl Annex {
             branch::BranchError::Git(source) => RepoError::Git { path: gitdir.clone(), source },
         })?;
         let uuid = config.get("annex.uuid").and_then(|u| uuid_from_bytes(u.as_bytes()));
-        if uuid.is_none() && branch.snapshot().is_empty() {
+        if annex_only && uuid.is_none() && branch.snapshot().is_empty() {
             return Err(RepoError::NotAnnex { path: workdir.clone().unwrap_or(gitdir) });
         }
         let layout = ObjectLayout::for_repo(&gitdir, bare, &config);

@@ -68,6 +68,9 @@ pub struct Namespace {
     nodes: Vec<Node>,
     /// Names dropped by the safety rules, as full paths (for tests and the warning).
     pub dropped: Vec<Vec<u8>>,
+    /// Gitlinks (submodules, DataLad subdatasets), shown as directories: path → the commit
+    /// the tree records.
+    gitlinks: BTreeMap<Vec<u8>, git2::Oid>,
 }
 
 /// What a blob means as a file of a given mode.
@@ -233,7 +236,28 @@ const MODE_EXEC: i32 = 0o100755;
 impl Namespace {
     /// A namespace with only an empty root directory.
     pub fn empty(root_mtime: SystemTime) -> Namespace {
-        Namespace { nodes: vec![dir_node(OsString::new(), ROOT, root_mtime)], dropped: Vec::new() }
+        Namespace {
+            nodes: vec![dir_node(OsString::new(), ROOT, root_mtime)],
+            dropped: Vec::new(),
+            gitlinks: BTreeMap::new(),
+        }
+    }
+
+    /// The commit recorded for the gitlink at `path`, if that directory is one.
+    pub fn gitlink(&self, path: &[u8]) -> Option<git2::Oid> {
+        self.gitlinks.get(path).copied()
+    }
+
+    /// Every gitlink: (path, recorded commit), in path order.
+    pub fn gitlinks(&self) -> impl Iterator<Item = (&[u8], git2::Oid)> {
+        self.gitlinks.iter().map(|(p, o)| (p.as_slice(), *o))
+    }
+
+    /// Records a gitlink inserted as a directory at `path`.
+    fn note_gitlink(&mut self, inserted: bool, path: &[u8], mode: i32, oid: git2::Oid) {
+        if inserted && mode == MODE_COMMIT {
+            self.gitlinks.insert(path.to_vec(), oid);
+        }
     }
 
     pub fn root(&self) -> NodeId {
@@ -391,7 +415,8 @@ impl Namespace {
                 MODE_LINK => classified_kind(cls.classify(&odb, oid, true)?, oid),
                 _ => classified_kind(cls.classify(&odb, oid, false)?, oid),
             };
-            ns.insert(&path, kind, mode == MODE_EXEC, mtime, &|_| mtime);
+            let inserted = ns.insert(&path, kind, mode == MODE_EXEC, mtime, &|_| mtime);
+            ns.note_gitlink(inserted, &path, mode, oid);
         }
         warn_dropped(&ns.dropped);
         Ok(ns)
@@ -443,7 +468,8 @@ impl Namespace {
                 use std::os::unix::fs::PermissionsExt;
                 m.is_file() && m.permissions().mode() & 0o111 != 0
             });
-            ns.insert(path, kind, mode == MODE_EXEC || wt_exec, mtime, &dir_mtime);
+            let inserted = ns.insert(path, kind, mode == MODE_EXEC || wt_exec, mtime, &dir_mtime);
+            ns.note_gitlink(inserted, path, mode, entry.id);
         }
         warn_dropped(&ns.dropped);
         Ok(ns)

@@ -86,8 +86,9 @@ pub(crate) struct Network {
     pub serving: OnceLock<crate::swarm::server::Server>,
     /// Sizes learnt for keys whose name has none.
     pub sizes: Arc<SizeBook>,
-    /// Downloads of keys whose size no header tells (they learn it).
-    pub downloads: crate::source::sizeless::Downloads,
+    /// Downloads of keys whose size no header tells (they learn it); shared with the
+    /// networks of nested repositories.
+    pub downloads: Arc<crate::source::sizeless::Downloads>,
     /// The swarm's rules in force (from signed commits), with the HEAD they were read at.
     pub rules: Mutex<(Option<String>, Arc<crate::swarm::rules::RulesState>)>,
     /// Spread remotes read in place, by remote name (their stores' figures for status).
@@ -374,7 +375,7 @@ pub(crate) fn network(
         peers,
         serving: OnceLock::new(),
         sizes,
-        downloads,
+        downloads: Arc::new(downloads),
         rules: Mutex::new((None, Arc::default())),
         spreads,
     };

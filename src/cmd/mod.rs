@@ -2,6 +2,7 @@
 
 pub mod annex_get;
 pub mod assemble;
+pub mod datasets;
 pub mod generate;
 pub mod get;
 pub mod index;

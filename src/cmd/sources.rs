@@ -8,12 +8,14 @@
 use crate::annex::namespace::BlobClassifier;
 use crate::annex::{Annex, Holder, Key};
 use crate::cli::SourcesArgs;
+use crate::fs::View;
 use anyhow::Context;
 use serde::Serialize;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Serialize)]
 struct JsonHolder<'a> {
@@ -78,6 +80,15 @@ fn absolute_unfollowed(path: &Path) -> PathBuf {
 }
 
 impl Resolver {
+    /// Paths of `annex` as shown in `view`: the index of a working tree, or a commit's tree.
+    fn for_view(annex: &Annex, view: &crate::fs::View) -> anyhow::Result<Resolver> {
+        let crate::fs::View::Ref(rev) = view else { return Resolver::new(annex) };
+        let repo = git2::Repository::open(&annex.gitdir).with_context(|| format!("open {}", annex.gitdir.display()))?;
+        let tree =
+            repo.revparse_single(rev).and_then(|o| o.peel_to_tree()).with_context(|| format!("read {rev}"))?.id();
+        Ok(Resolver { lookup: Lookup::Tree(tree), repo, classifier: BlobClassifier::default(), workdir: None })
+    }
+
     fn new(annex: &Annex) -> anyhow::Result<Resolver> {
         let repo = git2::Repository::open(&annex.gitdir).with_context(|| format!("open {}", annex.gitdir.display()))?;
         let workdir = annex.workdir.as_ref().map(|w| w.canonicalize().unwrap_or_else(|_| w.clone()));
@@ -90,6 +101,27 @@ impl Resolver {
             }
         };
         Ok(Resolver { repo, lookup, classifier: BlobClassifier::default(), workdir })
+    }
+
+    /// Whether the repository records any gitlink (submodule) where paths are looked up.
+    fn has_gitlinks(&self) -> bool {
+        const GITLINK: u32 = 0o160000;
+        match &self.lookup {
+            Lookup::Empty => false,
+            Lookup::Index(index) => index.iter().any(|e| e.mode == GITLINK),
+            Lookup::Tree(id) => {
+                let Ok(tree) = self.repo.find_tree(*id) else { return false };
+                let mut found = false;
+                let _ = tree.walk(git2::TreeWalkMode::PreOrder, |_, e| {
+                    if e.filemode() as u32 == GITLINK {
+                        found = true;
+                        return git2::TreeWalkResult::Abort;
+                    }
+                    git2::TreeWalkResult::Ok
+                });
+                found
+            }
+        }
     }
 
     /// Path of `given` inside the repository, as `/`-separated bytes ("" for the top).
@@ -236,36 +268,93 @@ pub(crate) fn annexed_files(
                 continue;
             }
         };
-        let found = match resolver.resolve(&rel) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                let exists = std::fs::symlink_metadata(base.join(given)).is_ok();
-                fail(format!(
-                    "{shown}: {}",
-                    if exists { "not a file known to git" } else { "no such file or directory" }
-                ));
-                continue;
-            }
+        out.extend(files_at(&mut resolver, &rel, base, given, fail));
+    }
+    Ok(out)
+}
+
+/// The annexed files at or under `rel` (the path `given`, relative to `base`), as (the file as
+/// shown to the user, its key); a bad path is reported through `fail`.
+fn files_at(
+    resolver: &mut Resolver,
+    rel: &[u8],
+    base: &Path,
+    given: &Path,
+    fail: &mut dyn FnMut(String),
+) -> Vec<(String, Key)> {
+    let shown = given.display().to_string();
+    let mut out = Vec::new();
+    let found = match resolver.resolve(rel) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let exists = std::fs::symlink_metadata(base.join(given)).is_ok();
+            fail(format!("{shown}: {}", if exists { "not a file known to git" } else { "no such file or directory" }));
+            return Vec::new();
+        }
+        Err(e) => {
+            fail(format!("{shown}: {e}"));
+            return Vec::new();
+        }
+    };
+    let single = found.len() == 1 && found[0].0 == rel;
+    for (path, key) in found {
+        // `file` is the path as given, extended by the part below a given directory.
+        let file = if single {
+            shown.clone()
+        } else {
+            let below = &path[rel.len()..];
+            let below = below.strip_prefix(b"/").unwrap_or(below);
+            crate::annex::repo::clean_path(&given.join(OsStr::from_bytes(below))).display().to_string()
+        };
+        match key {
+            Some(key) => out.push((file, key)),
+            None if single => fail(format!("{file}: not an annexed file")),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Like [`annexed_files`], following paths into nested repositories (installed submodules,
+/// subdatasets a mount cloned into the state directory under `cache`): (file, key, the
+/// repository that knows the key).
+fn files_across_repositories(
+    annex: &Arc<Annex>,
+    base: &Path,
+    paths: &[PathBuf],
+    cache: &Path,
+    fail: &mut dyn FnMut(String),
+) -> anyhow::Result<Vec<(String, Key, Arc<Annex>)>> {
+    let mut resolver = Resolver::new(annex)?;
+    let nesting = resolver.has_gitlinks();
+    let view = if annex.workdir.is_some() { View::Worktree } else { View::Ref("HEAD".into()) };
+    let mut out = Vec::new();
+    for given in paths {
+        let shown = given.display().to_string();
+        let rel = match resolver.relative(base, given) {
+            Ok(r) => r,
             Err(e) => {
                 fail(format!("{shown}: {e}"));
                 continue;
             }
         };
-        let single = found.len() == 1 && found[0].0 == rel;
-        for (path, key) in found {
-            // `file` is the path as given, extended by the part below a given directory.
-            let file = if single {
-                shown.clone()
-            } else {
-                let below = &path[rel.len()..];
-                let below = below.strip_prefix(b"/").unwrap_or(below);
-                crate::annex::repo::clean_path(&given.join(OsStr::from_bytes(below))).display().to_string()
-            };
-            match key {
-                Some(key) => out.push((file, key)),
-                None if single => fail(format!("{file}: not an annexed file")),
-                None => {}
+        let nested = if nesting { crate::cmd::datasets::descend(cache, annex, view.clone(), &rel) } else { Ok(None) };
+        match nested {
+            Ok(None) => out.extend(
+                files_at(&mut resolver, &rel, base, given, fail).into_iter().map(|(f, k)| (f, k, annex.clone())),
+            ),
+            Ok(Some((mut sub, sub_view, rest))) => {
+                // The mounted repository's address policy, as a mount applies it.
+                sub.policy = annex.policy.clone();
+                let sub = Arc::new(sub);
+                match Resolver::for_view(&sub, &sub_view) {
+                    Ok(mut r) => out.extend(
+                        files_at(&mut r, &rest, base, given, fail).into_iter().map(|(f, k)| (f, k, sub.clone())),
+                    ),
+                    Err(e) => fail(format!("{shown}: {e:#}")),
+                }
             }
+            Err(e) => fail(format!("{shown}: {e}")),
         }
     }
     Ok(out)
@@ -285,15 +374,17 @@ pub(crate) fn open_base(repo: Option<&Path>) -> anyhow::Result<(PathBuf, Annex)>
 /// Runs the command; returns the exit code.
 pub fn run(args: &SourcesArgs) -> anyhow::Result<i32> {
     let (base, annex) = open_base(args.repo.as_deref())?;
+    let annex = Arc::new(annex);
     let mut failed = false;
     let mut fail = |msg: String| {
         eprintln!("annexfs sources: {msg}");
         failed = true;
     };
-    let files = annexed_files(&annex, &base, &args.paths, &mut fail)?;
+    let cache = args.cache_dir.clone().unwrap_or_else(crate::pieces::PieceStore::default_dir);
+    let files = files_across_repositories(&annex, &base, &args.paths, &cache, &mut fail)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for (file, key) in files {
+    for (file, key, annex) in files {
         let holders = match annex.holders(&key) {
             Ok(h) => h,
             Err(e) => {

@@ -8,7 +8,7 @@
 //! (new fields may be added, none removed or renamed within a version).
 
 use crate::cli::StatusArgs;
-use crate::fs::AnnexFs;
+use crate::fs::MountFs;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -63,6 +63,10 @@ pub struct MountStatus {
     /// Spread remotes read from their stores: pieces decoded, each store's figures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spread: Vec<SpreadStatus>,
+    /// Nested repositories (subdatasets) opened so far: their path in the mount and the
+    /// repository serving them (a checkout, or a clone in the state directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nested: Vec<NestedRepo>,
     /// Set when the daemon could not be asked (then the other fields are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -75,6 +79,14 @@ pub struct SwarmNode {
     pub uuid: String,
     /// Bytes it offers the swarm for keeping pieces.
     pub offered: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NestedRepo {
+    /// Its path from the mount's root.
+    pub path: String,
+    /// The repository serving it.
+    pub repo: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -203,7 +215,7 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 
 /// What the daemon of one mount knows, now.
 pub(crate) fn snapshot(
-    fs: &AnnexFs,
+    fs: &MountFs,
     net: &super::Network,
     mountpoint: &Path,
     repo: &Path,
@@ -227,7 +239,7 @@ pub(crate) fn snapshot(
     st.peer_table = parts.peers.counts();
     st.swarm_nodes =
         parts.peers.nodes().into_iter().map(|(url, uuid, offered)| SwarmNode { url, uuid, offered }).collect();
-    st.swarm_rules = (*parts.rules(fs.annex())).clone();
+    st.swarm_rules = (*parts.rules(&fs.annex())).clone();
     st.swarm_keep = parts.peers.keep_report();
     st.serving = parts.serving.get().map(|s| {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -242,9 +254,14 @@ pub(crate) fn snapshot(
     st.cache.used_bytes = store.used();
     st.cache.limit_bytes = store.limit();
     let fetches = parts.fetcher.open_keys();
-    for (file, key) in fs.open_files() {
+    st.nested = fs
+        .nested()
+        .into_iter()
+        .map(|(path, annex)| NestedRepo { path, repo: annex.base_dir().display().to_string() })
+        .collect();
+    for (file, key, annex) in fs.open_files() {
         let size = key.size().unwrap_or(0);
-        let local = fs.annex().present_object(&key).is_some();
+        let local = annex.present_object(&key).is_some();
         let kf = fetches.iter().find(|k| k.key.to_bytes() == key.to_bytes());
         let (present, rate, verified) = match (local, kf) {
             (true, _) => (size, 0.0, true),
@@ -431,6 +448,9 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 human(m.cache.limit_bytes as f64),
                 m.cache.dir
             )?;
+        }
+        if !m.nested.is_empty() {
+            writeln!(out, "  {} nested repositories open", m.nested.len())?;
         }
         for f in &m.open_files {
             let eta = f.eta_secs.map(|s| format!(", ETA {s:.0} s")).unwrap_or_default();

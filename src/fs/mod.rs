@@ -25,10 +25,12 @@
 pub mod error;
 pub mod holders;
 mod inodes;
+pub mod nested;
 
 pub use error::FsError;
 pub use holders::{Holders, LocalHolders, Opened};
 use inodes::{InodeTable, ident_of};
+pub use nested::{Gitlink, MountFs, Subtrees};
 
 use crate::annex::namespace::{BlobClassifier, EntryKind, Namespace, NodeId, PlainContent, ROOT};
 use crate::annex::{Annex, Key};
@@ -226,6 +228,13 @@ impl AnnexFs {
             return Err(FsError::StaleInode(ino));
         }
         Ok((ns, id, path))
+    }
+
+    /// The gitlink (nested repository) directory `ino` stands for, if it is one: its path and
+    /// the commit recorded for it.
+    pub fn gitlink(&self, ino: u64) -> Option<(Vec<u8>, git2::Oid)> {
+        let (ns, _, path) = self.resolve(ino).ok()?;
+        Some((path.clone(), ns.gitlink(&path)?))
     }
 
     /// The attributes of a node; `learn`: the size of a key without one may be asked of its

@@ -3,7 +3,7 @@
 
 use crate::annex::Annex;
 use crate::cmd::Network;
-use crate::fs::{AnnexFs, FsConfig, View};
+use crate::fs::{AnnexFs, FsConfig, MountFs, View};
 use crate::fuse::FuseAdapter;
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
@@ -112,7 +112,7 @@ pub fn serve(plan: &MountPlan, mut ready: Option<std::fs::File>) -> anyhow::Resu
     wait(plan, fs, bg, rt, socket)
 }
 
-type Mounted = (Arc<AnnexFs>, Arc<Network>, fuser::BackgroundSession, tokio::runtime::Runtime);
+type Mounted = (Arc<MountFs>, Arc<Network>, fuser::BackgroundSession, tokio::runtime::Runtime);
 
 /// Mounts, and checks that the mount answers.
 fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
@@ -150,12 +150,22 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     // SAFETY: getuid/getgid have no preconditions.
     let cfg = FsConfig { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
     let holders = Arc::new(crate::cmd::assemble::MountHolders::new(annex.clone(), net.clone(), plan.annex_get));
-    let fs = Arc::new(AnnexFs::new(annex, view, cfg).context("read the repository's files")?.with_holders(holders));
+    let root = AnnexFs::new(annex.clone(), view, cfg.clone()).context("read the repository's files")?;
+    // Gitlinks (submodules, DataLad subdatasets) lead to their repositories, installed or
+    // cloned into the state directory on the first look-up inside them.
+    let datasets = crate::cmd::datasets::Datasets::new(
+        &plan.cache_dir,
+        net.clone(),
+        cfg,
+        annex.policy.clone(),
+        rt.handle().clone(),
+    );
+    let fs = Arc::new(MountFs::new(Arc::new(root.with_holders(holders)), Some(Arc::new(datasets))));
     if let Some(addr) = plan.serve {
         let mut c = crate::swarm::server::ServeConfig::new(addr);
         c.bwlimit = plan.serve_bwlimit;
         let store = Some(net.store().clone());
-        let server = crate::swarm::server::start(c, fs.annex().clone(), store, net.peers.clone(), rt.handle())
+        let server = crate::swarm::server::start(c, fs.annex(), store, net.peers.clone(), rt.handle())
             .context("serve the swarm")?;
         let _ = net.serving.set(server);
     }
@@ -210,7 +220,7 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
 
 /// Starts the mount's status socket (see [`crate::cmd::status`]); a mount without one still
 /// works, with a warning.
-fn status_socket(plan: &MountPlan, fs: &Arc<AnnexFs>, net: &Arc<Network>) -> Option<PathBuf> {
+fn status_socket(plan: &MountPlan, fs: &Arc<MountFs>, net: &Arc<Network>) -> Option<PathBuf> {
     let (fs, net) = (fs.clone(), net.clone());
     let (mp, repo, cache) = (plan.mountpoint.clone(), plan.repo.clone(), plan.cache_dir.clone());
     let verify = match plan.verify {
@@ -230,7 +240,7 @@ fn status_socket(plan: &MountPlan, fs: &Arc<AnnexFs>, net: &Arc<Network>) -> Opt
 /// Serves until the filesystem is unmounted; unmounts on SIGTERM, SIGINT and SIGHUP.
 fn wait(
     plan: &MountPlan,
-    fs: Arc<AnnexFs>,
+    fs: Arc<MountFs>,
     bg: fuser::BackgroundSession,
     rt: tokio::runtime::Runtime,
     socket: Option<PathBuf>,
