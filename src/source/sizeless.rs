@@ -187,6 +187,10 @@ impl Downloads {
         }
         rt.spawn(async move {
             let end = download(&client, &urls, &path, max, &tx).await;
+            // The download is marked finished before the size is told: an open that finds the
+            // size then always finds the finished file too (and reads the key from it rather
+            // than asking the server again).
+            tx.send_modify(|p| p.end = Some(end.clone()));
             match &end {
                 Ok(n) => {
                     tracing::info!("{name}: size learnt from the end of its download: {n} bytes");
@@ -194,7 +198,6 @@ impl Downloads {
                 }
                 Err(e) => tracing::warn!("{name}: download of unknown size failed: {e}"),
             }
-            tx.send_modify(|p| p.end = Some(end));
         });
         d
     }
