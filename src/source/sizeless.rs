@@ -106,6 +106,7 @@ pub struct Downloads {
     max_bytes: u64,
     on_end: OnEnd,
     map: Mutex<HashMap<Vec<u8>, Arc<Download>>>,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Downloads {
@@ -131,6 +132,7 @@ impl Downloads {
             max_bytes,
             on_end,
             map: Mutex::default(),
+            attempts: Default::default(),
         })
     }
 
@@ -170,7 +172,9 @@ impl Downloads {
             Ok(d) => (d.to_path_buf(), Ok(())),
             Err(e) => (PathBuf::new(), Err(e)),
         };
-        let path = dir.join(format!("{}.part", blake3::hash(key).to_hex()));
+        // A file per attempt: readers of a failed one may still read the bytes it got.
+        let attempt = self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{}-{attempt}.part", blake3::hash(key).to_hex()));
         let (tx, rx) = watch::channel(Progress { got: 0, end: made.clone().err().map(Err) });
         let d = Arc::new(Download {
             key: name.to_string(),
