@@ -23,6 +23,7 @@
 //! over the commits that change `[swarm]`, the newest accepted one gives the rules; every newer
 //! change is refused, with a log line and a status entry saying why ([`RulesState`]).
 
+use crate::annex::settings::Size;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,13 +103,6 @@ impl OneOrMany {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Text(String),
-    Number(u64),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     keep: Option<Size>,
@@ -131,13 +125,7 @@ struct RawRules {
 }
 
 fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, RulesError> {
-    match s {
-        None => Ok(None),
-        Some(Size::Number(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => crate::annex::settings::parse_size(&t)
-            .map(Some)
-            .ok_or_else(|| RulesError::NotASize { what: what.to_string(), text: t }),
-    }
+    s.map(Size::bytes).transpose().map_err(|text| RulesError::NotASize { what: what.to_string(), text })
 }
 
 fn limits(r: RawLimits, what: &str) -> Result<NodeLimits, RulesError> {
