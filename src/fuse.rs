@@ -146,16 +146,6 @@ impl FuseAdapter {
     }
 
     /// What answering a look-up needs, detached from the adapter (to move to another thread).
-    /// Runs `f` (a request on directory `ino`) here, or on the blocking pool when it would
-    /// wait for a nested repository to be opened (a clone), so that only it waits.
-    fn run_maybe_waiting(&self, ino: u64, f: impl FnOnce() + Send + 'static) {
-        if self.fs.would_wait(ino) {
-            self.pool.spawn_blocking(f);
-        } else {
-            f();
-        }
-    }
-
     fn detached(&self) -> Lookups {
         Lookups { fs: self.fs.clone(), entry_ttl: self.entry_ttl }
     }
@@ -344,7 +334,12 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        self.run_maybe_waiting(ino.0, list);
+        // See `lookup`: a listing that opens a nested repository waits on the blocking pool.
+        if self.fs.would_wait(ino.0) {
+            self.pool.spawn_blocking(list);
+        } else {
+            list();
+        }
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
@@ -360,7 +355,11 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        self.run_maybe_waiting(ino.0, list);
+        if self.fs.would_wait(ino.0) {
+            self.pool.spawn_blocking(list);
+        } else {
+            list();
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

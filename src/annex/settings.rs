@@ -97,22 +97,11 @@ struct RawLimits {
     maxconnections: Option<u32>,
 }
 
-/// A size as written in a TOML file: a number of bytes, or text such as `"64M"`.
 #[derive(Deserialize)]
 #[serde(untagged)]
-pub(crate) enum Size {
+enum Size {
     Text(String),
     Number(u64),
-}
-
-impl Size {
-    /// The bytes it stands for; `Err` with the text when it is not a size.
-    pub(crate) fn bytes(self) -> Result<u64, String> {
-        match self {
-            Size::Number(n) => Ok(n),
-            Size::Text(t) => parse_size(&t).ok_or(t),
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -154,7 +143,13 @@ pub enum SettingsError {
 }
 
 fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, SettingsError> {
-    s.map(Size::bytes).transpose().map_err(|text| SettingsError::NotASize { what: what.to_string(), text })
+    match s {
+        None => Ok(None),
+        Some(Size::Number(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => {
+            parse_size(&t).map(Some).ok_or_else(|| SettingsError::NotASize { what: what.to_string(), text: t })
+        }
+    }
 }
 
 fn limits(r: RawLimits, what: &str) -> Result<Limits, SettingsError> {

@@ -337,15 +337,14 @@ impl MountFs {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::fs::FsConfig;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A repository at `dir` with one commit of `files` and `gitlinks` (name → commit); also
-    /// used by the clone tests of `cmd::datasets`.
-    pub(crate) fn repo(dir: &Path, files: &[(&str, &[u8])], gitlinks: &[(&str, git2::Oid)]) -> git2::Oid {
+    /// A repository at `dir` with one commit of `files` and `gitlinks` (name → commit).
+    fn repo(dir: &Path, files: &[(&str, &[u8])], gitlinks: &[(&str, git2::Oid)]) -> git2::Oid {
         let r = git2::Repository::init(dir).unwrap();
         let mut tb = r.treebuilder(None).unwrap();
         for (name, data) in files {

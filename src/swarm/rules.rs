@@ -23,7 +23,6 @@
 //! over the commits that change `[swarm]`, the newest accepted one gives the rules; every newer
 //! change is refused, with a log line and a status entry saying why ([`RulesState`]).
 
-use crate::annex::settings::Size;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -103,6 +102,13 @@ impl OneOrMany {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     keep: Option<Size>,
@@ -125,7 +131,13 @@ struct RawRules {
 }
 
 fn size(s: Option<Size>, what: &str) -> Result<Option<u64>, RulesError> {
-    s.map(Size::bytes).transpose().map_err(|text| RulesError::NotASize { what: what.to_string(), text })
+    match s {
+        None => Ok(None),
+        Some(Size::Number(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => crate::annex::settings::parse_size(&t)
+            .map(Some)
+            .ok_or_else(|| RulesError::NotASize { what: what.to_string(), text: t }),
+    }
 }
 
 fn limits(r: RawLimits, what: &str) -> Result<NodeLimits, RulesError> {

@@ -235,7 +235,20 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use crate::fs::nested::tests::repo;
+    /// A repository at `dir` with one commit of `files` and `gitlinks` (name → commit).
+    fn repo(dir: &Path, files: &[(&str, &[u8])], gitlinks: &[(&str, git2::Oid)]) -> git2::Oid {
+        let r = git2::Repository::init(dir).unwrap();
+        let mut tb = r.treebuilder(None).unwrap();
+        for (name, data) in files {
+            tb.insert(name, r.blob(data).unwrap(), 0o100644).unwrap();
+        }
+        for (name, commit) in gitlinks {
+            tb.insert(name, *commit, 0o160000).unwrap();
+        }
+        let tree = r.find_tree(tb.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@annexfs.invalid").unwrap();
+        r.commit(Some("HEAD"), &sig, &sig, "c", &tree, &[]).unwrap()
+    }
 
     #[test]
     fn a_failed_clone_is_tried_again_only_after_a_while() {
