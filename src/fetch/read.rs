@@ -79,6 +79,11 @@ impl KeyFetch {
         last: PieceIndex,
         seek: bool,
     ) -> Result<Vec<u8>, ReadError> {
+        // A strict read that can never be served asks no source for anything: refused
+        // before the cold-seek path schedules its pieces.
+        if self.whole_key_first(&lock(&self.state)) && !self.cache.is_verified() {
+            self.strict_possible()?;
+        }
         let cold = seek && {
             let mut st = lock(&self.state);
             let missing: Vec<PieceIndex> =
