@@ -415,9 +415,12 @@ fn a_stream_keeps_going_while_random_reads_run() {
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     stream.join().unwrap();
-    // 16 MiB/s in all: the stream gets most of it. Stalled, it would not move at all.
+    // 16 MiB/s in all; the stream gets 6 MiB/s of it on a quiet machine (each random read
+    // also fetches its pieces and a small readahead). Stalled or starved, it would not move
+    // at all: the bound is an eighth, so that a busy machine does not fail it (the rates
+    // themselves are measured in bench/run, net section).
     eprintln!("the stream read {moved} bytes in {secs:.2} s of random reads");
-    assert!(moved as f64 >= secs * (4 << 20) as f64, "the stream read {moved} bytes in {secs:.2} s of random reads");
+    assert!(moved as f64 >= secs * (2 << 20) as f64, "the stream read {moved} bytes in {secs:.2} s of random reads");
 }
 
 /// With a manifest a seek's whole piece is needed (it is checked before a byte is served): it
