@@ -123,6 +123,30 @@ fn misbehaving_mirrors_are_refused_and_the_honest_one_serves() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// A server that sends the range asked with status 200 and its Content-Range (as `rclone
+/// serve s3` up to 1.75 does) is read by range, alone, at offsets other than 0.
+#[test]
+fn a_range_sent_with_status_200_and_its_content_range_is_read() {
+    let rt = runtime();
+    let data: Arc<Vec<u8>> = Arc::new(common::pseudo_random(77, 3_000_000));
+    let key = sha256_key(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(&rt, dir.path(), VerifyMode::Stream, Duration::from_secs(30));
+    let client = HttpClient::new(AddressPolicy::from_config(Some("127.0.0.1"))).unwrap();
+    let m = hostile::start(&rt, data.clone(), Mode::RangeAs200, None);
+    let src = source(&client, "quirky", &m, data.len());
+    let kf = f.key(&key, vec![src.clone()], None).unwrap();
+    for (off, len) in [(1_234_567u64, 70_000u64), (2_500_000, 500_000), (0, 3_000_000)] {
+        let got = rt.block_on(kf.read(off, len)).unwrap();
+        assert!(got[..] == data[off as usize..(off + len) as usize], "bytes at {off}");
+    }
+    assert!(rt.block_on(kf.wait_verified(Duration::from_secs(20))));
+    let r = &kf.source_reports()[0];
+    assert!(r.bytes >= data.len() as u64 && r.strikes == 0 && r.dead.is_none(), "{r:?}");
+    // Read by range, not taken for a server that streams every object from its start.
+    assert!(src.supports_ranges(), "the 200 answers were not taken as ranges");
+}
+
 #[test]
 fn with_no_honest_mirror_left_the_read_fails_in_time_naming_each() {
     let rt = runtime();

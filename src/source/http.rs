@@ -382,13 +382,13 @@ pub(crate) async fn get_checked(
         }
     }
     let declared = resp.content_length();
+    let content_range = resp.headers().get(reqwest::header::CONTENT_RANGE).map(|v| v.to_str().unwrap_or("?"));
+    // A 200 that carries a Content-Range sent the range with the wrong status (as `rclone
+    // serve s3` up to 1.75 does): it is a range answer, held to every check of a 206.
+    let ranged = status == 206 || (status == 200 && content_range.is_some());
     match status {
-        206 => {
-            let cr = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| FetchError::BadRange("206 without Content-Range".into()))?;
+        _ if ranged => {
+            let cr = content_range.ok_or_else(|| FetchError::BadRange("206 without Content-Range".into()))?;
             check_content_range(cr, offset, end, size)?;
             if declared.is_some_and(|l| l != len) {
                 return Err(FetchError::BadRange(format!("Content-Length {declared:?} for {len} bytes")));

@@ -41,13 +41,19 @@ pub enum Mode {
     FlippedBits,
     /// Right headers, the bytes of another file.
     OtherFile,
+    /// The range asked, with its Content-Range, under status 200 (`rclone serve s3` ≤ 1.75):
+    /// not hostile, a quirk a reader copes with.
+    RangeAs200,
+    /// Status 200 with a Content-Range one byte off.
+    WrongRangeAs200,
 }
 
 impl Mode {
     /// Every misbehaviour.
-    pub const HOSTILE: [Mode; 15] = [
+    pub const HOSTILE: [Mode; 16] = [
         Mode::IgnoresRange,
         Mode::WrongRange,
+        Mode::WrongRangeAs200,
         Mode::Short,
         Mode::Endless,
         Mode::Gzip,
@@ -188,6 +194,14 @@ async fn answer(
             Mode::IgnoresRange => {
                 let h = close("200 OK", &format!("Content-Length: {total}\r\n"));
                 send(&mut sock, &[h.as_bytes(), &data[..]].concat(), rate, &budget).await
+            }
+            Mode::RangeAs200 | Mode::WrongRangeAs200 => {
+                let d = usize::from(mode == Mode::WrongRangeAs200);
+                let h = close(
+                    "200 OK",
+                    &format!("Content-Range: bytes {}-{}/{total}\r\nContent-Length: {}\r\n", a + d, b + d, body.len()),
+                );
+                send(&mut sock, &[h.as_bytes(), &body].concat(), rate, &budget).await
             }
             Mode::WrongRange => {
                 let h = close(
