@@ -365,6 +365,38 @@ fn a_cold_seek_does_not_wait_for_the_front_of_its_piece() {
     assert!(again[..] == data[(20 * piece) as usize..(21 * piece) as usize]);
 }
 
+/// A seek into pieces that a long readahead request will deliver only after many others is
+/// also read directly: it does not wait for the request to get there.
+#[test]
+fn a_seek_into_the_back_of_a_readahead_run_does_not_wait_for_the_run() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let len = 64usize << 20;
+    let data = content(34, len);
+    let key = sha256_key(&data);
+    // 8 MiB/s for the source, all its requests together: once measured, readahead runs are
+    // half a second long (4 MiB), two at a time.
+    let s = src("m", &data, Faults { bytes_per_sec: Some(8 << 20), ..Faults::default() });
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
+    let mut at = 0u64;
+    while at < 6 << 20 {
+        let got = rt.block_on(kf.read(at, 256 << 10)).unwrap();
+        assert!(got[..] == data[at as usize..at as usize + got.len()]);
+        at += got.len() as u64;
+    }
+    // 6 MiB past the stream: requested by its readahead (two 4 MiB runs), not arrived.
+    let seek = at + (6 << 20);
+    assert!(!kf.has_piece((seek / kf.piece_size()) as usize), "the test needs a piece not yet arrived");
+    let direct_before = r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
+    let got = rt.block_on(kf.read(seek, 64 << 10)).unwrap();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(got[..] == data[seek as usize..seek as usize + (64 << 10)]);
+    // The run would deliver it after megabytes at 8 MiB/s shared: hundreds of ms.
+    assert!(ms < 250.0, "the seek took {ms:.0} ms");
+    assert!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed) > direct_before);
+}
+
 /// Random reads far ahead of a sequential reader do not take its readahead away: the stream
 /// keeps going while they run.
 #[test]

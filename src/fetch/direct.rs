@@ -4,10 +4,12 @@
 //! for every byte of its piece before its own (a 256 KiB piece at 25 MB/s: up to 10 ms before
 //! a 64 KiB read at the back of it is served), and on a source already busy with readahead
 //! it shares the bandwidth with it. So a seek whose bytes are neither cached nor arriving is
-//! also asked directly: one range request for exactly `offset..end`, on the usable source
-//! with the fewest requests in flight (then the quickest first byte), and the reader takes
-//! whichever comes first, those bytes or its pieces (`read.rs`). Its pieces are demanded and
-//! fetched into the cache as usual, so a later read of them is a cache hit.
+//! also asked directly: a range request for exactly `offset..end` on each of the two usable
+//! sources with the fewest requests in flight (then the quickest first byte), and the reader
+//! takes whichever comes first, those bytes or its pieces (`read.rs`). A piece in flight far
+//! back in a long readahead request counts as not arriving: it could take the rest of the
+//! request to come. Its pieces are demanded and fetched into the cache as usual, so a later
+//! read of them is a cache hit.
 //!
 //! Only where bytes may be served before they are verified anyway ([`KeyFetch`]'s partial
 //! serving: stream mode without a manifest): the bytes carry the same trust as the arrived
@@ -35,6 +37,11 @@ use std::time::Instant;
 
 /// Longest read served directly: larger reads are not seeks of a player or a notebook.
 pub(super) const MAX_DIRECT_BYTES: u64 = 1 << 20;
+/// How many sources a direct read asks at once. A source busy with readahead answers after
+/// the bytes already queued before it on its link (a server's send queue holds megabytes:
+/// tens of milliseconds at 200 Mbit/s): two copies make the slower queue the one not waited
+/// on, for 64 KiB more per seek.
+const DIRECT_COPIES: usize = 2;
 /// Most sources a piece is split over.
 const MAX_PARTS: usize = 4;
 /// Parts are multiples of this (and at least this long).
@@ -42,11 +49,27 @@ const PART_ALIGN: u64 = 16 * 1024;
 
 impl KeyFetch {
     /// The source a direct read of `offset..end` would ask, if the read may be made directly.
-    pub(super) fn direct_source(&self, st: &State, offset: u64, end: u64) -> Option<SourceId> {
+    pub(super) fn direct_sources(&self, st: &State, offset: u64, end: u64) -> Vec<SourceId> {
         if !self.partial_serving(st) || end - offset > MAX_DIRECT_BYTES {
-            return None;
+            return Vec::new();
         }
-        self.idle_sources(offset, end).first().copied()
+        let mut v = self.idle_sources(offset, end);
+        v.truncate(DIRECT_COPIES);
+        v
+    }
+
+    /// Reads `offset..end` directly from each of `sources` at once: the first whole answer
+    /// is taken and the others are dropped (their connections close). `None` when none
+    /// answers whole.
+    pub(super) async fn direct_race(self: Arc<Self>, sources: Vec<SourceId>, offset: u64, end: u64) -> Option<Vec<u8>> {
+        let mut racing: futures_util::stream::FuturesUnordered<_> =
+            sources.into_iter().map(|s| self.direct_read(s, offset, end)).collect();
+        while let Some(got) = racing.next().await {
+            if got.is_some() {
+                return got;
+            }
+        }
+        None
     }
 
     /// Sources that may be asked for `offset..end` now (serving ranges, holding it, alive,
@@ -188,10 +211,9 @@ impl KeyFetch {
         let slot = self.source(s);
         let want = usize::try_from(end - offset).ok()?;
         let stall = self.cfg.stall_timeout;
-        if let Some(l) = &slot.limiter {
-            l.started();
-        }
-        let got = async {
+        // Counted until this future ends or is dropped (the other copy won the race).
+        let _counted = slot.limiter.as_ref().map(|l| l.start());
+        async {
             let mut stream = tokio::time::timeout(stall, slot.src.get(offset, end - offset)).await.ok()?.ok()?;
             let mut buf: Vec<u8> = Vec::with_capacity(want);
             while buf.len() < want {
@@ -203,10 +225,6 @@ impl KeyFetch {
             }
             (buf.len() == want).then_some(buf)
         }
-        .await;
-        if let Some(l) = &slot.limiter {
-            l.finished();
-        }
-        got
+        .await
     }
 }

@@ -34,6 +34,16 @@ pub struct Limiter {
     paid_until: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
+/// A request counted by a [`Limiter`] while it lives (see [`Limiter::start`]).
+#[derive(Debug)]
+pub struct Started<'a>(&'a Limiter);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
 /// A little credit, so that short bursts are not paced byte by byte.
 const BURST: Duration = Duration::from_millis(50);
 
@@ -63,6 +73,13 @@ impl Limiter {
 
     pub fn finished(&self) {
         let _ = self.inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Counts a request that may be dropped half-way (a direct read losing its race): it is
+    /// finished when the returned guard goes, however it goes.
+    pub fn start(&self) -> Started<'_> {
+        self.started();
+        Started(self)
     }
 
     /// Waits until `n` more bytes fit under the bandwidth limit.

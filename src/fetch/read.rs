@@ -89,7 +89,7 @@ impl KeyFetch {
             let missing: Vec<PieceIndex> =
                 PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect();
             st.demand.extend(missing.iter().copied());
-            !missing.is_empty()
+            !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i))
         };
         if !cold {
             return self.read_pieces(offset, end, first, last).await;
@@ -99,17 +99,18 @@ impl KeyFetch {
         self.schedule();
         let (direct, split) = {
             let st = lock(&self.state);
-            (self.direct_source(&st, offset, end), self.split_candidate(&st, first))
+            (self.direct_sources(&st, offset, end), self.split_candidate(&st, first))
         };
         // Pieces are checked (a manifest): the first piece is also asked in parts of the idle
         // sources, and the reader waits for whichever copy lands first.
         if let Some(i) = split {
             self.rt.spawn(self.clone().split_piece(i));
         }
-        let Some(s) = direct else { return self.read_pieces(offset, end, first, last).await };
+        if direct.is_empty() {
+            return self.read_pieces(offset, end, first, last).await;
+        }
         let pieces = self.read_pieces(offset, end, first, last);
-        let this = self.clone();
-        let direct = async move { this.direct_read(s, offset, end).await };
+        let direct = self.clone().direct_race(direct, offset, end);
         tokio::pin!(pieces, direct);
         // A direct read that fails leaves the reader waiting for its pieces.
         tokio::select! {
@@ -257,6 +258,13 @@ impl KeyFetch {
 
     fn all_sources_gone(&self) -> bool {
         !self.source_ids().any(|s| self.source_alive(s))
+    }
+
+    /// Whether piece `i` is in flight behind other pieces of its request: it comes only once
+    /// those have, which for a long readahead run can be most of a second.
+    fn far_in_flight(&self, st: &State, i: PieceIndex) -> bool {
+        let Piece::InFlight(id) = st.pieces.get(i) else { return false };
+        st.requests.get(&id).is_some_and(|r| r.next.load(Ordering::Relaxed) < i.0)
     }
 
     fn anything_in_flight(&self) -> bool {

@@ -8,9 +8,12 @@
 //! continues, or starts a new one:
 //!
 //! - A read continues a stream when it starts no more than [`SEQUENTIAL_SLACK`] before the
-//!   stream's end and no further than its window past it (the kernel sends the reads of one
-//!   stream out of order, several at once). Its window then doubles, up to the maximum, and
-//!   the stream's end never moves backwards.
+//!   stream's end and no more than [`FORWARD_SLACK`] past it (the kernel sends the reads of
+//!   one stream out of order, several at once, within its readahead). Its window then
+//!   doubles, up to the maximum, and the stream's end never moves backwards. Not the whole
+//!   window past it: a random read tens of megabytes ahead of a stream (inside its window)
+//!   would move the stream's end there, and the stream's own next read would then be a seek
+//!   that restarts it without readahead.
 //! - Otherwise it starts a new stream. A stream is read ahead only once it is **established**:
 //!   it has read [`ESTABLISHED_BYTES`] (a seek makes the kernel read a little past it, so a
 //!   few reads after a seek are no stream yet). Readahead after a lone seek would take the
@@ -31,6 +34,9 @@ use super::piece::PieceIndex;
 pub(super) const MAX_STREAMS: usize = 8;
 /// A stream is read ahead once it has read this much.
 pub(super) const ESTABLISHED_BYTES: u64 = 1 << 20;
+/// How far past a stream's end a read may start and still continue it: the kernel's
+/// readahead (1 MiB asked, `fuse.rs`) with several reads in flight.
+pub(super) const FORWARD_SLACK: u64 = 4 << 20;
 
 /// One stream of reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +87,8 @@ impl Streams {
             .position(|s| {
                 s.used > 0
                     && offset.saturating_add(SEQUENTIAL_SLACK) >= s.end
-                    && offset <= s.end.saturating_add(s.window_pieces as u64 * ps)
+                    && offset
+                        <= s.end.saturating_add(FORWARD_SLACK.min((s.window_pieces as u64 * ps).max(SEQUENTIAL_SLACK)))
             })
             // The initial speculative window counts as a stream at 0 for a read of the head.
             .or_else(|| self.streams.iter().position(|s| s.used == 0 && offset < SEQUENTIAL_SLACK));
@@ -173,6 +180,25 @@ mod tests {
         // The stream goes on, sequential.
         assert!(s.read(6 * MIB, 7 * MIB, 4, 1024));
         assert_eq!(s.windows(true)[0].0, PieceIndex(28));
+    }
+
+    #[test]
+    fn a_read_inside_a_streams_window_but_far_ahead_is_a_seek() {
+        let mut s = Streams::new(PS, 4);
+        for k in 0..40 {
+            s.read(k * MIB, (k + 1) * MIB, 4, 1024);
+        }
+        let window = s.windows(true)[0];
+        assert_eq!(window, (PieceIndex(160), 1024), "a 256 MiB window");
+        // 32 MiB ahead, inside the window: a seek, and the stream keeps its end and window.
+        assert!(!s.read(72 * MIB, 72 * MIB + 65536, 4, 1024));
+        assert_eq!(s.windows(true)[0], window);
+        // The stream's own next read continues it.
+        assert!(s.read(40 * MIB, 41 * MIB, 4, 1024));
+        assert_eq!(s.windows(true)[0], (PieceIndex(164), 1024));
+        // Out of order within the kernel's readahead: still the stream.
+        assert!(s.read(43 * MIB, 44 * MIB, 4, 1024));
+        assert_eq!(s.windows(true)[0].0, PieceIndex(176));
     }
 
     #[test]
