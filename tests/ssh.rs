@@ -317,6 +317,11 @@ fn reads_by_ranges_over_one_master(shell: &Path) {
     let sb = &w.sb;
     let log_before = w.sshd.log().len();
     let m = w.mount("mnt");
+    // Warmed at mount: the master connection and spare git-annex-shell sessions start before
+    // anything is read, so that the first range waits for neither.
+    common::wait_until(Duration::from_secs(30), "spare sessions started at mount", || {
+        since(&w.sshd.log(), log_before).lines().filter(|l| l.contains("Starting session: command")).count() >= 2
+    });
 
     // The big file, sequentially, through one open handle kept for `status`.
     let big = std::fs::File::open(m.p("big.bin")).unwrap();

@@ -357,8 +357,9 @@ pub(crate) fn network(
     for r in meta.iter().flat_map(|m| m.remotes.iter()).filter(|r| !r.ignore && r.uuid.is_some()) {
         if let crate::annex::remotes::RemoteKind::GitSsh(ssh) = &r.kind
             && let Ok(how) = &ssh.access
+            && let Some(uuid) = &r.uuid
         {
-            reach.ssh.warm(how, &r.name, rt.handle());
+            reach.ssh.warm(how, &r.name, uuid.as_str(), rt.handle());
         }
     }
     let sizes: Arc<SizeBook> = Arc::default();

@@ -104,17 +104,27 @@ impl Connections {
 
 impl Connections {
     /// Sets up the master connection to the host of `how` (connection sharing on) in the
-    /// background on `rt`, so that the first range read from `remote` does not wait for ssh
-    /// to connect. A failure is remembered and reported as on first use.
-    pub fn warm(&self, how: &SshAccess, remote: &str, rt: &tokio::runtime::Handle) {
+    /// background on `rt`, then the spare sessions of the repository of `remote` (whose
+    /// UUID is `remote_uuid`), so that the first range read from it waits neither for ssh
+    /// to connect nor for `git-annex-shell` to start (together most of a second on a busy
+    /// machine, longer than most ranges take). A failure is remembered and reported as on
+    /// first use.
+    pub fn warm(&self, how: &SshAccess, remote: &str, remote_uuid: &str, rt: &tokio::runtime::Handle) {
         if !how.caching {
             return;
         }
         let Ok(host) = self.host(how) else { return };
         let remote = remote.to_string();
+        let repo = RepoKey {
+            path: how.target.path.clone(),
+            remote_uuid: remote_uuid.to_string(),
+            client_uuid: how.client_uuid.clone(),
+            shell: how.shell.clone(),
+        };
         rt.spawn(async move {
-            if let Err(e) = host.ready(&remote).await {
-                tracing::debug!("ssh {}: no master connection ahead of use: {e}", host.dest);
+            match host.ready(&remote).await {
+                Ok(()) => host.keep_spares(&repo, &remote),
+                Err(e) => tracing::debug!("ssh {}: no master connection ahead of use: {e}", host.dest),
             }
         });
     }
