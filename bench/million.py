@@ -7,7 +7,8 @@
                                     seconds until the mount at MNT shows its content (value);
                                     then a file staged in the index, until the mount shows it
                                     (the namespace rebuilt); stats of other files of the mount
-                                    are timed all along, none may wait for a rebuild
+                                    are timed all along, none may wait for a rebuild (none
+                                    may take a quarter of the rebuild's time, nor 250 ms)
 
 The fixture's first file, d000/e00/f0000000.dat, is the one byte "0" (its key is
 SHA256E-s1--sha256("0").dat), held by the fixture's directory remote.
@@ -16,9 +17,9 @@ import json, os, random, statistics, subprocess, sys, threading, time
 
 FIRST = "d000/e00/f0000000.dat"
 MARKER = "zz-staged-marker.txt"
-# A stat slower than this waited for something (the kernel's answer from memory takes
-# microseconds, the daemon's a fraction of a millisecond).
-SLOW_STAT = 0.1
+# A stat that waited for the rebuild would take about as long as the rebuild: a stat slower
+# than a quarter of it (and than SLOW_STAT, the noise of a busy machine) fails the row.
+SLOW_STAT = 0.25
 
 
 def status(pid):
@@ -67,7 +68,7 @@ class Stats(threading.Thread):
             return {"stats": 0}
         return {"stats": len(lat), "stat_p50_ms": round(lat[len(lat) // 2] * 1000, 3),
                 "stat_p99_ms": round(lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000, 3),
-                "stat_max_ms": round(lat[-1] * 1000, 3), "stats_slower_than_100ms": sum(1 for d in lat if d > SLOW_STAT)}
+                "stat_max_ms": round(lat[-1] * 1000, 3)}
 
 
 def run(cmd, cwd):
@@ -132,10 +133,11 @@ def live(mnt, repo, n):
         subprocess.run(["git", "annex", "drop", "--force", "-q", FIRST], cwd=repo)
     if stats.errors:
         raise RuntimeError(f"{len(stats.errors)} stats failed, first: {stats.errors[0]}")
-    slow = out.get("during_get_stats_slower_than_100ms", 0) + out.get("during_rebuild_stats_slower_than_100ms", 0)
-    out.update({"ok": slow == 0, "value": round(shown, 4)})
-    if slow:
-        out["error"] = f"{slow} stats took more than {SLOW_STAT * 1000:.0f} ms"
+    bound = max(SLOW_STAT, out["rebuild_seen_s"] / 4)
+    worst = max(out.get("during_get_stat_max_ms", 0), out.get("during_rebuild_stat_max_ms", 0)) / 1000
+    out.update({"ok": worst <= bound, "value": round(shown, 4), "stat_bound_ms": round(bound * 1000)})
+    if worst > bound:
+        out["error"] = f"a stat took {worst * 1000:.0f} ms, more than a quarter of the rebuild ({out['rebuild_seen_s']} s) and {SLOW_STAT * 1000:.0f} ms"
     print(json.dumps(out))
 
 
