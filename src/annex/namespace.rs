@@ -247,7 +247,11 @@ pub fn is_unsafe_name(name: &[u8]) -> bool {
     {
         return true;
     }
-    // HFS+: ignorable Unicode code points are dropped when comparing names.
+    // HFS+: ignorable Unicode code points are dropped when comparing names. An ASCII name
+    // has none (and ".git" itself is refused above): no folded copy for each of them.
+    if name.is_ascii() {
+        return false;
+    }
     if let Ok(s) = std::str::from_utf8(name) {
         let folded: String = s
             .chars()
@@ -595,15 +599,18 @@ impl Namespace {
         for entry in index.iter() {
             let path = entry.path.as_slice();
             let mode = entry.mode as i32;
-            let wt = workdir.join(OsStr::from_bytes(path));
+            let wt = || workdir.join(OsStr::from_bytes(path));
             let index_mtime = SystemTime::UNIX_EPOCH
                 + std::time::Duration::new(u64::from(entry.mtime.seconds().max(0) as u32), entry.mtime.nanoseconds());
             // A symlink is shown as staged (its target is the blob's), and its entry records
             // the link's lstat as git last saw it: no system call per link, which is most of
             // a large annex. An entry staged without stat data (mtime 0, as
             // `git update-index --index-info` leaves it) is looked at.
-            let md =
-                if mode == MODE_LINK && entry.mtime.seconds() > 0 { None } else { std::fs::symlink_metadata(&wt).ok() };
+            let md = if mode == MODE_LINK && entry.mtime.seconds() > 0 {
+                None
+            } else {
+                std::fs::symlink_metadata(wt()).ok()
+            };
             let mtime = md.as_ref().and_then(|m| m.modified().ok()).unwrap_or(index_mtime);
             let kind = match mode {
                 MODE_COMMIT => Some(EntryKind::Dir),
@@ -612,7 +619,7 @@ impl Namespace {
                     Classified::Annexed(k) => EntryKind::Annexed(k),
                     // A plain file is shown as it is in the working tree, if it is there.
                     Classified::Plain(size) => match md.as_ref().filter(|m| m.is_file()) {
-                        Some(m) => EntryKind::Plain { size: m.len(), content: PlainContent::Worktree(wt) },
+                        Some(m) => EntryKind::Plain { size: m.len(), content: PlainContent::Worktree(wt()) },
                         None => EntryKind::Plain { size, content: PlainContent::Blob(entry.id) },
                     },
                     Classified::Symlink(t) => EntryKind::Symlink(t),
