@@ -574,9 +574,9 @@ impl Namespace {
     ) -> Result<Namespace, git2::Error> {
         let odb = repo.odb()?;
         // The index read on its own, not the repository's cached one: a million entries would
-        // stay in memory with the repository handle.
-        let mut index = git2::Index::open(&repo.path().join("index"))?;
-        index.read(true)?;
+        // stay in memory with the repository handle. Opening it reads it (once: a second
+        // `read` would hash and map every entry again).
+        let index = git2::Index::open(&repo.path().join("index"))?;
         let lstat_mtime = |rel: &[u8]| -> Option<SystemTime> {
             std::fs::symlink_metadata(workdir.join(OsStr::from_bytes(rel))).ok()?.modified().ok()
         };
