@@ -9,10 +9,11 @@ bytes are checked before a figure is printed. PID is the daemon, whose VmHWM is 
 
 Prints one JSON line: {"ok": true, "value": <MiB/s, all the bytes over the wall time>, ...}
 with each reader's rate, the slowest and fastest against the median, the latest first byte
-(a reader starved while the others stream shows here), and the daemon's peak RSS; or
+(a reader starved while the others stream shows here), the daemon's peak RSS and the most
+sockets it had open at once (sampled); or
 {"ok": false, "error": ...}.
 """
-import hashlib, json, multiprocessing as mp, os, statistics, sys, time
+import hashlib, json, multiprocessing as mp, os, statistics, sys, threading, time
 
 CHUNK = 1 << 20
 
@@ -38,6 +39,26 @@ def reader(path, start, q):
         q.put((os.path.basename(path), None, n, first, time.perf_counter() - t0, str(e)))
 
 
+class Sampler(threading.Thread):
+    """The daemon's open sockets (its connections to the mirrors) and resident set, every
+    0.2 s: where its memory goes while the readers run."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.stop, self.sockets, self.rss_kib = pid, threading.Event(), 0, 0
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            try:
+                fds = os.listdir(f"/proc/{self.pid}/fd")
+                n = sum(1 for fd in fds if os.readlink(f"/proc/{self.pid}/fd/{fd}").startswith("socket:"))
+                with open(f"/proc/{self.pid}/status") as f:
+                    rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                continue
+            self.sockets, self.rss_kib = max(self.sockets, n), max(self.rss_kib, rss)
+
+
 def main():
     mnt, n, sums, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     want = {}
@@ -55,10 +76,14 @@ def main():
     for p in procs:
         p.start()
     time.sleep(0.5)  # every process is waiting on the event
+    sampler = Sampler(pid)
+    sampler.start()
     t0 = time.perf_counter()
     start.set()
     got = [q.get(timeout=1800) for _ in names]
     wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
     for p in procs:
         p.join()
     with open(f"/proc/{pid}/status") as f:
@@ -78,7 +103,7 @@ def main():
         "reader_mibs_max": round(rates[-1], 3), "slowest_vs_median": round(rates[0] / med, 3),
         "fastest_vs_median": round(rates[-1] / med, 3), "within_2x_of_median": rates[0] >= med / 2 and rates[-1] <= med * 2,
         "first_byte_median_s": round(statistics.median(firsts), 3), "first_byte_max_s": round(firsts[-1], 3),
-        "peak_rss_mib": hwm // 1024,
+        "peak_rss_mib": hwm // 1024, "daemon_sockets_max": sampler.sockets,
     }))
 
 
