@@ -13,7 +13,12 @@ pub fn namespace(annex: &Annex, rev: Option<&str>) -> anyhow::Result<Namespace> 
     let repo = git2::Repository::open(&annex.gitdir).with_context(|| format!("open {}", annex.gitdir.display()))?;
     let mut cls = BlobClassifier::default();
     match (rev, &annex.workdir) {
-        (None, Some(workdir)) => Ok(Namespace::from_index(&repo, workdir, &mut cls).context("read the git index")?),
+        (None, Some(workdir)) => {
+            let ns = Namespace::from_index(&repo, workdir, &mut cls).context("read the git index")?;
+            // Every entry is listed: the symlinks are read on all cores first.
+            ns.classify_all(&|| false);
+            Ok(ns)
+        }
         (rev, _) => {
             let rev = rev.unwrap_or("HEAD");
             let commit = repo
@@ -36,9 +41,9 @@ pub fn run(args: &LsArgs) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for (path, id) in ns.files() {
-        let Some(node) = ns.node(id) else { continue };
+        let Some(kind) = ns.kind(id) else { continue };
         let written = if args.long {
-            let (kind, size, extra) = match &node.kind {
+            let (kind, size, extra) = match kind {
                 EntryKind::Annexed(k) => {
                     ("annexed", k.size().map_or("?".into(), |s| s.to_string()), k.to_string_lossy())
                 }

@@ -113,7 +113,6 @@ pub struct AnnexFs {
     repo: Mutex<git2::Repository>,
     index_path: PathBuf,
     index_stamp: Mutex<Option<(SystemTime, u64, u64)>>,
-    classifier: Mutex<BlobClassifier>,
     ns: RwLock<Arc<Namespace>>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -135,6 +134,22 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64, u64)> {
     Some((md.modified().ok()?, md.len(), md.ino()))
 }
 
+/// Classifies a new namespace's symlinks in the background (a look-up classifies its own
+/// entry at once if it comes first), so that a `find` or `ls -l` soon after a mount or a
+/// rebuild finds them ready. Stops when the namespace has been replaced.
+fn classify_in_background(ns: &Arc<Namespace>) {
+    if !ns.has_unclassified() {
+        return;
+    }
+    let ns = ns.clone();
+    let spawned = std::thread::Builder::new().name("annexfs-classify".into()).spawn(move || {
+        ns.classify_all(&|| Arc::strong_count(&ns) <= 1);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("no background classification of the symlinks ({e}): each is read when first looked up");
+    }
+}
+
 impl AnnexFs {
     /// Builds the filesystem for `annex` with the given view.
     pub fn new(annex: Arc<Annex>, view: View, cfg: FsConfig) -> Result<AnnexFs, FsError> {
@@ -148,7 +163,6 @@ impl AnnexFs {
             repo: Mutex::new(repo),
             index_stamp: Mutex::new(stamp_of(&index_path)),
             index_path,
-            classifier: Mutex::new(BlobClassifier::default()),
             ns: RwLock::new(Arc::new(Namespace::empty(SystemTime::UNIX_EPOCH))),
             inodes: Mutex::new(InodeTable::new()),
             handles: Mutex::new(HashMap::new()),
@@ -157,8 +171,9 @@ impl AnnexFs {
             holders: Arc::new(LocalHolders { annex: annex.clone() }),
             annex,
         };
-        let ns = fs.build_namespace()?;
-        *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
+        let ns = Arc::new(fs.build_namespace()?);
+        classify_in_background(&ns);
+        *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = ns;
         Ok(fs)
     }
 
@@ -180,7 +195,9 @@ impl AnnexFs {
 
     fn build_namespace(&self) -> Result<Namespace, FsError> {
         let repo = lock(&self.repo);
-        let mut cls = lock(&self.classifier);
+        // What the current namespace knows is not read again; the classifier goes with the
+        // build (kept, it would hold an entry per file besides the namespace).
+        let mut cls = BlobClassifier::seeded(&self.namespace());
         match &self.view {
             View::Worktree => {
                 let workdir = self.annex.workdir.as_deref().ok_or(FsError::NotDir)?;
@@ -208,8 +225,9 @@ impl AnnexFs {
         if *lock(&self.index_stamp) == stamp {
             return Ok(false);
         }
-        let ns = self.build_namespace()?;
-        *self.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ns);
+        let ns = Arc::new(self.build_namespace()?);
+        classify_in_background(&ns);
+        *self.ns.write().unwrap_or_else(|p| p.into_inner()) = ns;
         *lock(&self.index_stamp) = stamp;
         Ok(true)
     }
@@ -221,10 +239,11 @@ impl AnnexFs {
     /// The node an inode stands for, if it still has the same identity.
     fn resolve(&self, ino: u64) -> Result<(Arc<Namespace>, NodeId, Vec<u8>), FsError> {
         let ns = self.namespace();
-        let (path, ident) = lock(&self.inodes).by_ino.get(&ino).cloned().ok_or(FsError::StaleInode(ino))?;
+        let (path, ident) = lock(&self.inodes).get(ino).ok_or(FsError::StaleInode(ino))?;
         let id = ns.lookup(&path).ok_or(FsError::StaleInode(ino))?;
         let node = ns.node(id).ok_or(FsError::StaleInode(ino))?;
-        if ident_of(&node.kind, node.mtime) != ident {
+        let kind = ns.kind(id).ok_or(FsError::StaleInode(ino))?;
+        if ident_of(kind, node.mtime) != ident {
             return Err(FsError::StaleInode(ino));
         }
         Ok((ns, id, path))
@@ -241,10 +260,11 @@ impl AnnexFs {
     /// holders (briefly), else only what is known is used.
     fn attr_of(&self, ns: &Namespace, id: NodeId, path: &[u8], learn: bool) -> Result<Attr, FsError> {
         let node = ns.node(id).ok_or(FsError::NotFound)?;
-        let ident = ident_of(&node.kind, node.mtime);
+        let node_kind = ns.kind(id).ok_or(FsError::NotFound)?;
+        let ident = ident_of(node_kind, node.mtime);
         let ino = if path.is_empty() { ROOT_INO } else { lock(&self.inodes).ino(path, &ident) };
         let mut volatile = false;
-        let (kind, size, perm, nlink) = match &node.kind {
+        let (kind, size, perm, nlink) = match node_kind {
             EntryKind::Dir => (Kind::Dir, 0, 0o555, 2),
             EntryKind::Annexed(key) => {
                 // A size no file can have (beyond i64) is not believed: the kernel would
@@ -277,7 +297,7 @@ impl AnnexFs {
     /// direct I/O and read to its real end.
     pub fn size_unknown(&self, ino: u64) -> bool {
         let Ok((ns, id, _)) = self.resolve(ino) else { return false };
-        let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return false };
+        let Some(EntryKind::Annexed(key)) = ns.kind(id) else { return false };
         key.size().is_none() && self.size_of_sizeless(key, false).is_none()
     }
 
@@ -289,7 +309,7 @@ impl AnnexFs {
     /// Looks up `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         let (ns, dir, mut path) = self.resolve(parent)?;
-        if !matches!(ns.node(dir).map(|n| &n.kind), Some(EntryKind::Dir)) {
+        if !matches!(ns.kind(dir), Some(EntryKind::Dir)) {
             return Err(FsError::NotDir);
         }
         let child = ns.child(dir, name).ok_or(FsError::NotFound)?;
@@ -317,8 +337,7 @@ impl AnnexFs {
         mut add: impl FnMut(&OsStr, &Attr, u64) -> bool,
     ) -> Result<(), FsError> {
         let (ns, dir, path) = self.resolve(ino)?;
-        let node = ns.node(dir).ok_or(FsError::NotFound)?;
-        if !matches!(node.kind, EntryKind::Dir) {
+        if !matches!(ns.kind(dir), Some(EntryKind::Dir)) {
             return Err(FsError::NotDir);
         }
         if offset == 0 && add(OsStr::new("."), &self.attr_of(&ns, dir, &path, false)?, 1) {
@@ -335,7 +354,7 @@ impl AnnexFs {
             }
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
-        for (i, (name, &child)) in node.children.iter().enumerate().skip(skip) {
+        for (i, (name, child)) in ns.children(dir).enumerate().skip(skip) {
             let mut cpath = path.clone();
             if !cpath.is_empty() {
                 cpath.push(b'/');
@@ -351,7 +370,7 @@ impl AnnexFs {
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let (ns, id, _) = self.resolve(ino)?;
-        match &ns.node(id).ok_or(FsError::NotFound)?.kind {
+        match ns.kind(id).ok_or(FsError::NotFound)? {
             EntryKind::Symlink(t) => Ok(t.clone()),
             _ => Err(FsError::NotSymlink),
         }
@@ -363,11 +382,10 @@ impl AnnexFs {
             return Err(FsError::ReadOnly);
         }
         let (ns, id, path) = self.resolve(ino)?;
-        let node = ns.node(id).ok_or(FsError::NotFound)?;
-        let content = match &node.kind {
+        let content = match ns.kind(id).ok_or(FsError::NotFound)? {
             EntryKind::Dir => return Err(FsError::IsDir),
             EntryKind::Symlink(_) => return Err(FsError::NotFound),
-            EntryKind::Annexed(key) => Content::Annexed(key.clone()),
+            EntryKind::Annexed(key) => Content::Annexed(Key::clone(key)),
             EntryKind::Plain { content, .. } => Content::Plain(content.clone()),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -382,7 +400,7 @@ impl AnnexFs {
     /// directory remote). For kernel passthrough, which then reads that file directly.
     pub fn whole_local(&self, ino: u64) -> Option<LocalFile> {
         let (ns, id, _) = self.resolve(ino).ok()?;
-        let EntryKind::Annexed(key) = &ns.node(id)?.kind else { return None };
+        let EntryKind::Annexed(key) = ns.kind(id)? else { return None };
         if let Some(p) = self.annex.present_object(key)
             && let Ok(f) = LocalFile::open(&p, key.size())
         {
@@ -397,7 +415,7 @@ impl AnnexFs {
     /// the repaired bytes.
     pub fn keep_cache(&self, ino: u64) -> bool {
         let Ok((ns, id, _)) = self.resolve(ino) else { return true };
-        let Some(EntryKind::Annexed(key)) = ns.node(id).map(|n| &n.kind) else { return true };
+        let Some(EntryKind::Annexed(key)) = ns.kind(id) else { return true };
         // A key without a size: its size (and so its pages) may change from one open to the next.
         if key.size().is_none() {
             return false;
@@ -477,7 +495,7 @@ impl AnnexFs {
             return Err(FsError::XattrNamespace);
         }
         let (ns, id, _) = self.resolve(ino)?;
-        let EntryKind::Annexed(key) = &ns.node(id).ok_or(FsError::NotFound)?.kind else {
+        let EntryKind::Annexed(key) = ns.kind(id).ok_or(FsError::NotFound)? else {
             return Err(FsError::NoAttr);
         };
         match name.to_str() {
@@ -493,7 +511,7 @@ impl AnnexFs {
     /// The names of the extended attributes, NUL-terminated each.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let (ns, id, _) = self.resolve(ino)?;
-        Ok(match ns.node(id).map(|n| &n.kind) {
+        Ok(match ns.kind(id) {
             Some(EntryKind::Annexed(_)) => format!("{XATTR_KEY}\0{XATTR_PRESENT}\0").into_bytes(),
             _ => Vec::new(),
         })
