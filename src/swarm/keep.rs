@@ -4,7 +4,8 @@
 //! 1. takes the rules in force (signed, see [`super::rules`]) and the keys they want, from its
 //!    host (the command that runs it: it lists the repository's files);
 //! 2. takes the nodes of the placement: this one and every peer that answered within the
-//!    **grace period** ([`KeepConfig::grace`]) and is not banned, with the space each offers.
+//!    **grace period** ([`KeepConfig::grace`], counted from its last answer, not from when peer
+//!    exchange dropped it) and is not banned, with the space each offers.
 //!    A node gone longer drops out, so the others take over its share; when it answers again
 //!    it comes back in and gets the same pieces back ([`super::placement`]);
 //! 3. asks every live peer for its have-map of each wanted key, and counts the copies of each
@@ -16,7 +17,9 @@
 //!    readers, with room their limits leave, one piece a request) from every source of the key
 //!    (remotes, web, peers), checked against the key's manifest as they land. A key without a
 //!    manifest (the repository's, or one a peer vouches for) is not kept: this node could not
-//!    vouch for its pieces.
+//!    vouch for its pieces. A fetch's sources are the holders it was opened with; once none
+//!    of them may be asked for a missing piece (given up, banned, or not holding it), the key
+//!    is opened afresh in the next round (the pieces may be at peers that got them since).
 //!
 //! Only missing assigned pieces are fetched, so the bytes a repair moves are those placement
 //! moved: the share of the node lost, each piece once. A node that just started fetches
@@ -206,10 +209,13 @@ impl Keeper {
     /// node reads the same signed rules, so all weigh alike).
     fn placement(&self, now: Instant, limits: &HashMap<String, u64>) -> (Vec<Node>, Vec<KeepNode>) {
         let me = self.peers.identity().uuid.clone();
-        let live = self.peers.nodes();
+        // A peer counts as seen when it last answered, not while it merely stays listed (it
+        // is listed until it failed several rounds of exchange): the grace period runs from
+        // its last answer.
+        let live = self.peers.nodes_seen();
         let mut st = lock(&self.state);
-        for (url, uuid, offered) in &live {
-            st.seen.insert(uuid.clone(), (url.clone(), *offered, now));
+        for (url, uuid, offered, at) in live {
+            st.seen.insert(uuid, (url, offered, at.min(now)));
         }
         st.seen.insert(me.clone(), (self.peers.own_url.clone().unwrap_or_default(), self.cfg.offered, now));
         let mut nodes = Vec::new();
@@ -410,7 +416,9 @@ impl Keeper {
         let checks = due.into_iter().map(|(uuid, (url, key, i, m))| async move {
             let size = m.size();
             let (a, b) = piece_range(size, m.piece_size(), i);
-            let got = async {
+            // `None`: no answer (it may be going away); `Some(None)`: it answered without the
+            // piece it claims (a status other than 206, or a body cut short).
+            let got: Option<Option<bytes::Bytes>> = async {
                 let resp = self
                     .peers
                     .request(reqwest::Method::GET, &format!("{url}/v1/keys/{}", super::key_segment(&key)))
@@ -420,27 +428,31 @@ impl Keeper {
                     .await
                     .ok()?;
                 if resp.status().as_u16() != 206 {
-                    return None;
+                    return Some(None);
                 }
                 let max = usize::try_from(b - a).ok()?;
-                super::read_bounded(resp, max).await
+                Some(super::read_bounded(resp, max).await)
             }
             .await;
             let ok = got
                 .as_ref()
+                .and_then(Option::as_ref)
                 .is_some_and(|d| d.len() as u64 == b - a && usize::try_from(i).is_ok_and(|i| m.check_piece(i, d)));
-            (uuid, url, key, i, got.is_some(), ok)
+            let sent = got.as_ref().is_some_and(Option::is_some);
+            (uuid, url, key, i, got.is_some(), sent, ok)
         });
-        for (uuid, url, key, i, answered, ok) in futures_util::future::join_all(checks).await {
+        for (uuid, url, key, i, answered, sent, ok) in futures_util::future::join_all(checks).await {
             r.audits += 1;
             if ok {
                 lock(&self.state).audited.insert(uuid, Instant::now());
                 continue;
             }
-            let why = if answered {
+            let why = if sent {
                 format!("sent bytes of piece {i} of {key} that do not match its manifest")
+            } else if answered {
+                format!("answered without piece {i} of {key}, which its have-map claims")
             } else {
-                format!("did not send piece {i} of {key}, which its have-map claims")
+                format!("did not answer for piece {i} of {key}, which its have-map claims")
             };
             tracing::warn!("swarm keep: audit of {url}: {why}");
             // A peer that did not answer may be going away: that is the grace period's job.
@@ -471,6 +483,16 @@ impl Keeper {
                 }
                 a.stalled = if landed { 0 } else { a.stalled + 1 };
                 match wanted.get(kb) {
+                    // Its sources are the holders it was opened with, minus those it gave up:
+                    // when none of them may be asked for a missing piece, it is opened afresh
+                    // at once (the pieces may be at peers that got them since).
+                    Some((_, m)) if !landed && !a.fetch.can_progress(m) => {
+                        tracing::debug!(
+                            "swarm keep: {}: no source left for its missing pieces; opened again",
+                            a.fetch.key
+                        );
+                        done.push(kb.clone());
+                    }
                     Some(_) if a.stalled >= STALL_ROUNDS => {
                         tracing::info!(
                             "swarm keep: {}: nothing landed for {STALL_ROUNDS} rounds; opened again",
