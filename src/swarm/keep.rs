@@ -20,6 +20,8 @@
 //!    vouch for its pieces. A fetch's sources are the holders it was opened with; once none
 //!    of them may be asked for a missing piece (given up, banned, or not holding it), the key
 //!    is opened afresh in the next round (the pieces may be at peers that got them since).
+//!    Under the rules' `bwlimit` for this node, a missing piece is wanted only once the byte
+//!    budget pays for it ([`Budget`]).
 //!
 //! Only missing assigned pieces are fetched, so the bytes a repair moves are those placement
 //! moved: the share of the node lost, each piece once. A node that just started fetches
@@ -37,6 +39,7 @@
 //!
 //! Lock order: `state` is a leaf; no lock is held across an `.await`.
 
+use super::budget::Budget;
 use super::placement::{self, Node};
 use super::{HaveMap, Peers};
 use crate::annex::Key;
@@ -88,6 +91,9 @@ pub struct Wanted {
     /// The space each node may keep for the swarm by the rules (`[swarm.node."UUID"]`,
     /// `[swarm.group.NAME]` `keep`), by UUID; nodes not named are bound by what they offer.
     pub limits: HashMap<String, u64>,
+    /// Bytes per second this node may fetch for the swarm by the rules (`bwlimit` of its
+    /// `[swarm.node."UUID"]` or group), if limited.
+    pub bwlimit: Option<u64>,
 }
 
 /// What the keeper needs from the command running it.
@@ -143,6 +149,9 @@ pub struct KeepReport {
     pub released_pieces: u64,
     /// Bytes fetched for keeping since the start.
     pub fetched_bytes: u64,
+    /// Bytes per second this node may fetch for keeping, by the rules (`None`: no limit).
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
     pub nodes: Vec<KeepNode>,
     /// Keys not kept, and why.
     pub not_kept: Vec<String>,
@@ -171,6 +180,8 @@ struct State {
     pinned: BTreeSet<Vec<u8>>,
     /// When each peer (UUID) last passed an audit.
     audited: HashMap<String, Instant>,
+    /// The bandwidth budget of the rules' `bwlimit`.
+    bw: Budget,
     report: KeepReport,
 }
 
@@ -189,7 +200,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The byte range of piece `i` of a key of `size` bytes in pieces of `ps`.
-fn piece_range(size: u64, ps: u64, i: u64) -> (u64, u64) {
+pub(super) fn piece_range(size: u64, ps: u64, i: u64) -> (u64, u64) {
     let a = i * ps;
     (a, (a + ps).min(size))
 }
@@ -243,7 +254,7 @@ impl Keeper {
         let limits = wanted.as_ref().map_or(&no_limits, |w| &w.limits);
         let (nodes, mut shown) = self.placement(Instant::now(), limits);
         let me = self.peers.identity().uuid.clone();
-        let Some(Wanted { copies, keys, limits }) = wanted else {
+        let Some(Wanted { copies, keys, limits, bwlimit }) = wanted else {
             let pinned = std::mem::take(&mut lock(&self.state).pinned);
             for kb in pinned {
                 if let Ok(k) = Key::parse(&kb) {
@@ -399,6 +410,8 @@ impl Keeper {
         // A node just started learns the live nodes for a grace period before it fetches:
         // with a partial view it would fetch pieces that are others' share.
         if self.started.elapsed() >= self.cfg.grace {
+            let want_fetch = lock(&self.state).bw.grant(want_fetch, bwlimit, self.cfg.every, Instant::now());
+            r.bwlimit = bwlimit;
             self.fetch(want_fetch, &mut r).await;
         }
         let mut st = lock(&self.state);

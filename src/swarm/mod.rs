@@ -28,6 +28,7 @@
 //!
 //! With a token (`ANNEXFS_SWARM_TOKEN`), every request needs `Authorization: Bearer TOKEN`.
 
+pub mod budget;
 pub mod identity;
 pub mod keep;
 pub mod placement;
