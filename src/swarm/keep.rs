@@ -481,19 +481,21 @@ impl Keeper {
     async fn fetch(&self, want: Vec<(Key, BTreeSet<usize>)>, r: &mut KeepReport) {
         let wanted: BTreeMap<Vec<u8>, (Key, BTreeSet<usize>)> =
             want.into_iter().map(|(k, m)| (k.to_bytes(), (k, m))).collect();
-        // What landed for the keys being fetched; keys done or no longer wanted are let go.
+        // What landed for the keys being fetched (counted once); keys done or no longer
+        // wanted are let go.
+        let mut counted: BTreeMap<Vec<u8>, BTreeSet<usize>> = BTreeMap::new();
         {
             let mut st = lock(&self.state);
             let mut done = Vec::new();
             for (kb, a) in st.active.iter_mut() {
                 let size = a.fetch.size();
                 let ps = a.fetch.piece_size();
-                let mut landed = false;
-                for &i in a.missing.iter().filter(|&&i| a.fetch.has_piece(i)) {
+                let now_here: BTreeSet<usize> = a.missing.iter().copied().filter(|&i| a.fetch.has_piece(i)).collect();
+                for &i in &now_here {
                     let (x, y) = piece_range(size, ps, i as u64);
                     r.fetched_bytes += y - x;
-                    landed = true;
                 }
+                let landed = !now_here.is_empty();
                 a.stalled = if landed { 0 } else { a.stalled + 1 };
                 match wanted.get(kb) {
                     // Its sources are the holders it was opened with, minus those it gave up:
@@ -516,6 +518,9 @@ impl Keeper {
                     Some((_, m)) => a.missing = m.clone(),
                     None => done.push(kb.clone()),
                 }
+                // What is missing was looked at when the round began: pieces counted just now
+                // may be in it, and must not be counted again.
+                counted.insert(kb.clone(), now_here);
             }
             for kb in done {
                 st.active.remove(&kb);
@@ -546,6 +551,10 @@ impl Keeper {
             fetch.want_background(&missing);
             let mut st = lock(&self.state);
             let stalled = st.active.get(&kb).map_or(0, |a| a.stalled);
+            let missing = match counted.get(&kb) {
+                Some(c) => missing.difference(c).copied().collect(),
+                None => missing,
+            };
             st.active.insert(kb, Active { fetch, missing, stalled });
         }
     }
