@@ -12,12 +12,13 @@
 caches), wait until every piece has two copies among them and each holds its share, stop the
 origin and node 2, and then:
 - without a read: time from the stop until every survivor holds its new share; bytes moved are
-  what the survivors' keepers fetched since (their `/v1/keep` reports), against the minimum,
-  the bytes of node 2's share (each of its pieces lost one copy); the time against that
-  minimum at the survivors' summed limits;
+  what the survivors uploaded meanwhile (their tc classes; the keepers' own count, from their
+  `/v1/keep` reports, beside), against the minimum, the bytes of node 2's share (each of its
+  pieces lost one copy); the time against that minimum at the survivors' summed limits;
 - with a read: once the survivors begin repairing, a fresh mount knowing only the survivors
-  reads the largest file; its rate against the swarm's spare bandwidth over the read, the
-  survivors' summed limits less what the repair moved meanwhile.
+  reads the largest file; its rate against the swarm's spare bandwidth over the read (the
+  survivors' summed limits less the repair's rate meanwhile: their uploads less the file) and
+  against their summed limits.
 Every figure only after the bytes are checked: the pieces each survivor newly holds are read
 back from it by ranges and compared with the files; the file read through the mount is
 compared by sha256. Exits non-zero (and prints ok false) on any failure.
@@ -66,6 +67,20 @@ def have(port, key):
         return [tuple(r) for r in json.loads(body)["ranges"]] if st == 200 else []
     except (ValueError, KeyError):
         return []
+
+
+def tc_sent(ports):
+    """Bytes the nodes on `ports` uploaded, from their tc classes on lo (bench/run gives node i
+    the class 1:4<i+1>); None without them."""
+    total = 0
+    for port in ports:
+        cls = f"1:4{PORTS.index(port) + 1}"
+        p = subprocess.run(["tc", "-s", "class", "show", "dev", "lo", "classid", cls], stdout=subprocess.PIPE, text=True)
+        words = p.stdout.split()
+        if p.returncode or "Sent" not in words:
+            return None
+        total += int(words[words.index("Sent") + 1])
+    return total
 
 
 def wait(what, cond, limit, step=0.5):
@@ -207,6 +222,7 @@ def run(d, binary, rate_mibs, read):
         r.stop("o")
         r.stop(f"k{GONE}")
         t_stop = time.monotonic()
+        wire0 = tc_sent(rest)
         limit_sum = rate_mibs * len(rest)
         out.update({"total_mib": round(total / 2**20, 1), "fill_s": round(fill, 1), "nodes": NODES,
                     "rate_mibs_per_node": rate_mibs, "survivors_limit_mibs": limit_sum,
@@ -223,7 +239,7 @@ def run(d, binary, rate_mibs, read):
             peers = [a for p in rest for a in ("--peer", f"http://127.0.0.1:{p}")]
             sh(binary, "mount", "--cache-dir", cache, "--no-publish", "--log-file", f"{d}/reader.log", *peers, f"{d}/reader", mnt)
             try:
-                f0, t0 = fetched(), time.monotonic()
+                f0, w0, t0 = fetched(), tc_sent(rest), time.monotonic()
                 h = hashlib.sha256()
                 with open(f"{mnt}/{name}", "rb") as f:
                     while True:
@@ -232,26 +248,40 @@ def run(d, binary, rate_mibs, read):
                             break
                         h.update(b)
                 secs = time.monotonic() - t0
-                f1 = fetched()
+                f1, w1 = fetched(), tc_sent(rest)
             finally:
                 subprocess.run(["fusermount3", "-u", mnt], stderr=subprocess.DEVNULL)
             if h.hexdigest() != r.files["sums"][name]:
                 raise RuntimeError(f"{name} read through the mount during the repair is not the file")
             read_mibs = r.sizes[name] / 2**20 / secs
-            repair_mibs = (f1 - f0) / 2**20 / secs
+            # The repair's rate over the read: what the survivors uploaded meanwhile (their tc
+            # classes) less the file read; the keepers' own count when there are no classes.
+            if w0 is not None and w1 is not None:
+                repair_mibs = max(0, (w1 - w0) - r.sizes[name]) / 2**20 / secs
+            else:
+                repair_mibs = (f1 - f0) / 2**20 / secs
             spare = limit_sum - repair_mibs
             out.update({"read_file_mib": round(r.sizes[name] / 2**20, 1), "read_s": round(secs, 2),
                         "read_mibs": round(read_mibs, 2), "repair_mibs_during_read": round(repair_mibs, 2),
-                        "spare_mibs": round(spare, 2), "value": round(read_mibs / spare, 3)})
+                        "spare_mibs": round(spare, 2), "read_of_limits": round(read_mibs / limit_sum, 3),
+                        "value": round(read_mibs / spare, 3)})
         repair = wait("the survivors to hold their new shares", lambda: r.kept(rest, NODES - 1), 1800, 0.25)
         repair_s = time.monotonic() - t_stop
         moved = fetched() - fetched0
+        wire = tc_sent(rest)
         checked = sum(r.check_new(p, held_before[p], r.held(p)) for p in rest)
         if checked == 0 or checked > moved:
             raise RuntimeError(f"survivors newly hold {checked} bytes, their keepers fetched {moved}")
         ideal = gone_share / 2**20 / limit_sum
+        # Bytes moved: on the wire (the survivors' tc classes: the repair's pieces, requests and
+        # have-maps), else as the keepers count what landed.
+        if wire0 is not None and wire is not None and not read:
+            moved_wire = wire - wire0
+            out["moved_wire_mib"] = round(moved_wire / 2**20, 2)
+        else:
+            moved_wire = moved
         out.update({"moved_mib": round(moved / 2**20, 2), "checked_mib": round(checked / 2**20, 2),
-                    "moved_ratio": round(moved / gone_share, 3), "repair_s": round(repair_s, 2),
+                    "moved_ratio": round(moved_wire / gone_share, 3), "repair_s": round(repair_s, 2),
                     "repair_after_grace_s": round(repair_s - GRACE, 2), "ideal_s": round(ideal, 2),
                     "grace_s": GRACE})
         if not read:
