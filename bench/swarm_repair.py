@@ -16,9 +16,9 @@ origin and node 2, and then:
   `/v1/keep` reports, beside), against the minimum, the bytes of node 2's share (each of its
   pieces lost one copy); the time against that minimum at the survivors' summed limits;
 - with a read: once the survivors begin repairing, a fresh mount knowing only the survivors
-  reads the largest file; its rate against the swarm's spare bandwidth over the read (the
-  survivors' summed limits less the repair's rate meanwhile: their uploads less the file) and
-  against their summed limits.
+  reads the largest file; its rate against the survivors' summed limits (keeping is background
+  work: all of it is spare to a reader), and beside, against those limits less the repair's
+  rate meanwhile (their uploads less the file), which a greedy repair would make look good.
 Every figure only after the bytes are checked: the pieces each survivor newly holds are read
 back from it by ranges and compared with the files; the file read through the mount is
 compared by sha256. Exits non-zero (and prints ok false) on any failure.
@@ -263,8 +263,8 @@ def run(d, binary, rate_mibs, read):
             spare = limit_sum - repair_mibs
             out.update({"read_file_mib": round(r.sizes[name] / 2**20, 1), "read_s": round(secs, 2),
                         "read_mibs": round(read_mibs, 2), "repair_mibs_during_read": round(repair_mibs, 2),
-                        "spare_mibs": round(spare, 2), "read_of_limits": round(read_mibs / limit_sum, 3),
-                        "value": round(read_mibs / spare, 3)})
+                        "spare_mibs": round(spare, 2), "read_of_spare": round(read_mibs / spare, 3),
+                        "value": round(read_mibs / limit_sum, 3)})
         repair = wait("the survivors to hold their new shares", lambda: r.kept(rest, NODES - 1), 1800, 0.25)
         repair_s = time.monotonic() - t_stop
         moved = fetched() - fetched0
