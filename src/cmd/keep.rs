@@ -80,6 +80,9 @@ impl KeepHost for Host {
             let groups = self.annex.meta().map(|m| m.groups.clone()).unwrap_or_default();
             let mut uuids: Vec<String> = rules.nodes.keys().cloned().collect();
             uuids.extend(groups.keys().cloned());
+            let me = self.annex.uuid.clone().unwrap_or_default();
+            let own_groups = groups.get(&me).map_or(&[][..], Vec::as_slice);
+            let bwlimit = rules.limits_for(&me, own_groups).bwlimit.filter(|&b| b > 0);
             let limits = uuids
                 .into_iter()
                 .filter_map(|u| {
@@ -97,7 +100,7 @@ impl KeepHost for Host {
             })
             .await
             .unwrap_or_default();
-            Some(Wanted { copies, keys, limits })
+            Some(Wanted { copies, keys, limits, bwlimit })
         })
     }
 

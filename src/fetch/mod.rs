@@ -466,6 +466,18 @@ impl KeyFetch {
         present
     }
 
+    /// Whether any of `pieces` not in the cache yet is being fetched, or may be asked of a
+    /// source (one not given up that holds it). False: this fetch cannot get them (its
+    /// sources are the holders it was opened with); a fetch opened afresh might.
+    pub fn can_progress(&self, pieces: &std::collections::BTreeSet<usize>) -> bool {
+        let st = lock(&self.state);
+        pieces.iter().filter(|&&i| i < st.pieces.len()).map(|&i| PieceIndex(i)).any(|i| {
+            st.pieces.is(i, Piece::Elsewhere)
+                || matches!(st.pieces.get(i), Piece::InFlight(_))
+                || (st.pieces.is(i, Piece::Missing) && self.source_ids().any(|s| self.may_ask(&st, s, i)))
+        })
+    }
+
     /// Whether piece `i` is in the cache.
     pub fn has_piece(&self, i: usize) -> bool {
         self.cache.has(i)

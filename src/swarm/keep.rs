@@ -4,7 +4,8 @@
 //! 1. takes the rules in force (signed, see [`super::rules`]) and the keys they want, from its
 //!    host (the command that runs it: it lists the repository's files);
 //! 2. takes the nodes of the placement: this one and every peer that answered within the
-//!    **grace period** ([`KeepConfig::grace`]) and is not banned, with the space each offers.
+//!    **grace period** ([`KeepConfig::grace`], counted from its last answer, not from when peer
+//!    exchange dropped it) and is not banned, with the space each offers.
 //!    A node gone longer drops out, so the others take over its share; when it answers again
 //!    it comes back in and gets the same pieces back ([`super::placement`]);
 //! 3. asks every live peer for its have-map of each wanted key, and counts the copies of each
@@ -16,7 +17,11 @@
 //!    readers, with room their limits leave, one piece a request) from every source of the key
 //!    (remotes, web, peers), checked against the key's manifest as they land. A key without a
 //!    manifest (the repository's, or one a peer vouches for) is not kept: this node could not
-//!    vouch for its pieces.
+//!    vouch for its pieces. A fetch's sources are the holders it was opened with; once none
+//!    of them may be asked for a missing piece (given up, banned, or not holding it), the key
+//!    is opened afresh in the next round (the pieces may be at peers that got them since).
+//!    Under the rules' `bwlimit` for this node, a missing piece is wanted only once the byte
+//!    budget pays for it ([`Budget`]).
 //!
 //! Only missing assigned pieces are fetched, so the bytes a repair moves are those placement
 //! moved: the share of the node lost, each piece once. A node that just started fetches
@@ -34,6 +39,7 @@
 //!
 //! Lock order: `state` is a leaf; no lock is held across an `.await`.
 
+use super::budget::Budget;
 use super::placement::{self, Node};
 use super::{HaveMap, Peers};
 use crate::annex::Key;
@@ -85,6 +91,9 @@ pub struct Wanted {
     /// The space each node may keep for the swarm by the rules (`[swarm.node."UUID"]`,
     /// `[swarm.group.NAME]` `keep`), by UUID; nodes not named are bound by what they offer.
     pub limits: HashMap<String, u64>,
+    /// Bytes per second this node may fetch for the swarm by the rules (`bwlimit` of its
+    /// `[swarm.node."UUID"]` or group), if limited.
+    pub bwlimit: Option<u64>,
 }
 
 /// What the keeper needs from the command running it.
@@ -140,6 +149,9 @@ pub struct KeepReport {
     pub released_pieces: u64,
     /// Bytes fetched for keeping since the start.
     pub fetched_bytes: u64,
+    /// Bytes per second this node may fetch for keeping, by the rules (`None`: no limit).
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
     pub nodes: Vec<KeepNode>,
     /// Keys not kept, and why.
     pub not_kept: Vec<String>,
@@ -168,6 +180,8 @@ struct State {
     pinned: BTreeSet<Vec<u8>>,
     /// When each peer (UUID) last passed an audit.
     audited: HashMap<String, Instant>,
+    /// The bandwidth budget of the rules' `bwlimit`.
+    bw: Budget,
     report: KeepReport,
 }
 
@@ -186,7 +200,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The byte range of piece `i` of a key of `size` bytes in pieces of `ps`.
-fn piece_range(size: u64, ps: u64, i: u64) -> (u64, u64) {
+pub(super) fn piece_range(size: u64, ps: u64, i: u64) -> (u64, u64) {
     let a = i * ps;
     (a, (a + ps).min(size))
 }
@@ -206,10 +220,13 @@ impl Keeper {
     /// node reads the same signed rules, so all weigh alike).
     fn placement(&self, now: Instant, limits: &HashMap<String, u64>) -> (Vec<Node>, Vec<KeepNode>) {
         let me = self.peers.identity().uuid.clone();
-        let live = self.peers.nodes();
+        // A peer counts as seen when it last answered, not while it merely stays listed (it
+        // is listed until it failed several rounds of exchange): the grace period runs from
+        // its last answer.
+        let live = self.peers.nodes_seen();
         let mut st = lock(&self.state);
-        for (url, uuid, offered) in &live {
-            st.seen.insert(uuid.clone(), (url.clone(), *offered, now));
+        for (url, uuid, offered, at) in live {
+            st.seen.insert(uuid, (url, offered, at.min(now)));
         }
         st.seen.insert(me.clone(), (self.peers.own_url.clone().unwrap_or_default(), self.cfg.offered, now));
         let mut nodes = Vec::new();
@@ -237,7 +254,7 @@ impl Keeper {
         let limits = wanted.as_ref().map_or(&no_limits, |w| &w.limits);
         let (nodes, mut shown) = self.placement(Instant::now(), limits);
         let me = self.peers.identity().uuid.clone();
-        let Some(Wanted { copies, keys, limits }) = wanted else {
+        let Some(Wanted { copies, keys, limits, bwlimit }) = wanted else {
             let pinned = std::mem::take(&mut lock(&self.state).pinned);
             for kb in pinned {
                 if let Ok(k) = Key::parse(&kb) {
@@ -393,6 +410,8 @@ impl Keeper {
         // A node just started learns the live nodes for a grace period before it fetches:
         // with a partial view it would fetch pieces that are others' share.
         if self.started.elapsed() >= self.cfg.grace {
+            let want_fetch = lock(&self.state).bw.grant(want_fetch, bwlimit, self.cfg.every, Instant::now());
+            r.bwlimit = bwlimit;
             self.fetch(want_fetch, &mut r).await;
         }
         let mut st = lock(&self.state);
@@ -410,7 +429,9 @@ impl Keeper {
         let checks = due.into_iter().map(|(uuid, (url, key, i, m))| async move {
             let size = m.size();
             let (a, b) = piece_range(size, m.piece_size(), i);
-            let got = async {
+            // `None`: no answer (it may be going away); `Some(None)`: it answered without the
+            // piece it claims (a status other than 206, or a body cut short).
+            let got: Option<Option<bytes::Bytes>> = async {
                 let resp = self
                     .peers
                     .request(reqwest::Method::GET, &format!("{url}/v1/keys/{}", super::key_segment(&key)))
@@ -420,27 +441,31 @@ impl Keeper {
                     .await
                     .ok()?;
                 if resp.status().as_u16() != 206 {
-                    return None;
+                    return Some(None);
                 }
                 let max = usize::try_from(b - a).ok()?;
-                super::read_bounded(resp, max).await
+                Some(super::read_bounded(resp, max).await)
             }
             .await;
             let ok = got
                 .as_ref()
+                .and_then(Option::as_ref)
                 .is_some_and(|d| d.len() as u64 == b - a && usize::try_from(i).is_ok_and(|i| m.check_piece(i, d)));
-            (uuid, url, key, i, got.is_some(), ok)
+            let sent = got.as_ref().is_some_and(Option::is_some);
+            (uuid, url, key, i, got.is_some(), sent, ok)
         });
-        for (uuid, url, key, i, answered, ok) in futures_util::future::join_all(checks).await {
+        for (uuid, url, key, i, answered, sent, ok) in futures_util::future::join_all(checks).await {
             r.audits += 1;
             if ok {
                 lock(&self.state).audited.insert(uuid, Instant::now());
                 continue;
             }
-            let why = if answered {
+            let why = if sent {
                 format!("sent bytes of piece {i} of {key} that do not match its manifest")
+            } else if answered {
+                format!("answered without piece {i} of {key}, which its have-map claims")
             } else {
-                format!("did not send piece {i} of {key}, which its have-map claims")
+                format!("did not answer for piece {i} of {key}, which its have-map claims")
             };
             tracing::warn!("swarm keep: audit of {url}: {why}");
             // A peer that did not answer may be going away: that is the grace period's job.
@@ -456,21 +481,33 @@ impl Keeper {
     async fn fetch(&self, want: Vec<(Key, BTreeSet<usize>)>, r: &mut KeepReport) {
         let wanted: BTreeMap<Vec<u8>, (Key, BTreeSet<usize>)> =
             want.into_iter().map(|(k, m)| (k.to_bytes(), (k, m))).collect();
-        // What landed for the keys being fetched; keys done or no longer wanted are let go.
+        // What landed for the keys being fetched (counted once); keys done or no longer
+        // wanted are let go.
+        let mut counted: BTreeMap<Vec<u8>, BTreeSet<usize>> = BTreeMap::new();
         {
             let mut st = lock(&self.state);
             let mut done = Vec::new();
             for (kb, a) in st.active.iter_mut() {
                 let size = a.fetch.size();
                 let ps = a.fetch.piece_size();
-                let mut landed = false;
-                for &i in a.missing.iter().filter(|&&i| a.fetch.has_piece(i)) {
+                let now_here: BTreeSet<usize> = a.missing.iter().copied().filter(|&i| a.fetch.has_piece(i)).collect();
+                for &i in &now_here {
                     let (x, y) = piece_range(size, ps, i as u64);
                     r.fetched_bytes += y - x;
-                    landed = true;
                 }
+                let landed = !now_here.is_empty();
                 a.stalled = if landed { 0 } else { a.stalled + 1 };
                 match wanted.get(kb) {
+                    // Its sources are the holders it was opened with, minus those it gave up:
+                    // when none of them may be asked for a missing piece, it is opened afresh
+                    // at once (the pieces may be at peers that got them since).
+                    Some((_, m)) if !landed && !a.fetch.can_progress(m) => {
+                        tracing::debug!(
+                            "swarm keep: {}: no source left for its missing pieces; opened again",
+                            a.fetch.key
+                        );
+                        done.push(kb.clone());
+                    }
                     Some(_) if a.stalled >= STALL_ROUNDS => {
                         tracing::info!(
                             "swarm keep: {}: nothing landed for {STALL_ROUNDS} rounds; opened again",
@@ -481,6 +518,9 @@ impl Keeper {
                     Some((_, m)) => a.missing = m.clone(),
                     None => done.push(kb.clone()),
                 }
+                // What is missing was looked at when the round began: pieces counted just now
+                // may be in it, and must not be counted again.
+                counted.insert(kb.clone(), now_here);
             }
             for kb in done {
                 st.active.remove(&kb);
@@ -511,6 +551,10 @@ impl Keeper {
             fetch.want_background(&missing);
             let mut st = lock(&self.state);
             let stalled = st.active.get(&kb).map_or(0, |a| a.stalled);
+            let missing = match counted.get(&kb) {
+                Some(c) => missing.difference(c).copied().collect(),
+                None => missing,
+            };
             st.active.insert(kb, Active { fetch, missing, stalled });
         }
     }

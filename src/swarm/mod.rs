@@ -4,7 +4,8 @@
 //! - [`server`]: the HTTP server of a node (`annexfs serve`, mount option `serve=`).
 //! - [`Peers`]: the peers a node knows (from `.annexfs.toml`'s `[[peer]]`, `--peer`, and from
 //!   each other: every round a node asks each peer for the peers it knows and, when it serves,
-//!   announces itself to them). An address becomes a peer (a source, and listed to others)
+//!   announces itself to those that do not list it). A round also starts as soon as the
+//!   node's server listens ([`Peers::kick`]). An address becomes a peer (a source, and listed to others)
 //!   only once it answered `GET /v1/hello` as a node of the same repository ([`identity`]);
 //!   the table of addresses is bounded ([`table`]: silent candidates go first), and so are the
 //!   checks running at once. A peer that fails [`DROP_AFTER`] rounds in a row is dropped and
@@ -27,6 +28,7 @@
 //!
 //! With a token (`ANNEXFS_SWARM_TOKEN`), every request needs `Authorization: Bearer TOKEN`.
 
+pub mod budget;
 pub mod identity;
 pub mod keep;
 pub mod placement;
@@ -138,6 +140,9 @@ pub struct Peers {
     exchange_ms: std::sync::atomic::AtomicU64,
     /// The keeper's last report, when this node keeps pieces for the swarm.
     keep_report: Mutex<Option<keep::KeepReport>>,
+    /// Wakes the exchange loop for a round now (the node started serving, the round time
+    /// changed).
+    kick: Arc<tokio::sync::Notify>,
 }
 
 fn normalise(url: &str) -> Option<String> {
@@ -167,6 +172,7 @@ impl Peers {
                 u64::try_from(EXCHANGE_EVERY.as_millis()).unwrap_or(u64::MAX),
             ),
             keep_report: Mutex::new(None),
+            kick: Arc::new(tokio::sync::Notify::new()),
         });
         for u in urls {
             p.add_as(u, None, true);
@@ -179,6 +185,14 @@ impl Peers {
     pub fn set_exchange_every(&self, every: Duration) {
         let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(100);
         self.exchange_ms.store(ms, Ordering::Relaxed);
+        self.kick();
+    }
+
+    /// A round of exchange now rather than at the end of the current wait: the server now
+    /// listens, so announcing this node can succeed (the rounds made while it was starting
+    /// told peers an address that did not answer yet).
+    pub fn kick(&self) {
+        self.kick.notify_one();
     }
 
     /// Notes the keeper's last report (served as `GET /v1/keep`, shown by status).
@@ -251,6 +265,11 @@ impl Peers {
     pub fn nodes(&self) -> Vec<(String, String, u64)> {
         let me = (self.own_url.clone().unwrap_or_default(), self.identity.uuid.clone(), self.identity.offered);
         std::iter::once(me).chain(self.table().nodes(Instant::now())).collect()
+    }
+
+    /// The live peers (not this node) with when each last answered.
+    pub fn nodes_seen(&self) -> Vec<(String, String, u64, Instant)> {
+        self.table().nodes_seen(Instant::now())
     }
 
     /// How full the peer table is.
@@ -332,14 +351,6 @@ impl Peers {
         self.check_due().await;
         let peers = self.live();
         let rounds = peers.iter().map(|p| async move {
-            if let Some(own) = &self.own_url {
-                let _ = self
-                    .request(reqwest::Method::POST, &format!("{p}/v1/announce"))
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(serde_json::json!({ "url": own, "uuid": self.identity.uuid }).to_string())
-                    .send()
-                    .await;
-            }
             let got = async {
                 let r = self.request(reqwest::Method::GET, &format!("{p}/v1/peers")).send().await.ok()?;
                 if !r.status().is_success() {
@@ -350,6 +361,19 @@ impl Peers {
                 Some(v["peers"].as_array()?.iter().filter_map(|u| u.as_str().map(str::to_string)).collect::<Vec<_>>())
             }
             .await;
+            // Announced only to a peer that answers and does not list this node as its peer:
+            // announcements are rate-limited per address, and nodes sharing one address
+            // (a host, a NAT) announcing every round would use up each other's allowance.
+            if let (Some(own), Some(list)) = (&self.own_url, &got)
+                && !list.iter().any(|u| normalise(u).as_deref() == Some(own.as_str()))
+            {
+                let _ = self
+                    .request(reqwest::Method::POST, &format!("{p}/v1/announce"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::json!({ "url": own, "uuid": self.identity.uuid }).to_string())
+                    .send()
+                    .await;
+            }
             (p.clone(), got)
         });
         for (p, got) in futures_util::future::join_all(rounds).await {
@@ -373,8 +397,12 @@ impl Peers {
                 let Some(p) = weak.upgrade() else { return };
                 p.exchange().await;
                 let every = Duration::from_millis(p.exchange_ms.load(Ordering::Relaxed));
+                let kick = p.kick.clone();
                 drop(p);
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = kick.notified() => {}
+                }
             }
         });
     }

@@ -509,6 +509,8 @@ pub fn start(
     let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::new(Mutex::new(HashMap::new()));
     tracing::info!("swarm: serving on http://{addr}");
+    // Bound (connections wait in the backlog): peers can check this node now.
+    node.peers.kick();
     rt.spawn(async move {
         loop {
             let (sock, peer) = match listener.accept().await {

@@ -35,6 +35,8 @@ pub(crate) struct Entry {
     /// Given by the user (settings, command line): never evicted, retried when silent.
     given: bool,
     added: Instant,
+    /// When it last answered (a hello or a round of exchange).
+    answered_at: Option<Instant>,
 }
 
 /// What adding an address did.
@@ -83,7 +85,16 @@ impl Table {
         if self.map.len() >= self.cap && !self.evict_one(now) {
             return Added::Full;
         }
-        let e = Entry { fails: 0, retry_at: None, answered: None, offered: 0, claimed, given, added: now };
+        let e = Entry {
+            fails: 0,
+            retry_at: None,
+            answered: None,
+            offered: 0,
+            claimed,
+            given,
+            added: now,
+            answered_at: None,
+        };
         self.map.insert(url.to_string(), e);
         Added::New
     }
@@ -115,10 +126,17 @@ impl Table {
 
     /// Live peers as nodes of the swarm: (address, UUID, space offered).
     pub fn nodes(&self, now: Instant) -> Vec<(String, String, u64)> {
+        self.nodes_seen(now).into_iter().map(|(u, id, o, _)| (u, id, o)).collect()
+    }
+
+    /// Live peers as nodes of the swarm, with when each last answered: a peer that stopped
+    /// answering stays live until [`DROP_AFTER`] failed rounds, but the time it has been
+    /// silent counts from its last answer.
+    pub fn nodes_seen(&self, now: Instant) -> Vec<(String, String, u64, Instant)> {
         self.map
             .iter()
             .filter(|(_, e)| e.retry_at.is_none_or(|t| t <= now))
-            .filter_map(|(u, e)| Some((u.clone(), e.answered.clone()?, e.offered)))
+            .filter_map(|(u, e)| Some((u.clone(), e.answered.clone()?, e.offered, e.answered_at.unwrap_or(e.added))))
             .collect()
     }
 
@@ -153,6 +171,7 @@ impl Table {
         e.offered = offered;
         e.fails = 0;
         e.retry_at = None;
+        e.answered_at = Some(Instant::now());
         true
     }
 
@@ -178,6 +197,7 @@ impl Table {
         if ok {
             e.fails = 0;
             e.retry_at = None;
+            e.answered_at = Some(now);
             return false;
         }
         e.fails += 1;
