@@ -11,6 +11,7 @@ use super::layout::{self, Code, Layout, MAX_MANIFEST, Manifest};
 use super::store::{Store, StoreError, parse_spec};
 use super::{SpreadError, code};
 use crate::annex::Key;
+use crate::annex::settings::Limits;
 use std::io::Read;
 use std::sync::atomic::AtomicU64;
 
@@ -29,6 +30,8 @@ pub struct StoreEntry {
     pub spec: String,
     pub store: Store,
     pub stats: StoreStats,
+    /// Limits of the reader's requests to this store.
+    pub limiter: super::pace::StoreLimiter,
 }
 
 /// A spread remote: its stores, in the order of `stores=`, and its code.
@@ -90,9 +93,18 @@ impl Spread {
                 return Err(SpreadError::Config(format!("store {spec} is listed twice")));
             }
             let store = parse_spec(&spec).map_err(SpreadError::Config)?;
-            entries.push(StoreEntry { spec, store, stats: StoreStats::default() });
+            let limiter = super::pace::StoreLimiter::new(Limits::default());
+            entries.push(StoreEntry { spec, store, stats: StoreStats::default(), limiter });
         }
         Ok(Spread { stores: entries, code, decoded: AtomicU64::new(0) })
+    }
+
+    /// Every store limited to `limits` (each on its own, not together).
+    pub fn with_store_limits(mut self, limits: Limits) -> Spread {
+        for e in &mut self.stores {
+            e.limiter = super::pace::StoreLimiter::new(limits);
+        }
+        self
     }
 
     /// The directory of `key`'s objects in every store.
@@ -365,6 +377,30 @@ impl Spread {
         Ok(lost)
     }
 
+    /// The keys with a manifest on any store (listing every store, S3 included), and the
+    /// stores that could not be listed.
+    pub async fn stored_keys(&self) -> (Vec<String>, Vec<String>) {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut failed = Vec::new();
+        let lists = self.stores.iter().map(|e| async move { (e, e.store.list("/manifest").await) });
+        for (e, r) in futures_util::future::join_all(lists).await {
+            match r {
+                Ok(names) => {
+                    for n in names {
+                        // HASH/HASH/KEYFILE/manifest
+                        let Some(dir) = n.strip_suffix("/manifest") else { continue };
+                        let file = dir.rsplit('/').next().unwrap_or(dir);
+                        if let Ok(key) = Key::from_key_file(file.as_bytes()) {
+                            keys.insert(key.to_string_lossy());
+                        }
+                    }
+                }
+                Err(x) => failed.push(format!("{}: {x}", e.spec)),
+            }
+        }
+        (keys.into_iter().collect(), failed)
+    }
+
     fn store_entry(&self, spec: &str) -> Result<&StoreEntry, SpreadError> {
         self.store_index(spec)
             .map(|i| &self.stores[i])
@@ -383,6 +419,63 @@ impl Spread {
             e.store.put(&name, text.clone()).await.map_err(|x| SpreadError::Store(format!("{spec}: {x}")))?;
         }
         Ok(())
+    }
+}
+
+/// One store of a remote as `annexfs sources` shows it for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePlace {
+    pub store: String,
+    /// The shard of the key it holds (by the manifest), if any.
+    pub shard: Option<usize>,
+    pub parity: bool,
+    /// `present`, `missing`, `short`, `unreachable (why)`, `no manifest`.
+    pub state: String,
+}
+
+impl Spread {
+    /// Where `key`'s shards are, from a look at each store (the shards' sizes, not their
+    /// bytes): every store of the remote, reachable or not.
+    pub async fn places(&self, key: &str) -> Vec<StorePlace> {
+        let place = |store: &str, shard: Option<usize>, parity: bool, state: String| StorePlace {
+            store: store.to_string(),
+            shard,
+            parity,
+            state,
+        };
+        let (m, dir) = match (self.manifest(key).await, Self::key_dir(key)) {
+            (Ok(m), Ok(dir)) => (m, dir),
+            (Err((e, _, _)), _) | (_, Err(e)) => {
+                return self
+                    .stores
+                    .iter()
+                    .map(|e2| place(&e2.spec, None, false, format!("no manifest: {e}")))
+                    .collect();
+            }
+        };
+        let looks = m.stores.iter().enumerate().map(|(s, spec)| {
+            let name = Self::shard_name(&dir, s);
+            let want = m.layout.shard_bytes();
+            async move {
+                let state = match self.store_index(spec) {
+                    None => "its store is not in stores= any more".to_string(),
+                    Some(i) => match self.stores[i].store.size(&name).await {
+                        Ok(n) if n == want => "present".to_string(),
+                        Ok(n) => format!("short ({n} of {want} bytes)"),
+                        Err(StoreError::NotFound) => "missing".to_string(),
+                        Err(e) => format!("unreachable ({e})"),
+                    },
+                };
+                place(spec, Some(s), s >= m.layout.code.k, state)
+            }
+        });
+        let mut out = futures_util::future::join_all(looks).await;
+        for e in &self.stores {
+            if !m.stores.contains(&e.spec) {
+                out.push(place(&e.spec, None, false, "holds no shard of this key".into()));
+            }
+        }
+        out
     }
 }
 
