@@ -459,13 +459,15 @@ impl KeyReader {
         Ok(())
     }
 
-    /// What was rebuilt and why, for a log line: empty when every piece was read in place.
+    /// What was lost and rebuilt, for a log line: empty when no shard was gone or damaged.
     pub fn report(&self) -> String {
         let notes = self.notes();
         let mut parts = Vec::new();
         for (s, n) in notes.iter().enumerate() {
             let spec = &self.manifest.stores[s];
-            if n.rebuilt == 0 && n.bad_pieces == 0 && n.dead.is_none() {
+            // Pieces decoded because their store was busier than the parity ones are not
+            // news: only a shard gone or damaged is reported.
+            if n.bad_pieces == 0 && n.dead.is_none() {
                 continue;
             }
             let mut p = format!("shard {s} on {spec}:");

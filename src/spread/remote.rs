@@ -201,23 +201,64 @@ impl Spread {
             writers.push(e.store.writer(&Self::shard_name(dir, s)).map_err(|x| st(&e.spec, x))?);
         }
         let piece = layout::to_usize(layout.piece);
-        let mut stripe = vec![0u8; piece * self.code.k];
-        let mut hashes = vec![Vec::new(); n];
-        let mut done = 0u64;
-        for _ in 0..layout.stripes {
-            let want = layout::to_usize(layout.stripe_bytes().min(size - done));
-            stripe[want..].fill(0);
-            file.read_exact(&mut stripe[..want]).map_err(io)?;
-            done += want as u64;
-            let data: Vec<&[u8]> = stripe.chunks(piece).collect();
-            let parity = code::encode(self.code, &data)?;
-            let all = data.iter().copied().chain(parity.iter().map(Vec::as_slice));
-            for (s, p) in all.enumerate() {
-                hashes[s].push(layout::piece_hash(p));
-                writers[s].write(p).map_err(|x| st(&self.stores[order[s]].spec, x))?;
+        let k = self.code.k;
+        // One thread per shard hashes and writes its pieces while this one reads and encodes
+        // the next stripes: the hashing (every piece, parity included) and the writing of
+        // `k + m` shards are most of a STORE's work, and they overlap this way.
+        type Piece = (std::sync::Arc<Vec<u8>>, std::ops::Range<usize>);
+        let (writers, hashes) = std::thread::scope(|scope| -> Result<_, SpreadError> {
+            let mut txs = Vec::new();
+            let mut handles = Vec::new();
+            for mut w in writers {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(2);
+                txs.push(tx);
+                handles.push(scope.spawn(move || {
+                    let mut hs = Vec::new();
+                    for (buf, r) in rx {
+                        let p = buf.get(r).unwrap_or_default();
+                        hs.push(layout::piece_hash(p));
+                        w.write(p)?;
+                    }
+                    Ok::<_, StoreError>((w, hs))
+                }));
             }
-            progress(done);
-        }
+            let mut done = 0u64;
+            let mut fed = Ok(());
+            'feed: for _ in 0..layout.stripes {
+                let want = layout::to_usize(layout.stripe_bytes().min(size - done));
+                let mut stripe = vec![0u8; piece * k];
+                file.read_exact(&mut stripe[..want]).map_err(io)?;
+                done += want as u64;
+                let data: Vec<&[u8]> = stripe.chunks(piece).collect();
+                let parity = code::encode(self.code, &data)?;
+                let stripe = std::sync::Arc::new(stripe);
+                let all = (0..k)
+                    .map(|s| (stripe.clone(), s * piece..(s + 1) * piece))
+                    .chain(parity.into_iter().map(|p| (0..p.len(), std::sync::Arc::new(p))).map(|(r, p)| (p, r)));
+                for (tx, p) in txs.iter().zip(all) {
+                    if tx.send(p).is_err() {
+                        // That shard's writer stopped: its error is reported below.
+                        fed = Err(());
+                        break 'feed;
+                    }
+                }
+                progress(done);
+            }
+            drop(txs);
+            let mut writers = Vec::new();
+            let mut hashes = Vec::new();
+            for (s, h) in handles.into_iter().enumerate() {
+                let spec = &self.stores[order[s]].spec;
+                let (w, hs) = h
+                    .join()
+                    .map_err(|_| SpreadError::Io(format!("the writer of shard {s} panicked")))?
+                    .map_err(|x| st(spec, x))?;
+                writers.push(w);
+                hashes.push(hs);
+            }
+            fed.map_err(|()| SpreadError::Io("a shard writer stopped".into()))?;
+            Ok((writers, hashes))
+        })?;
         let commits = writers.into_iter().enumerate().map(|(s, w)| {
             let e = &self.stores[order[s]];
             async move { e.store.commit(w).await.map_err(|x| st(&e.spec, x)) }
