@@ -504,6 +504,7 @@ impl Spread {
                         Ok(n) if n == want => "present".to_string(),
                         Ok(n) => format!("short ({n} of {want} bytes)"),
                         Err(StoreError::NotFound) => "missing".to_string(),
+                        Err(StoreError::Unreachable(why)) => format!("unreachable ({why})"),
                         Err(e) => format!("unreachable ({e})"),
                     },
                 };
