@@ -32,6 +32,13 @@ s3_server_bin() {
 # its data under DIR (made if missing; buckets are DIR's subdirectories) and the key pair of
 # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; echoes its PID (also left in S3_SERVER_PID).
 # Does not wait for the port (bench/run's wait_port does).
+#
+# With S3_SERVER_FRONT=nginx: nginx listens on 127.0.0.1:PORT and answers GET/HEAD of objects
+# that exist straight from DIR (sendfile, Range -> 206; no signature check on those, as with
+# moto, which checks none); every other request (PUT, DELETE, listings, bucket requests,
+# missing objects) goes to s3s-fs on 127.0.0.2:PORT, which verifies its signature (the Host
+# header is passed unchanged). The PID echoed is then a small bash supervisor: killing it
+# stops both, and it exits when either does. nginx's own files go to DIR.nginx/.
 s3_server_start() {
     local dir="$1" port="$2" log="$3" bin
     [ $# -eq 3 ] || { echo "usage: s3_server_start DIR PORT LOGFILE" >&2; return 2; }
@@ -40,11 +47,61 @@ s3_server_start() {
     bin=$(s3_server_bin) || return 1
     mkdir -p "$dir" || return 1
     dir=$(cd "$dir" && pwd)
-    # Only errors are logged (RUST_LOG unset). stdin from /dev/null and output to the log, so
-    # that $(s3_server_start ...) returns at once.
-    "$bin" --host 127.0.0.1 --port "$port" \
-        --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
-        "$dir" < /dev/null > "$log" 2>&1 &
+    case "${S3_SERVER_FRONT:-}" in
+    "")
+        # Only errors are logged (RUST_LOG unset): one multi-line entry per refused request.
+        # stdin from /dev/null and output to the log, so $(s3_server_start ...) returns at once.
+        "$bin" --host 127.0.0.1 --port "$port" \
+            --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
+            "$dir" < /dev/null > "$log" 2>&1 &
+        ;;
+    nginx)
+        command -v nginx > /dev/null || { echo "s3_server_start: nginx not found" >&2; return 1; }
+        local n="$dir.nginx"
+        mkdir -p "$n/tmp" || return 1
+        cat > "$n/nginx.conf" <<CONF
+daemon off; user root; worker_processes 1; error_log $n/error.log; pid $n/nginx.pid;
+events { worker_connections 1024; }
+http {
+    client_body_temp_path $n/tmp; proxy_temp_path $n/tmp; fastcgi_temp_path $n/tmp;
+    uwsgi_temp_path $n/tmp; scgi_temp_path $n/tmp;
+    sendfile on; tcp_nopush on; access_log off; default_type application/octet-stream;
+    client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;
+    proxy_http_version 1.1;
+    server {
+        listen 127.0.0.1:$port;
+        root $dir;
+        location / {
+            error_page 418 = @s3;
+            if (\$request_method !~ ^(GET|HEAD)\$) { return 418; }
+            try_files \$uri @s3;
+        }
+        location @s3 {
+            proxy_pass http://127.0.0.2:$port;
+            proxy_set_header Host \$http_host;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+        # nginx starts only once s3s-fs listens, so that PORT answering means both are up.
+        (
+            a='' b=''
+            trap 'kill $a $b 2>/dev/null; wait; exit 0' TERM INT
+            "$bin" --host 127.0.0.2 --port "$port" \
+                --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
+                "$dir" < /dev/null > "$log" 2>&1 & a=$!
+            for _ in $(seq 300); do
+                kill -0 $a 2>/dev/null || exit 1
+                (exec 3<>"/dev/tcp/127.0.0.2/$port") 2>/dev/null && break
+                sleep 0.1
+            done
+            nginx -c "$n/nginx.conf" -p "$n" < /dev/null >> "$n/error.log" 2>&1 & b=$!
+            wait -n; kill $a $b 2>/dev/null; wait; exit 1
+        ) < /dev/null > /dev/null 2>&1 &
+        ;;
+    *) echo "s3_server_start: S3_SERVER_FRONT is '' or nginx" >&2; return 2 ;;
+    esac
     S3_SERVER_PID=$!
     echo "$S3_SERVER_PID"
 }

@@ -349,6 +349,29 @@ fn an_s3_store_beside_directories() {
     run(&["initremote", "-q", "spread", "type=external", "externaltype=annexfs", "encryption=none", &stores]);
     run(&["copy", "-q", "--to", "spread", "."]);
     run(&["fsck", "-q", "--from", "spread", "."]);
+    // `spread repair` with no key finds the keys by listing every store: with the
+    // directories' manifests gone, only the S3 listing knows them; a lost shard and the
+    // manifests come back as they were.
+    let sorted = |mut v: Vec<PathBuf>| {
+        v.sort();
+        v
+    };
+    let before = sorted(w.files());
+    for p in before.iter().filter(|p| p.file_name().is_some_and(|n| n == "manifest")) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let lost = before
+        .iter()
+        .find(|p| p.to_string_lossy().contains("s9437185") && p.to_string_lossy().contains("/shard-"))
+        .unwrap();
+    let shard = lost.to_string_lossy().rsplit("shard-").next().unwrap().to_string();
+    std::fs::remove_file(lost).unwrap();
+    let out = w.cmd(env!("CARGO_BIN_EXE_annexfs")).args(["spread", "repair", "spread"]).envs(env).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("s9437185") && said.contains(&format!("rewrote shards [{shard}]")), "{said}");
+    assert_eq!(sorted(w.files()), before, "{said}");
+    run(&["fsck", "-q", "--from", "spread", "."]);
     // Without the directory holding a data shard of some key, the S3 parity rebuilds it.
     w.hide(0, true);
     run(&["drop", "-q", "--force", "."]);
@@ -370,6 +393,57 @@ fn an_s3_store_beside_directories() {
     w.hide(0, false);
     run(&["drop", "-q", "--force", "--from", "spread", "."]);
     assert_eq!(w.files(), Vec::<PathBuf>::new());
+}
+
+/// `annexfs sources` lists a spread remote's stores with the shard of the key each holds,
+/// reachable or not; a mount limits each store to the remote's limits on its own (the
+/// remote as a whole takes their sum), and `annexfs status` shows each store's bytes.
+#[test]
+fn sources_list_stores_and_each_store_is_limited_on_its_own() {
+    if !fuse_ok() {
+        return;
+    }
+    let w = spread_world();
+    w.annex(&["drop", "-q", "--force", "."]);
+    w.hide(3, true);
+    let out = w.cmd(env!("CARGO_BIN_EXE_annexfs")).args(["sources", "--json", "big.bin"]).output().unwrap();
+    w.hide(3, false);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = j["holders"].as_array().unwrap().iter().find(|h| h["remote"] == "spread").cloned().unwrap();
+    let stores = h["stores"].as_array().unwrap();
+    assert_eq!(stores.len(), 6, "{h}");
+    let mut shards: Vec<u64> = stores.iter().map(|s| s["shard"].as_u64().unwrap()).collect();
+    shards.sort();
+    assert_eq!(shards, vec![0, 1, 2, 3, 4, 5], "{h}");
+    for s in stores {
+        let gone = s["store"] == w.stores[3].display().to_string().as_str();
+        let state = s["state"].as_str().unwrap();
+        assert!(if gone { state.starts_with("unreachable") } else { state == "present" }, "{h}");
+        assert_eq!(s["parity"], s["shard"].as_u64().unwrap() >= 4, "{h}");
+    }
+    let human = w.cmd(env!("CARGO_BIN_EXE_annexfs")).args(["sources", "big.bin"]).output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains(&format!("store {}: shard", w.stores[0].display())), "{human}");
+
+    // 1 MiB/s for each store: a store gives at most its rate over the read (plus the one
+    // piece its first reservation lets through), and the read takes far less than the nine
+    // seconds one store's rate would need for the 9 MiB.
+    w.sb.git(&w.r, &["config", "remote.spread.annexfs-bwlimit", "1MiB"]);
+    let m = mount(&w, "limited");
+    let t = std::time::Instant::now();
+    let got = std::fs::read(m.mp.join("big.bin")).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(got == want("big.bin"), "big.bin differs");
+    let status = common::mount_status(&m.mp);
+    let stores = status["spread"][0]["stores"].as_array().unwrap().clone();
+    let mut total = 0;
+    for s in &stores {
+        let bytes = s["bytes"].as_u64().unwrap();
+        total += bytes;
+        assert!(bytes as f64 <= (secs + 1.1) * 1048576.0, "{bytes} bytes in {secs:.2} s over 1 MiB/s: {status}");
+    }
+    assert!(total >= got.len() as u64, "{status}");
+    assert!(secs < 8.0, "9 MiB over six stores of 1 MiB/s took {secs:.2} s: {status}");
 }
 
 fn fuse_ok() -> bool {

@@ -293,7 +293,7 @@ pub(crate) fn network(
     let mut names: Vec<String> =
         annex.meta().map(|m| m.remotes.iter().map(|r| r.name.clone()).collect()).unwrap_or_default();
     names.push("web".into());
-    let limits: std::collections::HashMap<String, crate::annex::settings::Limits> = names
+    let mut limits: std::collections::HashMap<String, crate::annex::settings::Limits> = names
         .into_iter()
         .map(|n| {
             let l = annex.remote_limits(&n, &settings);
@@ -301,6 +301,7 @@ pub(crate) fn network(
         })
         .filter(|(_, l)| !l.is_none())
         .collect();
+    let spread_limits = super::spread::split_limits(annex, &mut limits);
     // Peers: by URL, from `[[peer]]`.
     let peer_limits: std::collections::HashMap<String, u64> =
         settings.peers.iter().filter_map(|p| Some((p.url.trim_end_matches('/').to_string(), p.bwlimit?))).collect();
@@ -369,7 +370,9 @@ pub(crate) fn network(
     let downloads = crate::source::sizeless::Downloads::new(cache_dir, reach.http.clone(), cache_size / 2, on_end)
         .with_context(|| format!("a private directory for downloads in {}", cache_dir.display()))?;
     let spreads = super::spread::Registry::default();
-    reach.external_makers.insert(super::spread::EXTERNALTYPE.to_string(), super::spread::mount_maker(spreads.clone()));
+    reach
+        .external_makers
+        .insert(super::spread::EXTERNALTYPE.to_string(), super::spread::mount_maker(spreads.clone(), spread_limits));
     let net = Network {
         fetcher,
         reach: Arc::new(reach),

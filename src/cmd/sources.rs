@@ -29,6 +29,17 @@ struct JsonHolder<'a> {
     reason: Option<String>,
     cost: u32,
     locations: Vec<String>,
+    /// A spread remote's stores and the shards of the key they hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stores: Vec<JsonStore>,
+}
+
+#[derive(Serialize)]
+struct JsonStore {
+    store: String,
+    shard: Option<usize>,
+    parity: bool,
+    state: String,
 }
 
 #[derive(Serialize)]
@@ -214,7 +225,18 @@ impl Resolver {
     }
 }
 
-fn holder_json(h: &Holder) -> JsonHolder<'_> {
+/// The stores of a spread holder, looked at now (empty for other holders).
+fn spread_places(h: &Holder, key: &Key) -> Vec<crate::spread::remote::StorePlace> {
+    h.locations
+        .iter()
+        .find_map(|l| match l {
+            crate::annex::remotes::Location::External(e) => super::spread::places(e, key),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn holder_json<'a>(h: &'a Holder, key: &Key) -> JsonHolder<'a> {
     JsonHolder {
         uuid: &h.uuid,
         description: &h.description,
@@ -225,6 +247,10 @@ fn holder_json(h: &Holder) -> JsonHolder<'_> {
         reason: h.readable.as_ref().err().map(ToString::to_string),
         cost: h.cost,
         locations: h.locations.iter().flat_map(|l| l.strings()).collect(),
+        stores: spread_places(h, key)
+            .into_iter()
+            .map(|p| JsonStore { store: p.store, shard: p.shard, parity: p.parity, state: p.state })
+            .collect(),
     }
 }
 
@@ -243,6 +269,13 @@ fn print_human(out: &mut impl Write, file: &str, key: &Key, holders: &[Holder]) 
         writeln!(out, "  {name} {} {:?} [{}] cost {}: {state}", h.uuid, h.description, h.trust.as_str(), h.cost)?;
         for l in h.locations.iter().flat_map(|l| l.strings()) {
             writeln!(out, "      {l}")?;
+        }
+        for p in spread_places(h, key) {
+            let shard = match p.shard {
+                Some(s) => format!("shard {s} ({})", if p.parity { "parity" } else { "data" }),
+                None => "no shard".to_string(),
+            };
+            writeln!(out, "      store {}: {shard}: {}", p.store, p.state)?;
         }
     }
     Ok(())
@@ -397,7 +430,7 @@ pub fn run(args: &SourcesArgs) -> anyhow::Result<i32> {
                 file: &file,
                 key: key.to_string_lossy(),
                 size: key.size(),
-                holders: holders.iter().map(holder_json).collect(),
+                holders: holders.iter().map(|h| holder_json(h, &key)).collect(),
             };
             serde_json::to_writer(&mut out, &j).map_err(std::io::Error::other).and_then(|()| writeln!(out))
         } else {

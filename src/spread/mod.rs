@@ -11,15 +11,18 @@
 //! - [`reader`]: reading stripes — data pieces in place, any `k` of the `k + m` when a store
 //!   is missing, busy or serves a piece that fails its hash; the pieces chosen by the load of
 //!   each store so that a reader uses every store's bandwidth.
+//! - [`pace`]: per-store limits (requests at once, bytes per second) for the reader.
 //! - [`source`]: a spread key as a [`crate::source::remote::RangeSource`] for the mount.
 //!
 //! Invariant: no byte leaves this module unless its piece matched the manifest's hash or was
 //! decoded from pieces that did; a piece failing its hash is an erasure, never data.
 //!
-//! Lock order: `KeyReader::state` is a leaf (never held across an await or another lock).
+//! Lock order: `KeyReader`'s `notes`, `cache` and `slots` are leaves (never held across an
+//! await, never two at once); `StoreLimiter::paid_until` is held only to reserve bytes.
 
 pub mod code;
 pub mod layout;
+pub mod pace;
 pub mod reader;
 pub mod remote;
 pub mod s3;

@@ -11,6 +11,7 @@ use super::layout::{self, Code, Layout, MAX_MANIFEST, Manifest};
 use super::store::{Store, StoreError, parse_spec};
 use super::{SpreadError, code};
 use crate::annex::Key;
+use crate::annex::settings::Limits;
 use std::io::Read;
 use std::sync::atomic::AtomicU64;
 
@@ -29,6 +30,8 @@ pub struct StoreEntry {
     pub spec: String,
     pub store: Store,
     pub stats: StoreStats,
+    /// Limits of the reader's requests to this store.
+    pub limiter: super::pace::StoreLimiter,
 }
 
 /// A spread remote: its stores, in the order of `stores=`, and its code.
@@ -90,9 +93,18 @@ impl Spread {
                 return Err(SpreadError::Config(format!("store {spec} is listed twice")));
             }
             let store = parse_spec(&spec).map_err(SpreadError::Config)?;
-            entries.push(StoreEntry { spec, store, stats: StoreStats::default() });
+            let limiter = super::pace::StoreLimiter::new(Limits::default());
+            entries.push(StoreEntry { spec, store, stats: StoreStats::default(), limiter });
         }
         Ok(Spread { stores: entries, code, decoded: AtomicU64::new(0) })
+    }
+
+    /// Every store limited to `limits` (each on its own, not together).
+    pub fn with_store_limits(mut self, limits: Limits) -> Spread {
+        for e in &mut self.stores {
+            e.limiter = super::pace::StoreLimiter::new(limits);
+        }
+        self
     }
 
     /// The directory of `key`'s objects in every store.
@@ -189,23 +201,64 @@ impl Spread {
             writers.push(e.store.writer(&Self::shard_name(dir, s)).map_err(|x| st(&e.spec, x))?);
         }
         let piece = layout::to_usize(layout.piece);
-        let mut stripe = vec![0u8; piece * self.code.k];
-        let mut hashes = vec![Vec::new(); n];
-        let mut done = 0u64;
-        for _ in 0..layout.stripes {
-            let want = layout::to_usize(layout.stripe_bytes().min(size - done));
-            stripe[want..].fill(0);
-            file.read_exact(&mut stripe[..want]).map_err(io)?;
-            done += want as u64;
-            let data: Vec<&[u8]> = stripe.chunks(piece).collect();
-            let parity = code::encode(self.code, &data)?;
-            let all = data.iter().copied().chain(parity.iter().map(Vec::as_slice));
-            for (s, p) in all.enumerate() {
-                hashes[s].push(layout::piece_hash(p));
-                writers[s].write(p).map_err(|x| st(&self.stores[order[s]].spec, x))?;
+        let k = self.code.k;
+        // One thread per shard hashes and writes its pieces while this one reads and encodes
+        // the next stripes: the hashing (every piece, parity included) and the writing of
+        // `k + m` shards are most of a STORE's work, and they overlap this way.
+        type Piece = (std::sync::Arc<Vec<u8>>, std::ops::Range<usize>);
+        let (writers, hashes) = std::thread::scope(|scope| -> Result<_, SpreadError> {
+            let mut txs = Vec::new();
+            let mut handles = Vec::new();
+            for mut w in writers {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(2);
+                txs.push(tx);
+                handles.push(scope.spawn(move || {
+                    let mut hs = Vec::new();
+                    for (buf, r) in rx {
+                        let p = buf.get(r).unwrap_or_default();
+                        hs.push(layout::piece_hash(p));
+                        w.write(p)?;
+                    }
+                    Ok::<_, StoreError>((w, hs))
+                }));
             }
-            progress(done);
-        }
+            let mut done = 0u64;
+            let mut fed = Ok(());
+            'feed: for _ in 0..layout.stripes {
+                let want = layout::to_usize(layout.stripe_bytes().min(size - done));
+                let mut stripe = vec![0u8; piece * k];
+                file.read_exact(&mut stripe[..want]).map_err(io)?;
+                done += want as u64;
+                let data: Vec<&[u8]> = stripe.chunks(piece).collect();
+                let parity = code::encode(self.code, &data)?;
+                let stripe = std::sync::Arc::new(stripe);
+                let all = (0..k)
+                    .map(|s| (stripe.clone(), s * piece..(s + 1) * piece))
+                    .chain(parity.into_iter().map(|p| (0..p.len(), std::sync::Arc::new(p))).map(|(r, p)| (p, r)));
+                for (tx, p) in txs.iter().zip(all) {
+                    if tx.send(p).is_err() {
+                        // That shard's writer stopped: its error is reported below.
+                        fed = Err(());
+                        break 'feed;
+                    }
+                }
+                progress(done);
+            }
+            drop(txs);
+            let mut writers = Vec::new();
+            let mut hashes = Vec::new();
+            for (s, h) in handles.into_iter().enumerate() {
+                let spec = &self.stores[order[s]].spec;
+                let (w, hs) = h
+                    .join()
+                    .map_err(|_| SpreadError::Io(format!("the writer of shard {s} panicked")))?
+                    .map_err(|x| st(spec, x))?;
+                writers.push(w);
+                hashes.push(hs);
+            }
+            fed.map_err(|()| SpreadError::Io("a shard writer stopped".into()))?;
+            Ok((writers, hashes))
+        })?;
         let commits = writers.into_iter().enumerate().map(|(s, w)| {
             let e = &self.stores[order[s]];
             async move { e.store.commit(w).await.map_err(|x| st(&e.spec, x)) }
@@ -365,6 +418,30 @@ impl Spread {
         Ok(lost)
     }
 
+    /// The keys with a manifest on any store (listing every store, S3 included), and the
+    /// stores that could not be listed.
+    pub async fn stored_keys(&self) -> (Vec<String>, Vec<String>) {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut failed = Vec::new();
+        let lists = self.stores.iter().map(|e| async move { (e, e.store.list("/manifest").await) });
+        for (e, r) in futures_util::future::join_all(lists).await {
+            match r {
+                Ok(names) => {
+                    for n in names {
+                        // HASH/HASH/KEYFILE/manifest
+                        let Some(dir) = n.strip_suffix("/manifest") else { continue };
+                        let file = dir.rsplit('/').next().unwrap_or(dir);
+                        if let Ok(key) = Key::from_key_file(file.as_bytes()) {
+                            keys.insert(key.to_string_lossy());
+                        }
+                    }
+                }
+                Err(x) => failed.push(format!("{}: {x}", e.spec)),
+            }
+        }
+        (keys.into_iter().collect(), failed)
+    }
+
     fn store_entry(&self, spec: &str) -> Result<&StoreEntry, SpreadError> {
         self.store_index(spec)
             .map(|i| &self.stores[i])
@@ -383,6 +460,64 @@ impl Spread {
             e.store.put(&name, text.clone()).await.map_err(|x| SpreadError::Store(format!("{spec}: {x}")))?;
         }
         Ok(())
+    }
+}
+
+/// One store of a remote as `annexfs sources` shows it for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePlace {
+    pub store: String,
+    /// The shard of the key it holds (by the manifest), if any.
+    pub shard: Option<usize>,
+    pub parity: bool,
+    /// `present`, `missing`, `short`, `unreachable (why)`, `no manifest`.
+    pub state: String,
+}
+
+impl Spread {
+    /// Where `key`'s shards are, from a look at each store (the shards' sizes, not their
+    /// bytes): every store of the remote, reachable or not.
+    pub async fn places(&self, key: &str) -> Vec<StorePlace> {
+        let place = |store: &str, shard: Option<usize>, parity: bool, state: String| StorePlace {
+            store: store.to_string(),
+            shard,
+            parity,
+            state,
+        };
+        let (m, dir) = match (self.manifest(key).await, Self::key_dir(key)) {
+            (Ok(m), Ok(dir)) => (m, dir),
+            (Err((e, _, _)), _) | (_, Err(e)) => {
+                return self
+                    .stores
+                    .iter()
+                    .map(|e2| place(&e2.spec, None, false, format!("no manifest: {e}")))
+                    .collect();
+            }
+        };
+        let looks = m.stores.iter().enumerate().map(|(s, spec)| {
+            let name = Self::shard_name(&dir, s);
+            let want = m.layout.shard_bytes();
+            async move {
+                let state = match self.store_index(spec) {
+                    None => "its store is not in stores= any more".to_string(),
+                    Some(i) => match self.stores[i].store.size(&name).await {
+                        Ok(n) if n == want => "present".to_string(),
+                        Ok(n) => format!("short ({n} of {want} bytes)"),
+                        Err(StoreError::NotFound) => "missing".to_string(),
+                        Err(StoreError::Unreachable(why)) => format!("unreachable ({why})"),
+                        Err(e) => format!("unreachable ({e})"),
+                    },
+                };
+                place(spec, Some(s), s >= m.layout.code.k, state)
+            }
+        });
+        let mut out = futures_util::future::join_all(looks).await;
+        for e in &self.stores {
+            if !m.stores.contains(&e.spec) {
+                out.push(place(&e.spec, None, false, "holds no shard of this key".into()));
+            }
+        }
+        out
     }
 }
 

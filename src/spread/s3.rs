@@ -166,8 +166,120 @@ impl S3Store {
         self.send(req).await.map(drop)
     }
 
+    /// The names (below the prefix) of every object whose name ends with `suffix`, listed
+    /// page by page (ListObjectsV2, keys URL-encoded in the answer).
+    pub async fn list(&self, suffix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            // A GET of the bucket itself with the listing's query, signed as such.
+            let mut action = self.bucket.get_object(self.creds.as_ref(), "");
+            let q = action.query_mut();
+            q.insert("list-type", "2");
+            q.insert("encoding-type", "url");
+            if !self.prefix.is_empty() {
+                q.insert("prefix", self.prefix.clone());
+            }
+            if let Some(t) = &token {
+                q.insert("continuation-token", t.clone());
+            }
+            let url = action.sign(PRESIGN_FOR);
+            let resp = self.send(self.client.get(url)).await?;
+            let text = resp.text().await.map_err(|e| StoreError::Io(e.to_string()))?;
+            let page = parse_listing(&text).map_err(StoreError::Io)?;
+            for key in page.keys {
+                if let Some(name) = key.strip_prefix(self.prefix.as_str())
+                    && name.ends_with(suffix)
+                {
+                    out.push(name.to_string());
+                }
+            }
+            match page.next {
+                Some(t) if token.as_ref() != Some(&t) => token = Some(t),
+                Some(_) => return Err(StoreError::Io("the listing repeats its continuation token".into())),
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let url = self.bucket.delete_object(self.creds.as_ref(), &self.object(name)).sign(PRESIGN_FOR);
         self.send(self.client.delete(url)).await.map(drop)
+    }
+}
+
+/// One page of a ListObjectsV2 answer: its keys (URL-decoded) and the token of the next page
+/// when it is truncated.
+#[derive(Debug, PartialEq, Eq)]
+struct Listing {
+    keys: Vec<String>,
+    next: Option<String>,
+}
+
+/// The text of every `<tag>…</tag>` in `xml`, in order, entities decoded.
+fn elements(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(a) = rest.find(&open) {
+        let after = &rest[a + open.len()..];
+        let Some(b) = after.find(&close) else { break };
+        let text = &after[..b];
+        out.push(
+            text.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[b + close.len()..];
+    }
+    out
+}
+
+fn parse_listing(xml: &str) -> Result<Listing, String> {
+    if !xml.contains("<ListBucketResult") {
+        return Err(format!("not a listing: {}", xml.chars().take(200).collect::<String>()));
+    }
+    let url_encoded = elements(xml, "EncodingType").first().is_some_and(|e| e == "url");
+    let keys = elements(xml, "Key")
+        .into_iter()
+        .map(|k| {
+            if url_encoded {
+                // URL encoding of a key writes a space as `+`.
+                percent_encoding::percent_decode_str(&k.replace('+', " ")).decode_utf8_lossy().into_owned()
+            } else {
+                k
+            }
+        })
+        .collect();
+    let truncated = elements(xml, "IsTruncated").first().is_some_and(|t| t == "true");
+    let next = elements(xml, "NextContinuationToken").into_iter().next().filter(|t| !t.is_empty());
+    match (truncated, next) {
+        (true, None) => Err("a truncated listing without a continuation token".into()),
+        (true, next) => Ok(Listing { keys, next }),
+        (false, _) => Ok(Listing { keys, next: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_parse() {
+        let page = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>shards</Name><Prefix>p/</Prefix>
+<KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>
+<Contents><Key>p/abc/def/SHA256E-s3--00.bin/manifest</Key><Size>9</Size></Contents>
+<Contents><Key>p/a%2Bb/c+d/shard-0</Key><Size>9</Size></Contents>
+<NextContinuationToken>tok&amp;1</NextContinuationToken></ListBucketResult>"#;
+        let l = parse_listing(page).unwrap();
+        assert_eq!(l.keys, vec!["p/abc/def/SHA256E-s3--00.bin/manifest".to_string(), "p/a+b/c d/shard-0".into()]);
+        assert_eq!(l.next.as_deref(), Some("tok&1"));
+        let last = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
+        assert_eq!(parse_listing(last).unwrap(), Listing { keys: vec![], next: None });
+        assert!(parse_listing("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>").is_err());
+        assert!(parse_listing("<Error><Code>AccessDenied</Code></Error>").is_err());
     }
 }

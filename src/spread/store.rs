@@ -128,6 +128,19 @@ impl Store {
         }
     }
 
+    /// The names of every object of the store whose name ends with `suffix` (a directory
+    /// store: three levels deep, the layout of a key's objects).
+    pub async fn list(&self, suffix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Dir(d) => {
+                let root = d.path("")?;
+                let suffix = suffix.to_string();
+                blocking(move || Ok(list_dir(&root, &suffix))).await
+            }
+            Store::S3(s) => s.list(suffix).await,
+        }
+    }
+
     /// Removes `name`; a missing object is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let r = match self {
@@ -204,6 +217,29 @@ impl DirStore {
         }
         Ok(self.root.join(name))
     }
+}
+
+/// `A/B/KEYDIR/NAME` below `root` whose `A/B/KEYDIR/NAME` ends with `suffix`.
+fn list_dir(root: &Path, suffix: &str) -> Vec<String> {
+    let level = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for a in level(root) {
+        for b in level(&a) {
+            for k in level(&b) {
+                for f in std::fs::read_dir(&k).into_iter().flatten().flatten() {
+                    let Ok(rel) = f.path().strip_prefix(root).map(|r| r.to_string_lossy().into_owned()) else {
+                        continue;
+                    };
+                    if rel.ends_with(suffix) {
+                        out.push(rel);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Runs blocking file work off the async threads.

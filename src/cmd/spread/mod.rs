@@ -8,6 +8,7 @@ pub mod program;
 use crate::annex::Annex;
 use crate::annex::remotes::RemoteKind;
 use crate::annex::remotes::external::ExternalLocation;
+use crate::annex::settings::Limits;
 use crate::cli::{SpreadArgs, SpreadCommand};
 use crate::source::reach::ExternalMaker;
 use crate::source::remote::RangeSource;
@@ -32,10 +33,40 @@ fn from_fields(fields: &BTreeMap<String, String>) -> Result<Spread, crate::sprea
 /// The spread remotes a mount reads, by remote name.
 pub type Registry = Arc<Mutex<BTreeMap<String, Arc<Spread>>>>;
 
+/// A spread remote's limits apply to each of its stores (separate accounts or disks, each
+/// with its own rate, as a web limit applies to each web server). Moves the limits of the
+/// spread remotes of `annex` out of `limits` (by remote name) into the map returned (the
+/// limits of each store), and leaves in `limits` what the remote as a whole may take: the
+/// sum over its stores.
+pub fn split_limits(annex: &Annex, limits: &mut std::collections::HashMap<String, Limits>) -> BTreeMap<String, Limits> {
+    let mut per_store = BTreeMap::new();
+    let Ok(meta) = annex.meta() else { return per_store };
+    for r in &meta.remotes {
+        let RemoteKind::External(ext) = &r.kind else { continue };
+        if ext.externaltype.as_deref() != Some(EXTERNALTYPE) {
+            continue;
+        }
+        let Some(l) = limits.get(&r.name).copied() else { continue };
+        let stores = ext.config.get("stores").map_or(0, |s| s.split(',').filter(|s| !s.trim().is_empty()).count());
+        let n = u32::try_from(stores.max(1)).unwrap_or(u32::MAX);
+        limits.insert(r.name.clone(), whole_of(l, n));
+        per_store.insert(r.name.clone(), l);
+    }
+    per_store
+}
+
+/// What `n` stores of limits `l` give together.
+fn whole_of(l: Limits, n: u32) -> Limits {
+    Limits {
+        bwlimit: l.bwlimit.map(|b| b.saturating_mul(u64::from(n))),
+        maxconnections: l.maxconnections.map(|c| c.saturating_mul(n)),
+    }
+}
+
 /// The maker a mount installs for `externaltype=annexfs`: one [`Spread`] per remote (so the
 /// stores' load figures are shared by every key read), made on first use and kept in
-/// `remotes`.
-pub fn mount_maker(remotes: Registry) -> ExternalMaker {
+/// `remotes`; `store_limits` (by remote name) limit each of its stores.
+pub fn mount_maker(remotes: Registry, store_limits: BTreeMap<String, Limits>) -> ExternalMaker {
     Arc::new(move |loc: &ExternalLocation, key: &crate::annex::Key| {
         let size = key.size().ok_or("the key has no size to read ranges of")?;
         let spread = {
@@ -43,7 +74,9 @@ pub fn mount_maker(remotes: Registry) -> ExternalMaker {
             match r.get(&loc.remote) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Arc::new(from_fields(&loc.config).map_err(|e| format!("spread remote: {e}"))?);
+                    let s = from_fields(&loc.config).map_err(|e| format!("spread remote: {e}"))?;
+                    let l = store_limits.get(&loc.remote).copied().unwrap_or_default();
+                    let s = Arc::new(s.with_store_limits(l));
                     r.insert(loc.remote.clone(), s.clone());
                     s
                 }
@@ -52,6 +85,28 @@ pub fn mount_maker(remotes: Registry) -> ExternalMaker {
         let src: Arc<dyn RangeSource> = Arc::new(SpreadSource::new(&loc.remote, spread, &key.to_string_lossy(), size));
         Ok(src)
     })
+}
+
+/// For `annexfs sources`: each store of a spread holder and the shard of `key` it holds;
+/// `None` when `loc` is not a spread remote.
+pub fn places(loc: &ExternalLocation, key: &crate::annex::Key) -> Option<Vec<crate::spread::remote::StorePlace>> {
+    if loc.externaltype != EXTERNALTYPE {
+        return None;
+    }
+    let spread = match from_fields(&loc.config) {
+        Ok(s) => s,
+        Err(e) => {
+            let state = format!("the remote's configuration: {e}");
+            return Some(vec![crate::spread::remote::StorePlace {
+                store: "-".into(),
+                shard: None,
+                parity: false,
+                state,
+            }]);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    Some(rt.block_on(spread.places(&key.to_string_lossy())))
 }
 
 /// The figures of every spread remote in `reg`, for `annexfs status`.
@@ -97,9 +152,20 @@ fn repair(remote: &str, repo: Option<&std::path::Path>, keys: &[String]) -> anyh
         bail!("{remote} is not a spread remote (externaltype={EXTERNALTYPE})");
     }
     let spread = Arc::new(from_fields(&ext.config)?);
-    let keys = if keys.is_empty() { stored_keys(&spread) } else { keys.to_vec() };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut failed = 0;
+    let keys = if keys.is_empty() {
+        // Every key with a manifest on any store; a store that cannot be listed may hold
+        // keys the others lost entirely, so it is a failure, after the rest is repaired.
+        let (found, unlisted) = rt.block_on(spread.stored_keys());
+        for why in &unlisted {
+            eprintln!("annexfs: cannot list store {why}");
+        }
+        failed += unlisted.len();
+        found
+    } else {
+        keys.to_vec()
+    };
     for key in &keys {
         match rt.block_on(spread.repair(key)) {
             Ok(lost) if lost.is_empty() => println!("{key}: intact"),
@@ -113,33 +179,14 @@ fn repair(remote: &str, repo: Option<&std::path::Path>, keys: &[String]) -> anyh
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
-/// The keys with a manifest on any directory store (`HASH/HASH/KEYFILE/manifest`).
-fn stored_keys(spread: &Spread) -> Vec<String> {
-    let mut keys = std::collections::BTreeSet::new();
-    for e in &spread.stores {
-        let root = std::path::Path::new(&e.spec);
-        if !root.is_absolute() {
-            continue;
-        }
-        let level = |p: &std::path::Path| -> Vec<std::path::PathBuf> {
-            std::fs::read_dir(p)
-                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-                .unwrap_or_default()
-        };
-        for a in level(root) {
-            for b in level(&a) {
-                for k in level(&b) {
-                    if !k.join("manifest").is_file() {
-                        continue;
-                    }
-                    let Some(name) = k.file_name() else { continue };
-                    use std::os::unix::ffi::OsStrExt;
-                    if let Ok(key) = crate::annex::Key::from_key_file(name.as_bytes()) {
-                        keys.insert(key.to_string_lossy());
-                    }
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_takes_the_sum_of_its_stores_limits() {
+        let l = Limits { bwlimit: Some(25 << 20), maxconnections: Some(3) };
+        assert_eq!(whole_of(l, 6), Limits { bwlimit: Some(150 << 20), maxconnections: Some(18) });
+        assert_eq!(whole_of(Limits::default(), 6), Limits::default());
     }
-    keys.into_iter().collect()
 }

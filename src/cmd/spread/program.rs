@@ -219,7 +219,7 @@ fn transfer_retrieve<R: BufRead, W: Write>(
         Ok(m) => m,
         Err((e, _, _)) => return Ok(Err(e.to_string())),
     };
-    let reader = crate::spread::reader::KeyReader::new(s, m);
+    let reader = Arc::new(crate::spread::reader::KeyReader::new(s, m));
     let mut out = match std::fs::File::create(file) {
         Ok(f) => std::io::BufWriter::new(f),
         Err(e) => return Ok(Err(format!("{file}: {e}"))),
