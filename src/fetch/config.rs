@@ -20,6 +20,9 @@ pub const MAX_INFLIGHT: u32 = 2;
 pub const DEMAND_EXTRA: u32 = 2;
 /// A request should take about this long at the source's measured speed.
 pub(super) const TARGET_REQUEST_SECS: f64 = 0.5;
+/// A request that streamed for less than this is measured as if it took this long (its
+/// speed a lower bound: see `SourceStats::request_ended`).
+pub(super) const MIN_MEASURED: Duration = Duration::from_millis(50);
 /// Longest run of pieces in one request.
 pub(super) const MAX_RUN_BYTES: u64 = 32 << 20;
 /// Failures in a row before a source is given up for a key.

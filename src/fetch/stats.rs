@@ -10,7 +10,7 @@
 //! Lock order: `SourceSlot::stats` is taken after `KeyFetch::state` (never the other way) and
 //! before nothing but the `CachedKey` state and the reputation map.
 
-use super::config::{MAX_FAILS, RATE_WINDOW};
+use super::config::{MAX_FAILS, MIN_MEASURED, RATE_WINDOW};
 use super::{KeyFetch, blame, lock};
 use crate::source::remote::FetchError;
 use std::collections::VecDeque;
@@ -112,7 +112,13 @@ impl SourceStats {
         // source that takes long to start but then streams fast look slow, and a slow-looking
         // source gets short runs, each again mostly latency: it would never be measured right.
         let streaming = end.elapsed.saturating_sub(end.first_byte.unwrap_or_default());
-        let secs = streaming.as_secs_f64().max(1e-3);
+        // A request that streamed for less than [`MIN_MEASURED`] is timed as if it took that
+        // long: a lower bound, never an overestimate. The first piece of a fresh connection
+        // passes a shaper's burst and the socket buffers at memory speed (256 KiB in 1 ms
+        // from a 24 MiB/s mirror); taken at face value it sized the next runs at the longest
+        // (32 MiB), which then held that source's pieces for seconds while readers waited
+        // on them. Underestimated, runs grow by ~10× a request until they are timed right.
+        let secs = streaming.as_secs_f64().max(MIN_MEASURED.as_secs_f64());
         if arrived > 0 || secs > 1.0 {
             let rate = arrived as f64 / secs;
             self.bps = if self.bps == 0.0 { rate } else { 0.7 * self.bps + 0.3 * rate };
@@ -290,6 +296,25 @@ mod tests {
         };
         assert_eq!(s.request_ended(&e, now), Verdict::Fine);
         assert!((s.bps - 1e7).abs() < 1e3, "{}", s.bps);
+    }
+
+    #[test]
+    fn a_request_too_short_to_time_is_measured_as_a_lower_bound() {
+        let now = Instant::now();
+        let mut s = SourceStats { inflight: 1, ..Default::default() };
+        let ok = Ok(());
+        // One 256 KiB piece through a shaper's burst in 1 ms: not 256 MiB/s, at most what
+        // it would be had it taken MIN_MEASURED.
+        let e = RequestEnd {
+            received: 256 << 10,
+            arrived: 256 << 10,
+            elapsed: Duration::from_millis(1),
+            first_byte: Some(Duration::ZERO),
+            ..end(&ok)
+        };
+        assert_eq!(s.request_ended(&e, now), Verdict::Fine);
+        let bound = f64::from(256u32 << 10) / MIN_MEASURED.as_secs_f64();
+        assert!((s.bps - bound).abs() < 1.0, "{} vs {bound}", s.bps);
     }
 
     #[test]
