@@ -23,6 +23,11 @@ pub(super) const TARGET_REQUEST_SECS: f64 = 0.5;
 /// A request that streamed for less than this is measured as if it took this long (its
 /// speed a lower bound: see `SourceStats::request_ended`).
 pub(super) const MIN_MEASURED: Duration = Duration::from_millis(50);
+/// A request should take at least this many times the source's wait for a first byte: a
+/// source slow to start one (an ssh session: a process on the server, git-annex-shell
+/// starting) is asked for fewer, longer runs, so that starting them is a small part of its
+/// time.
+pub(super) const START_COST_RUNS: f64 = 4.0;
 /// Longest run of pieces in one request.
 pub(super) const MAX_RUN_BYTES: u64 = 32 << 20;
 /// Failures in a row before a source is given up for a key.

@@ -99,6 +99,7 @@ impl KeyFetch {
                 }
                 SourceView {
                     bps: ss.bps,
+                    ttfb: ss.ttfb_ms / 1e3,
                     inflight: ss.inflight,
                     dead: ss.dead.is_some(),
                     backoff_until: ss.backoff_until,
@@ -339,6 +340,17 @@ impl KeyFetch {
                         // Every piece left was landed by other requests (hedges): stop
                         // receiving (the connection is dropped with the stream). A source
                         // this slow is backed off, not handed the next demanded piece.
+                        // One whose first bytes come only now was slow to start (an ssh
+                        // session opening, a server waking): its latency is measured, and it
+                        // is not failed for it (backed off, it would sit out the seconds a
+                        // read of a whole file takes).
+                        if progress.got.load(Ordering::Relaxed) == 0
+                            && matches!(&next_chunk, Some(Ok(c)) if !c.is_empty())
+                        {
+                            lock(&self.source(s).stats).first_byte(progress.started.elapsed().as_secs_f64() * 1e3);
+                            first_byte = Some(started.elapsed());
+                            return Ok(());
+                        }
                         let secs = progress.started.elapsed().as_secs_f64();
                         let rate = progress.got.load(Ordering::Relaxed) as f64 / secs.max(1e-3);
                         if secs > SILENT_HEDGE_AFTER.as_secs_f64() && rate < DRIP_BPS {

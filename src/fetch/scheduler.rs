@@ -17,7 +17,8 @@
 //! limiter's room and under [`MAX_INFLIGHT`] requests (plus [`DEMAND_EXTRA`] while a reader is
 //! blocked) gets, in turn:
 //! - the first wanted missing piece it may be asked for, and a run after it sized to its
-//!   measured throughput ([`TARGET_REQUEST_SECS`]; one piece while unmeasured, for a fast
+//!   measured throughput ([`TARGET_REQUEST_SECS`], or [`START_COST_RUNS`] times its wait for
+//!   a first byte where starting a request is slow; one piece while unmeasured, for a fast
 //!   first byte). Demanded pieces are **spread**: a run takes at most its share of the
 //!   demanded pieces still missing, and starting one **preempts** the source's readahead
 //!   requests (they finish the piece they receive and give the rest back). Near the end of
@@ -47,7 +48,7 @@
 
 use super::config::{
     DEMAND_EXTRA, DRIP_BPS, HEDGE_AFTER, MAX_INFLIGHT, MAX_RUN_BYTES, PROBE_EVERY, SILENT_HEDGE_AFTER, SLOW_FACTOR,
-    STEAL_IF_LEFT_SECS, TARGET_REQUEST_SECS,
+    START_COST_RUNS, STEAL_IF_LEFT_SECS, TARGET_REQUEST_SECS,
 };
 use super::piece::{Piece, PieceIndex, PieceTable, RequestId};
 use super::stats::SourceId;
@@ -62,6 +63,8 @@ pub const BACKGROUND_RESERVE: u32 = 1;
 pub struct SourceView {
     /// Measured throughput (bytes/s); 0 until measured.
     pub bps: f64,
+    /// Measured wait for a request's first byte (seconds); 0 until measured.
+    pub ttfb: f64,
     pub inflight: u32,
     /// Given up for this key, or banned.
     pub dead: bool,
@@ -364,9 +367,11 @@ impl Planner<'_, '_> {
             // is measured before it is given more.
             1
         } else {
+            // Long enough that starting it is a small part of it (see START_COST_RUNS).
+            let secs = TARGET_REQUEST_SECS.max(self.sources[s.0].ttfb * START_COST_RUNS);
             // A float of pieces, clamped just below: the cast saturates, nothing is lost.
             #[allow(clippy::cast_possible_truncation)]
-            let by_speed = (bps * TARGET_REQUEST_SECS / ps as f64).min(1e9) as usize;
+            let by_speed = (bps * secs / ps as f64).min(1e9) as usize;
             by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
         };
         let max_run = max_run.min(cap);

@@ -8,6 +8,7 @@ const MB: f64 = 1e6;
 fn source(bps: f64) -> SourceView {
     SourceView {
         bps,
+        ttfb: 0.0,
         inflight: 0,
         dead: false,
         backoff_until: None,
@@ -352,4 +353,17 @@ fn background_pieces_come_after_readers_one_at_a_time_with_spare_room() {
     let mut f = Fixture::new(64, vec![source(10.0 * MB)]).background(0..8);
     f.sources[0].ranges = false;
     assert!(starts(&f.plan(Instant::now())).is_empty());
+}
+
+#[test]
+fn a_source_slow_to_start_a_request_gets_longer_runs() {
+    // Two sources of the same speed (10 MB/s: 0.5 s of it is 19 pieces of 256 KiB); the
+    // second takes 0.4 s before a request's first byte (an ssh session opening).
+    let slow_start = SourceView { ttfb: 0.4, ..source(10.0 * MB) };
+    let f = Fixture::new(1000, vec![source(10.0 * MB), slow_start]).window(0, 1000);
+    let s = starts(&f.plan(Instant::now()));
+    let run = |src: usize| s.iter().find(|&&(x, ..)| x == src).map(|&(_, a, b)| b - a).expect("a run each");
+    assert_eq!(run(0), 19, "{s:?}");
+    // 4 × 0.4 s = 1.6 s of it.
+    assert_eq!(run(1), 61, "{s:?}");
 }
