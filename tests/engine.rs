@@ -476,3 +476,32 @@ fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
     assert!(most < piece * 3 / 4, "one source sent {most} bytes; the piece is {piece}");
     assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+/// Many keys read at once from one server (many readers): once the server has
+/// [`annexfs::fetch::CROWDED`] requests in flight, a key that has one there asks for
+/// no more, instead of each key's usual several (which only deepen the server's queue).
+#[test]
+fn many_keys_from_one_server_ask_it_once_each() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let keys = 24;
+    let mut sources = Vec::new();
+    let mut reads = Vec::new();
+    for k in 0..keys {
+        let data = content(100 + k, 2 << 20);
+        // One identity for all: the same server. Throttled so that requests overlap.
+        let s = src("mirror", &data, Faults { bytes_per_sec: Some(2 << 20), ..Faults::default() });
+        let kf = r.fetcher.key(&sha256_key(&data), dyns(std::slice::from_ref(&s)), None).unwrap();
+        sources.push(s);
+        reads.push(rt.spawn(async move { (kf.read(0, 2 << 20).await, data) }));
+    }
+    for h in reads {
+        let (got, data) = rt.block_on(h).unwrap();
+        assert!(got.unwrap() == *data);
+    }
+    let peaks: u64 = sources.iter().map(|s| s.peak_concurrency()).sum();
+    // One each, and up to CROWDED more asked before the server counted as crowded (twice:
+    // keys plan at once, each before the others' requests are counted).
+    let most = keys + 2 * u64::from(annexfs::fetch::CROWDED);
+    assert!(peaks <= most, "{peaks} requests at once over {keys} keys (at most {most})");
+}

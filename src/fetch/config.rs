@@ -16,6 +16,9 @@ pub(super) const SEQUENTIAL_SLACK: u64 = 2 << 20;
 pub const MAX_WINDOW_BYTES: u64 = 256 << 20;
 /// Requests per source at once.
 pub const MAX_INFLIGHT: u32 = 2;
+/// Requests in flight on one source identity, every key's together, from which a key that
+/// has one there gets no more (many readers at once: see `request.rs`, `board`).
+pub const CROWDED: u32 = 8;
 /// Extra requests per source for pieces readers are blocked on.
 pub const DEMAND_EXTRA: u32 = 2;
 /// A request should take about this long at the source's measured speed.
@@ -44,6 +47,10 @@ pub(super) const SLOW_FACTOR: f64 = 16.0;
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// A request slower than this (bytes/s) holding a demanded piece is hedged.
 pub(super) const DRIP_BPS: f64 = 256.0 * 1024.0;
+/// A request whose pieces all landed elsewhere while it sent slower than this (bytes/s,
+/// from its first byte) failed: its source is backed off. Far below [`DRIP_BPS`]: a request
+/// among hundreds sharing a server (many readers at once) sends slowly and is no drip.
+pub(super) const STARVED_BPS: f64 = 32.0 * 1024.0;
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
 pub(super) const TICK: Duration = Duration::from_millis(100);
 /// How long fetching pauses when the cache is at its bound and nothing can be evicted yet.

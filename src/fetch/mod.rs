@@ -55,7 +55,7 @@ mod vouched;
 
 pub use blame::Reputation;
 pub use config::{
-    DEMAND_EXTRA, FetchConfig, INITIAL_WINDOW_BYTES, MAX_FAILS, MAX_INFLIGHT, MAX_WINDOW_BYTES, OnVerified,
+    CROWDED, DEMAND_EXTRA, FetchConfig, INITIAL_WINDOW_BYTES, MAX_FAILS, MAX_INFLIGHT, MAX_WINDOW_BYTES, OnVerified,
     READ_DEADLINE, VerifyMode,
 };
 pub use error::{Doubt, ReadError, ResolveError, StrictRefusal, UnknownVerifyMode, VerifyError};
@@ -69,7 +69,7 @@ use crate::source::remote::RangeSource;
 use piece::{Piece, PieceTable};
 use stats::{Landings, SourceStats};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,8 @@ struct SourceSlot {
     src: Arc<dyn RangeSource>,
     /// Shared with every key reading from the same identity.
     limiter: Option<Arc<limits::Limiter>>,
+    /// Requests in flight from the same identity, every key's together (see [`CROWDED`]).
+    crowd: Arc<AtomicU32>,
     stats: Mutex<SourceStats>,
 }
 
@@ -214,6 +216,7 @@ pub struct Fetcher {
     pub reputation: Arc<Reputation>,
     cfg: FetchConfig,
     limiters: Mutex<HashMap<String, Option<Arc<limits::Limiter>>>>,
+    crowds: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
 impl Fetcher {
@@ -226,6 +229,7 @@ impl Fetcher {
             reputation: Arc::new(Reputation::default()),
             cfg,
             limiters: Mutex::new(HashMap::new()),
+            crowds: Mutex::new(HashMap::new()),
         }
     }
 
@@ -296,6 +300,7 @@ impl Fetcher {
                 .into_iter()
                 .map(|src| SourceSlot {
                     limiter: self.limiter(src.identity()),
+                    crowd: lock(&self.crowds).entry(src.identity().to_string()).or_default().clone(),
                     src,
                     stats: Mutex::new(SourceStats::default()),
                 })

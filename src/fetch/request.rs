@@ -18,7 +18,7 @@
 //! When a task ends, its source's figures are updated (`stats.rs`) and the pieces it still
 //! owns go back to `Missing` (with their claims and partial bytes).
 
-use super::config::{CACHE_FULL_PAUSE, DRIP_BPS, SILENT_HEDGE_AFTER};
+use super::config::{CACHE_FULL_PAUSE, CROWDED, SILENT_HEDGE_AFTER, STARVED_BPS};
 use super::piece::{Piece, PieceIndex, RequestId};
 use super::scheduler::{self, Action, Board, RequestView, SourceView};
 use super::stats::{RequestEnd, SourceId, Verdict};
@@ -105,7 +105,16 @@ impl KeyFetch {
                     backoff_until: ss.backoff_until,
                     fails_in_row: ss.fails_in_row,
                     last_probe: ss.last_probe,
-                    room: slot.limiter.as_ref().and_then(|l| l.room()),
+                    // A server crowded by many keys' requests (many readers at once): a key
+                    // that has one request there asks for no more. Each extra request would
+                    // only deepen the server's queue, its first byte coming later than the
+                    // hedge delay, every piece then asked twice (64 readers: 10% of the bytes
+                    // sent twice, 600 sockets, 370 MB of buffers).
+                    room: if slot.crowd.load(Ordering::Relaxed) >= CROWDED {
+                        Some(u32::from(ss.inflight == 0))
+                    } else {
+                        slot.limiter.as_ref().and_then(|l| l.room())
+                    },
                     ranges: slot.src.supports_ranges(),
                 }
             })
@@ -259,6 +268,7 @@ impl KeyFetch {
         if let Some(l) = &self.source(s).limiter {
             l.started();
         }
+        self.source(s).crowd.fetch_add(1, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let name = self.source(s).src.name();
         tracing::debug!(
@@ -351,9 +361,11 @@ impl KeyFetch {
                             first_byte = Some(started.elapsed());
                             return Ok(());
                         }
-                        let secs = progress.started.elapsed().as_secs_f64();
+                        // Its rate from its first byte on: the wait before it (a server's queue
+                        // under many readers) is latency, not dripping.
+                        let secs = started.elapsed().saturating_sub(first_byte.unwrap_or_default()).as_secs_f64();
                         let rate = progress.got.load(Ordering::Relaxed) as f64 / secs.max(1e-3);
-                        if secs > SILENT_HEDGE_AFTER.as_secs_f64() && rate < DRIP_BPS {
+                        if secs > SILENT_HEDGE_AFTER.as_secs_f64() && rate < STARVED_BPS {
                             #[allow(clippy::cast_possible_truncation)]
                             return Err(FetchError::TooSlow(rate as u64));
                         }
@@ -504,6 +516,7 @@ impl KeyFetch {
         if let Some(l) = &self.source(s).limiter {
             l.finished();
         }
+        let _ = self.source(s).crowd.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
         let verdict = lock(&self.source(s).stats).request_ended(e, Instant::now());
         if let Err(FetchError::NoRanges) = e.result {
             tracing::info!("{}: {} serves no byte ranges: it streams the key from its start", self.key, src.name());

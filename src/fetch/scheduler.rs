@@ -298,7 +298,10 @@ impl Planner<'_, '_> {
             Some(p) => {
                 // The end game: near the end of what is wanted, split it over every source.
                 let missing = self.wanted.iter().filter(|&&i| self.missing(i)).count();
-                self.assign_run(s, p, missing.div_ceil(usable).max(1));
+                let cap = missing.div_ceil(usable).max(1);
+                let p =
+                    if self.starts_slowly(s) { self.far_start(s, self.max_run(s).min(cap)).unwrap_or(p) } else { p };
+                self.assign_run(s, p, cap);
                 true
             }
             None => self.steal(s) || self.hedge(s),
@@ -358,11 +361,39 @@ impl Planner<'_, '_> {
         true
     }
 
-    /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.
-    fn assign_run(&mut self, s: SourceId, p: PieceIndex, cap: usize) {
+    /// Whether starting a request on `s` takes long against a request's usual length (see
+    /// [`START_COST_RUNS`]): measured, and its runs sized by that rather than by
+    /// [`TARGET_REQUEST_SECS`].
+    fn starts_slowly(&self, s: SourceId) -> bool {
+        let v = &self.sources[s.0];
+        v.bps > 0.0 && v.ttfb * START_COST_RUNS > TARGET_REQUEST_SECS
+    }
+
+    /// Where a readahead run of `len` pieces on `s`, a source slow to start requests, should
+    /// begin: at the back of the readers' wanted pieces (the last `len` of the last stretch
+    /// still missing there), not at the first missing one. Such a source's request is one
+    /// long transfer that is costly to start and to cut (an ssh GET streams to the end of the
+    /// key): at the back, the quick-starting sources reach it last, and it runs whole instead
+    /// of being overtaken, stolen from and started again.
+    fn far_start(&self, s: SourceId, len: usize) -> Option<PieceIndex> {
+        let ok = |i: PieceIndex| {
+            self.readers_wanted.contains(&i) && self.missing(i) && self.may_ask(s, i) && (self.b.holds)(s, i)
+        };
+        let last = self.wanted.iter().rev().copied().find(|&i| ok(i))?;
+        let mut from = last;
+        while from.0 > 0 && last.0 - from.0 + 1 < len.max(1) && ok(PieceIndex(from.0 - 1)) {
+            from = PieceIndex(from.0 - 1);
+        }
+        Some(from)
+    }
+
+    /// The longest run `s` is given: one piece while unmeasured, else what it sends in
+    /// [`TARGET_REQUEST_SECS`] (or [`START_COST_RUNS`] times its wait for a first byte), at
+    /// most [`MAX_RUN_BYTES`].
+    fn max_run(&self, s: SourceId) -> usize {
         let ps = self.b.piece_size.max(1);
         let bps = self.sources[s.0].bps;
-        let max_run = if bps <= 0.0 {
+        if bps <= 0.0 {
             // Not measured yet: one piece, so that the first bytes come soonest and the source
             // is measured before it is given more.
             1
@@ -373,8 +404,12 @@ impl Planner<'_, '_> {
             #[allow(clippy::cast_possible_truncation)]
             let by_speed = (bps * secs / ps as f64).min(1e9) as usize;
             by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
-        };
-        let max_run = max_run.min(cap);
+        }
+    }
+
+    /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.
+    fn assign_run(&mut self, s: SourceId, p: PieceIndex, cap: usize) {
+        let max_run = self.max_run(s).min(cap);
         let mut end = p;
         while end.0 < self.b.pieces.len()
             && end.0 - p.0 < max_run
@@ -479,8 +514,15 @@ impl Planner<'_, '_> {
                 let silent = r.got == 0;
                 let age = now.saturating_duration_since(r.started);
                 let rate = r.got as f64 / age.as_secs_f64().max(1e-3);
-                let dripping = age > SILENT_HEDGE_AFTER && rate < (s_bps / 4.0).max(DRIP_BPS);
-                let patience: Duration = if silent { SILENT_HEDGE_AFTER } else { HEDGE_AFTER };
+                // Against what `s` sends a request (measured): many readers at once share a
+                // server, each request slow and none faster elsewhere, and a hedge there would
+                // only send the piece twice. Unmeasured, against an absolute drip.
+                let floor = if s_bps > 0.0 { s_bps / 4.0 } else { DRIP_BPS };
+                // A source whose first bytes usually take long (a busy server's queue, an ssh
+                // session) is given twice that before its silence counts, at most 2 s.
+                let usual = Duration::from_secs_f64(self.sources[r.source.0].ttfb.clamp(0.0, 1.0) * 2.0);
+                let dripping = age > SILENT_HEDGE_AFTER.max(usual) && rate < floor;
+                let patience: Duration = if silent { SILENT_HEDGE_AFTER.max(usual) } else { HEDGE_AFTER };
                 r.source != s && (dripping || now.saturating_duration_since(r.last_progress) > patience)
             })
         })

@@ -364,6 +364,9 @@ fn a_source_slow_to_start_a_request_gets_longer_runs() {
     let s = starts(&f.plan(Instant::now()));
     let run = |src: usize| s.iter().find(|&&(x, ..)| x == src).map(|&(_, a, b)| b - a).expect("a run each");
     assert_eq!(run(0), 19, "{s:?}");
-    // 4 × 0.4 s = 1.6 s of it.
+    // 4 × 0.4 s = 1.6 s of it, at the back of the window: its one long transfer is not
+    // overtaken by the quick source (then stolen from, cut and started again).
     assert_eq!(run(1), 61, "{s:?}");
+    assert!(s.contains(&(1, 939, 1000)), "{s:?}");
+    assert!(s.contains(&(0, 0, 19)), "the quick source starts at the front: {s:?}");
 }
