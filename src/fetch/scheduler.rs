@@ -299,8 +299,11 @@ impl Planner<'_, '_> {
                 // The end game: near the end of what is wanted, split it over every source.
                 let missing = self.wanted.iter().filter(|&&i| self.missing(i)).count();
                 let cap = missing.div_ceil(usable).max(1);
-                let p =
-                    if self.starts_slowly(s) { self.far_start(s, self.max_run(s).min(cap)).unwrap_or(p) } else { p };
+                let p = if self.reads_from_the_back(s) {
+                    self.far_start(s, self.max_run(s).min(cap)).unwrap_or(p)
+                } else {
+                    p
+                };
                 self.assign_run(s, p, cap);
                 true
             }
@@ -367,6 +370,18 @@ impl Planner<'_, '_> {
     fn starts_slowly(&self, s: SourceId) -> bool {
         let v = &self.sources[s.0];
         v.bps > 0.0 && v.ttfb * START_COST_RUNS > TARGET_REQUEST_SECS
+    }
+
+    /// Whether `s` should take its readahead from the back of the window ([`Self::far_start`]):
+    /// it starts requests slowly and another source, quick to start, works from the front. (A
+    /// source alone reads front to back: at the back, a sequential reader would find nothing
+    /// read ahead of it.)
+    fn reads_from_the_back(&self, s: SourceId) -> bool {
+        self.starts_slowly(s)
+            && (0..self.sources.len()).any(|o| {
+                let v = &self.sources[o];
+                o != s.0 && !v.dead && v.backoff_until.is_none_or(|t| t <= self.now) && !self.starts_slowly(SourceId(o))
+            })
     }
 
     /// Where a readahead run of `len` pieces on `s`, a source slow to start requests, should

@@ -370,3 +370,11 @@ fn a_source_slow_to_start_a_request_gets_longer_runs() {
     assert!(s.contains(&(1, 939, 1000)), "{s:?}");
     assert!(s.contains(&(0, 0, 19)), "the quick source starts at the front: {s:?}");
 }
+
+#[test]
+fn a_source_slow_to_start_alone_reads_from_the_front() {
+    let slow_start = SourceView { ttfb: 0.4, ..source(10.0 * MB) };
+    let f = Fixture::new(1000, vec![slow_start]).window(0, 1000);
+    let s = starts(&f.plan(Instant::now()));
+    assert_eq!(s.first(), Some(&(0, 0, 61)), "{s:?}");
+}
