@@ -477,6 +477,23 @@ fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
     assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
+/// A cold read across two pieces with a manifest waits for both: each is asked in parts.
+#[test]
+fn with_a_manifest_every_piece_of_a_cold_read_is_split() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(34, 8 << 20);
+    let key = sha256_key(&data);
+    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
+    let fault = || Faults { bytes_per_sec: Some(256 << 10), ..Faults::default() };
+    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
+    let kf = r.fetcher.key(&key, dyns(&sources), Some(common::manifest_of(&key, &data))).unwrap();
+    let at = 21 * piece - (8 << 10);
+    let got = rt.block_on(kf.read(at, 16 << 10)).unwrap();
+    assert!(got[..] == data[at as usize..(at + (16 << 10)) as usize]);
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 2, "both pieces split");
+}
+
 /// Many keys read at once from one server (many readers): once the server has
 /// [`annexfs::fetch::CROWDED`] requests in flight, a key that has one there asks for
 /// no more, instead of each key's usual several (which only deepen the server's queue).

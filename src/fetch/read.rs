@@ -99,11 +99,14 @@ impl KeyFetch {
         self.schedule();
         let (direct, split) = {
             let st = lock(&self.state);
-            (self.direct_sources(&st, offset, end), self.split_candidate(&st, first))
+            let split: Vec<PieceIndex> =
+                PieceIndex::range(first, last.next()).filter_map(|i| self.split_candidate(&st, i)).collect();
+            (self.direct_sources(&st, offset, end), split)
         };
-        // Pieces are checked (a manifest): the first piece is also asked in parts of the idle
-        // sources, and the reader waits for whichever copy lands first.
-        if let Some(i) = split {
+        // Pieces are checked (a manifest): each piece of the read is also asked in parts of
+        // the idle sources (a read across two pieces waits for both), and the reader waits
+        // for whichever copy lands first.
+        for i in split {
             self.rt.spawn(self.clone().split_piece(i));
         }
         if direct.is_empty() {
