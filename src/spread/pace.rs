@@ -2,7 +2,8 @@
 //! read through the store (a mount's readers, a RETRIEVE, a repair).
 //!
 //! A spread remote's limits (`remote.NAME.annexfs-bwlimit`, `[remote.NAME]` in
-//! `.annexfs.toml`) are applied to **each** store, as a web limit is to each web server: the
+//! `.annexfs.toml`) are applied to **each** store (without a request limit, [`DEFAULT_READS`]
+//! reads at once), as a web limit is to each web server: the
 //! stores are separate accounts or disks, each with its own rate. A piece read waits for a
 //! request slot of its store, then for its bytes to fit under the store's rate (reserved
 //! before the read: a piece is at most 1 MiB, so the pacing is even at the scale of a
@@ -13,6 +14,12 @@ use std::time::Duration;
 
 /// A little credit, so that a store's first pieces are not paced one by one.
 const BURST: Duration = Duration::from_millis(50);
+/// Reads at once on a store without a request limit of its own. The reader asks for the
+/// pieces of several stripes at once (its read ahead): all on the wire together, each
+/// store's bandwidth was split between them and the stripe a reader waits on came with the
+/// last (230 ms to the first byte of a mount's read). Queued here instead, in the order they
+/// were asked, the first stripe's pieces go first and two keep the store's link busy.
+const DEFAULT_READS: u32 = 2;
 
 /// The live limits of one store.
 #[derive(Debug)]
@@ -28,7 +35,8 @@ pub struct Permit<'a>(#[allow(dead_code)] Option<tokio::sync::SemaphorePermit<'a
 
 impl StoreLimiter {
     pub fn new(limits: Limits) -> StoreLimiter {
-        let slots = limits.maxconnections.map(|m| tokio::sync::Semaphore::new(m.max(1) as usize));
+        let reads = limits.maxconnections.unwrap_or(DEFAULT_READS).max(1);
+        let slots = Some(tokio::sync::Semaphore::new(reads as usize));
         StoreLimiter { limits, slots, paid_until: tokio::sync::Mutex::new(None) }
     }
 
@@ -80,5 +88,10 @@ mod tests {
             drop(free.admit(1 << 30).await);
         }
         assert!(t1.elapsed() < Duration::from_millis(200));
+        // ... but at most DEFAULT_READS at once, the next in the order they came.
+        let held: Vec<_> = futures_util::future::join_all((0..DEFAULT_READS).map(|_| free.admit(0))).await;
+        assert!(tokio::time::timeout(Duration::from_millis(50), free.admit(0)).await.is_err());
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_secs(5), free.admit(0)).await.is_ok());
     }
 }
