@@ -1,10 +1,11 @@
 //! Per-store limits of a spread remote: requests at once and bytes per second, for every key
-//! read through the store (a mount's readers, a RETRIEVE, a repair).
+//! read through the store by one process.
 //!
-//! A spread remote's limits (`remote.NAME.annexfs-bwlimit`, `[remote.NAME]` in
-//! `.annexfs.toml`) are applied to **each** store (without a request limit, [`DEFAULT_READS`]
-//! reads at once), as a web limit is to each web server: the
-//! stores are separate accounts or disks, each with its own rate. A piece read waits for a
+//! In a mount, a spread remote's limits (`remote.NAME.annexfs-bwlimit`, `[remote.NAME]` in
+//! `.annexfs.toml`) are applied to **each** store, as a web limit is to each web server: the
+//! stores are separate accounts or disks, each with its own rate. (The special remote program
+//! that git-annex runs reads no annexfs settings: its RETRIEVE and a repair have only the
+//! default below.) Without a request limit, [`DEFAULT_READS`] reads at once. A piece read waits for a
 //! request slot of its store, then for its bytes to fit under the store's rate (reserved
 //! before the read: a piece is at most 1 MiB, so the pacing is even at the scale of a
 //! piece), so a store's reads together stay under its limit.
