@@ -374,26 +374,42 @@ fn a_seek_into_the_back_of_a_readahead_run_does_not_wait_for_the_run() {
     let len = 64usize << 20;
     let data = content(34, len);
     let key = sha256_key(&data);
-    // 8 MiB/s for the source, all its requests together: once measured, readahead runs are
-    // half a second long (4 MiB), two at a time.
-    let s = src("m", &data, Faults { bytes_per_sec: Some(8 << 20), ..Faults::default() });
+    // 64 MiB/s for the source, all its requests together: once measured, readahead runs are
+    // half a second long (over 8 MiB), two at a time.
+    let s = src("m", &data, Faults { bytes_per_sec: Some(64 << 20), ..Faults::default() });
     let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&s)), None).unwrap();
     let mut at = 0u64;
-    while at < 6 << 20 {
+    // Long enough a stream for the source to be measured (its first, short requests are
+    // timed as lower bounds).
+    while at < 16 << 20 {
         let got = rt.block_on(kf.read(at, 256 << 10)).unwrap();
         assert!(got[..] == data[at as usize..at as usize + got.len()]);
         at += got.len() as u64;
     }
-    // 6 MiB past the stream: requested by its readahead (two 4 MiB runs), not arrived.
-    let seek = at + (6 << 20);
-    assert!(!kf.has_piece((seek / kf.piece_size()) as usize), "the test needs a piece not yet arrived");
+    // Over 4 MiB past the stream (beyond what continues it: a seek), a piece its readahead
+    // asked for behind others of the same request.
+    let ps = kf.piece_size();
+    let far = |at: u64| {
+        ((at + (4 << 20)) / ps + 1..(at + (48 << 20)).min(len as u64) / ps)
+            .find(|&i| kf.in_flight_behind_others(i as usize))
+            .map(|i| i * ps)
+    };
+    // (On a loaded machine the readahead may not be there yet: the stream reads on a little.)
+    let mut seek = far(at);
+    while seek.is_none() && at < 32 << 20 {
+        let got = rt.block_on(kf.read(at, 256 << 10)).unwrap();
+        assert!(got[..] == data[at as usize..at as usize + got.len()]);
+        at += got.len() as u64;
+        seek = far(at);
+    }
+    let seek = seek.expect("the test needs a piece in flight behind others");
     let direct_before = r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed);
     let t = Instant::now();
     let got = rt.block_on(kf.read(seek, 64 << 10)).unwrap();
     let ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(got[..] == data[seek as usize..seek as usize + (64 << 10)]);
-    // The run would deliver it after megabytes at 8 MiB/s shared: hundreds of ms.
-    assert!(ms < 250.0, "the seek took {ms:.0} ms");
+    // Its run would deliver it after megabytes at 32-64 MiB/s: tens of ms.
+    assert!(ms < 100.0, "the seek took {ms:.0} ms");
     assert!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed) > direct_before);
 }
 
@@ -477,23 +493,6 @@ fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
     assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
-/// A cold read across two pieces with a manifest waits for both: each is asked in parts.
-#[test]
-fn with_a_manifest_every_piece_of_a_cold_read_is_split() {
-    let rt = runtime();
-    let r = rig(&rt);
-    let data = content(34, 8 << 20);
-    let key = sha256_key(&data);
-    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
-    let fault = || Faults { bytes_per_sec: Some(256 << 10), ..Faults::default() };
-    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
-    let kf = r.fetcher.key(&key, dyns(&sources), Some(common::manifest_of(&key, &data))).unwrap();
-    let at = 21 * piece - (8 << 10);
-    let got = rt.block_on(kf.read(at, 16 << 10)).unwrap();
-    assert!(got[..] == data[at as usize..(at + (16 << 10)) as usize]);
-    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 2, "both pieces split");
-}
-
 /// Many keys read at once from one server (many readers): once the server has
 /// [`annexfs::fetch::CROWDED`] requests in flight, a key that has one there asks for
 /// no more, instead of each key's usual several (which only deepen the server's queue).
@@ -517,8 +516,9 @@ fn many_keys_from_one_server_ask_it_once_each() {
         assert!(got.unwrap() == *data);
     }
     let peaks: u64 = sources.iter().map(|s| s.peak_concurrency()).sum();
-    // One each, and up to CROWDED more asked before the server counted as crowded (twice:
-    // keys plan at once, each before the others' requests are counted).
-    let most = keys + 2 * u64::from(annexfs::fetch::CROWDED);
+    // One each, and a few CROWDED more asked before the server counted as crowded (keys plan
+    // at once, each before the others' requests are counted; more so on a loaded machine).
+    // Without the rule: four each (96).
+    let most = keys + 4 * u64::from(annexfs::fetch::CROWDED);
     assert!(peaks <= most, "{peaks} requests at once over {keys} keys (at most {most})");
 }

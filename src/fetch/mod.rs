@@ -488,6 +488,12 @@ impl KeyFetch {
         self.cache.has(i)
     }
 
+    /// Whether piece `i` is in flight behind other pieces of its request (a cold seek to it
+    /// would wait for them: it is read directly, `direct.rs`).
+    pub fn in_flight_behind_others(&self, i: usize) -> bool {
+        self.far_in_flight(&lock(&self.state), PieceIndex(i))
+    }
+
     /// The piece size of the key in the cache.
     pub fn piece_size(&self) -> u64 {
         self.cache.piece_size

@@ -265,7 +265,7 @@ impl KeyFetch {
 
     /// Whether piece `i` is in flight behind other pieces of its request: it comes only once
     /// those have, which for a long readahead run can be most of a second.
-    fn far_in_flight(&self, st: &State, i: PieceIndex) -> bool {
+    pub(super) fn far_in_flight(&self, st: &State, i: PieceIndex) -> bool {
         let Piece::InFlight(id) = st.pieces.get(i) else { return false };
         st.requests.get(&id).is_some_and(|r| r.next.load(Ordering::Relaxed) < i.0)
     }
