@@ -493,6 +493,27 @@ fn with_a_manifest_a_cold_seeks_piece_is_split_over_the_idle_sources() {
     assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
+/// With a manifest a read whose piece nobody has asked for yet (here the first read of a
+/// key, which counts as the start of a stream, not a seek) gets it in parts of every source
+/// first, not whole from one of them beside its parts.
+#[test]
+fn with_a_manifest_a_piece_nobody_asked_for_comes_in_parts_first() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(35, 8 << 20);
+    let key = sha256_key(&data);
+    let piece = annexfs::pieces::piece_size_for(data.len() as u64);
+    let fault = || Faults { bytes_per_sec: Some(1 << 20), ..Faults::default() };
+    let sources: Vec<_> = (0..4).map(|k| src(&format!("m{k}"), &data, fault())).collect();
+    let kf = r.fetcher.key(&key, dyns(&sources), Some(common::manifest_of(&key, &data))).unwrap();
+    let got = rt.block_on(kf.read(0, 16 << 10)).unwrap();
+    assert!(got[..] == data[..16 << 10]);
+    // Parts of a quarter each; one source asked for the whole piece would send it all.
+    let most = sources.iter().map(|s| s.served()).max().unwrap();
+    assert!(most < piece * 3 / 4, "one source sent {most} bytes; the piece is {piece}");
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
 /// Many keys read at once from one server (many readers): once the server has
 /// [`annexfs::fetch::CROWDED`] requests in flight, a key that has one there asks for
 /// no more, instead of each key's usual several (which only deepen the server's queue).

@@ -84,6 +84,10 @@ impl KeyFetch {
         if self.whole_key_first(&lock(&self.state)) && !self.cache.is_verified() {
             self.strict_possible()?;
         }
+        // Also for a read counted as continuing a stream: a read up to 2 MiB behind the last
+        // one is (the kernel sends a stream's reads out of order) and its pieces may be asked
+        // of no one yet.
+        self.parts_first(first, last).await;
         let cold = seek && {
             let mut st = lock(&self.state);
             let missing: Vec<PieceIndex> =
