@@ -110,10 +110,14 @@ impl KeyFetch {
                     // only deepen the server's queue, its first byte coming later than the
                     // hedge delay, every piece then asked twice (64 readers: 10% of the bytes
                     // sent twice, 600 sockets, 370 MB of buffers).
-                    room: if slot.crowd.load(Ordering::Relaxed) >= CROWDED {
-                        Some(u32::from(ss.inflight == 0))
-                    } else {
-                        slot.limiter.as_ref().and_then(|l| l.room())
+                    // (Never more than the source's own limit lets start.)
+                    room: {
+                        let limited = slot.limiter.as_ref().and_then(|l| l.room());
+                        if slot.crowd.load(Ordering::Relaxed) >= CROWDED {
+                            Some(limited.unwrap_or(u32::MAX).min(u32::from(ss.inflight == 0)))
+                        } else {
+                            limited
+                        }
                     },
                     ranges: slot.src.supports_ranges(),
                 }
