@@ -23,6 +23,11 @@
 //! check this way is not landed and blames no one (its parts came from several sources);
 //! its own request still delivers it and is checked as usual.
 //!
+//! A piece nobody has asked for yet is asked in parts **first** ([`KeyFetch::parts_first`]),
+//! of every idle source, and only after [`PARTS_FIRST`] also whole: asked whole of one
+//! source beside its parts, it spent that source's link on bytes the parts had brought, and
+//! the next seeks waited behind them.
+//!
 //! A direct read or a part that fails, comes short or stalls is dropped quietly (the reader
 //! still waits for its pieces); it never blames the source, whose requests for pieces are
 //! judged as before.
