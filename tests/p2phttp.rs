@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `git annex p2phttp`, killed when dropped.
+/// A running `git annex p2phttp`, killed when dropped: its whole process group, since `git`
+/// runs git-annex as a child of its own (killing `git` alone left the server running after
+/// the tests).
 struct Server {
     child: Child,
     port: u16,
@@ -23,6 +25,13 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+            // touched.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -38,6 +47,8 @@ fn start_server(sb: &Sandbox, repo: &Path, auth: &[&str], env: &[(&str, &str)]) 
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // A process group of its own, for Drop to end all of it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().expect("start git annex p2phttp");
     let server = Server { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
