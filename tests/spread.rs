@@ -325,17 +325,33 @@ fn an_s3_store_beside_directories() {
         common::require("moto_server (moto[server] from PyPI)", false);
         return;
     };
-    let port = common::free_port();
-    let child = Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _moto = Moto(child);
-    common::wait_until(std::time::Duration::from_secs(30), "moto listens", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // A port found free may be taken by another test's server before moto binds it (moto
+    // then exits, and what listened there goes): another port, a few times.
+    let (port, _moto) = (0..5)
+        .find_map(|_| {
+            let port = common::free_port();
+            let child = Command::new(&moto)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut m = Moto(child);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if m.0.try_wait().ok().flatten().is_some() {
+                    return None;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // Still moto's a moment later (not another server's that went).
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    return m.0.try_wait().ok().flatten().is_none().then_some((port, m));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            None
+        })
+        .expect("moto_server listens on a loopback port");
     create_bucket(port, "shards");
     let w = world(3);
     add_files(&w);
