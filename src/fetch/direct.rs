@@ -92,7 +92,7 @@ impl KeyFetch {
                 let slot = self.source(s);
                 slot.src.supports_ranges()
                     && slot.src.has_range(offset, end - offset)
-                    && slot.limiter.as_ref().is_none_or(|l| l.room() != Some(0))
+                    && slot.limiter.room() != Some(0)
                     && self.source_alive(s)
             })
             .filter_map(|s| {
@@ -198,27 +198,21 @@ impl KeyFetch {
         }
     }
 
-    /// A cold seek's pieces `first..=last` that no request has yet, with a manifest, asked in
-    /// parts of every idle source at once **before** any request for the whole piece: waits
+    /// A read's pieces that no request has yet (`unasked`, with a manifest), asked in parts
+    /// of every idle source at once **before** any request for the whole piece: waits
     /// until they land or [`PARTS_FIRST`] passes (the caller then reads as usual, the parts
     /// still coming). Asked of one source whole beside its parts, a piece put that source's
     /// link (and a shaper's burst) to a quarter megabyte the parts had already brought, and
     /// the next seeks waited behind it (p99 of a cold 64 KiB read: 35-40 ms against a median
     /// of 4).
-    pub(super) async fn parts_first(self: &Arc<Self>, first: PieceIndex, last: PieceIndex) {
-        let missing: Vec<PieceIndex> = {
-            let st = lock(&self.state);
-            if st.manifest.is_none() {
-                return;
-            }
-            PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect()
-        };
+    pub(super) async fn parts_first(self: &Arc<Self>, unasked: Vec<PieceIndex>) {
+        let (Some(&first), Some(&last)) = (unasked.first(), unasked.last()) else { return };
         let (a, _) = self.piece_range(first);
         let (_, b) = self.piece_range(last);
-        if missing.is_empty() || self.idle_sources(a, b).len() < 2 {
+        if self.idle_sources(a, b).len() < 2 {
             return;
         }
-        let parts: Vec<_> = missing.into_iter().map(|i| self.rt.spawn(self.clone().split_piece(i))).collect();
+        let parts: Vec<_> = unasked.into_iter().map(|i| self.rt.spawn(self.clone().split_piece(i))).collect();
         let _ = tokio::time::timeout(PARTS_FIRST, futures_util::future::join_all(parts)).await;
     }
 
@@ -249,15 +243,13 @@ impl KeyFetch {
         let want = usize::try_from(end - offset).ok()?;
         let stall = self.cfg.stall_timeout;
         // Counted until this future ends or is dropped (the other copy won the race).
-        let _counted = slot.limiter.as_ref().map(|l| l.start());
+        let _counted = slot.limiter.start();
         async {
             let mut stream = tokio::time::timeout(stall, slot.src.get(offset, end - offset)).await.ok()?.ok()?;
             let mut buf: Vec<u8> = Vec::with_capacity(want);
             while buf.len() < want {
                 let chunk = tokio::time::timeout(stall, stream.next()).await.ok()??.ok()?;
-                if let Some(l) = &slot.limiter {
-                    l.pace(chunk.len()).await;
-                }
+                slot.limiter.pace(chunk.len()).await;
                 buf.extend_from_slice(&chunk);
             }
             (buf.len() == want).then_some(buf)

@@ -1,5 +1,7 @@
 //! Per-source limits shared by every key of a fetcher: requests at once, and bytes per second
-//! (paced as bytes arrive, so a source's connections together stay under the limit).
+//! (paced as bytes arrive, so a source's connections together stay under the limit). Every
+//! source identity has a [`Limiter`], limited or not: it also counts the identity's requests
+//! in flight over all keys (a server crowded by many readers, `request.rs`).
 //!
 //! A source's limits come from [`FetchConfig::limits`](super::FetchConfig), asked once per
 //! source identity; remotes are looked up by name (a web server's identity `web <origin>` by
@@ -65,6 +67,11 @@ impl Limiter {
     pub fn room(&self) -> Option<u32> {
         let m = self.limits.maxconnections?.max(1);
         Some(m.saturating_sub(self.inflight.load(Ordering::Relaxed)))
+    }
+
+    /// Requests in flight now, every key's together.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     pub fn started(&self) {

@@ -69,16 +69,15 @@ use crate::source::remote::RangeSource;
 use piece::{Piece, PieceTable};
 use stats::{Landings, SourceStats};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 struct SourceSlot {
     src: Arc<dyn RangeSource>,
-    /// Shared with every key reading from the same identity.
-    limiter: Option<Arc<limits::Limiter>>,
-    /// Requests in flight from the same identity, every key's together (see [`CROWDED`]).
-    crowd: Arc<AtomicU32>,
+    /// Shared with every key reading from the same identity: its limits (if any), and its
+    /// requests in flight, every key's together (see [`CROWDED`]).
+    limiter: Arc<limits::Limiter>,
     stats: Mutex<SourceStats>,
 }
 
@@ -215,8 +214,7 @@ pub struct Fetcher {
     /// Strikes and bans of sources, for every key.
     pub reputation: Arc<Reputation>,
     cfg: FetchConfig,
-    limiters: Mutex<HashMap<String, Option<Arc<limits::Limiter>>>>,
-    crowds: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    limiters: Mutex<HashMap<String, Arc<limits::Limiter>>>,
 }
 
 impl Fetcher {
@@ -229,21 +227,19 @@ impl Fetcher {
             reputation: Arc::new(Reputation::default()),
             cfg,
             limiters: Mutex::new(HashMap::new()),
-            crowds: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The limiter of source identity `id`, if it has limits.
-    fn limiter(&self, id: &str) -> Option<Arc<limits::Limiter>> {
-        let f = self.cfg.limits.as_ref()?;
+    /// The limiter of source identity `id` (without limits it only counts its requests).
+    fn limiter(&self, id: &str) -> Arc<limits::Limiter> {
         lock(&self.limiters)
             .entry(id.to_string())
             .or_insert_with(|| {
-                let l = (f.0)(id);
-                (!l.is_none()).then(|| {
+                let l = self.cfg.limits.as_ref().map(|f| (f.0)(id)).unwrap_or_default();
+                if !l.is_none() {
                     tracing::debug!("{id}: limited to {l:?}");
-                    Arc::new(limits::Limiter::new(l))
-                })
+                }
+                Arc::new(limits::Limiter::new(l))
             })
             .clone()
     }
@@ -300,7 +296,6 @@ impl Fetcher {
                 .into_iter()
                 .map(|src| SourceSlot {
                     limiter: self.limiter(src.identity()),
-                    crowd: lock(&self.crowds).entry(src.identity().to_string()).or_default().clone(),
                     src,
                     stats: Mutex::new(SourceStats::default()),
                 })

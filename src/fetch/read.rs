@@ -34,6 +34,8 @@ impl KeyFetch {
         let first = PieceIndex(usize::try_from(offset / ps).unwrap_or(usize::MAX));
         let last = PieceIndex(usize::try_from((end - 1) / ps).unwrap_or(usize::MAX));
         let seek;
+        // With a manifest, the pieces of the read nobody has asked for yet (`direct.rs`).
+        let unasked: Vec<PieceIndex>;
         {
             let mut st = lock(&self.state);
             // Sequential reading grows its stream's readahead window; a seek starts a stream
@@ -54,8 +56,13 @@ impl KeyFetch {
             for i in PieceIndex::range(first, last.next()) {
                 *st.pins.entry(i).or_insert(0) += 1;
             }
+            unasked = if st.manifest.is_some() {
+                PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect()
+            } else {
+                Vec::new()
+            };
         }
-        let result = self.read_pinned(offset, end, first, last, seek).await;
+        let result = self.read_pinned(offset, end, first, last, seek, unasked).await;
         let mut st = lock(&self.state);
         for i in PieceIndex::range(first, last.next()) {
             if let Some(n) = st.pins.get_mut(&i) {
@@ -78,6 +85,7 @@ impl KeyFetch {
         first: PieceIndex,
         last: PieceIndex,
         seek: bool,
+        unasked: Vec<PieceIndex>,
     ) -> Result<Vec<u8>, ReadError> {
         // A strict read that can never be served asks no source for anything: refused
         // before the cold-seek path schedules its pieces.
@@ -87,7 +95,7 @@ impl KeyFetch {
         // Also for a read counted as continuing a stream: a read up to 2 MiB behind the last
         // one is (the kernel sends a stream's reads out of order) and its pieces may be asked
         // of no one yet.
-        self.parts_first(first, last).await;
+        self.parts_first(unasked).await;
         let cold = seek && {
             let mut st = lock(&self.state);
             let missing: Vec<PieceIndex> =

@@ -112,8 +112,8 @@ impl KeyFetch {
                     // sent twice, 600 sockets, 370 MB of buffers).
                     // (Never more than the source's own limit lets start.)
                     room: {
-                        let limited = slot.limiter.as_ref().and_then(|l| l.room());
-                        if slot.crowd.load(Ordering::Relaxed) >= CROWDED {
+                        let limited = slot.limiter.room();
+                        if slot.limiter.inflight() >= CROWDED {
                             Some(limited.unwrap_or(u32::MAX).min(u32::from(ss.inflight == 0)))
                         } else {
                             limited
@@ -269,10 +269,7 @@ impl KeyFetch {
             ss.inflight += 1;
             ss.requests += 1;
         }
-        if let Some(l) = &self.source(s).limiter {
-            l.started();
-        }
-        self.source(s).crowd.fetch_add(1, Ordering::Relaxed);
+        self.source(s).limiter.started();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let name = self.source(s).src.name();
         tracing::debug!(
@@ -382,9 +379,7 @@ impl KeyFetch {
                         // byte), so readers still hedge onto other holders meanwhile.
                         Some(Ok(chunk)) if chunk.is_empty() => continue,
                         Some(Ok(mut chunk)) => {
-                            if let Some(l) = &self.source(s).limiter {
-                                l.pace(chunk.len()).await;
-                            }
+                            self.source(s).limiter.pace(chunk.len()).await;
                             if progress.got.fetch_add(chunk.len() as u64, Ordering::Relaxed) == 0 {
                                 lock(&self.source(s).stats).first_byte(progress.started.elapsed().as_secs_f64() * 1e3);
                                 first_byte = Some(started.elapsed());
@@ -517,10 +512,7 @@ impl KeyFetch {
         e: &RequestEnd<'_>,
     ) {
         let src = &self.source(s).src;
-        if let Some(l) = &self.source(s).limiter {
-            l.finished();
-        }
-        let _ = self.source(s).crowd.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        self.source(s).limiter.finished();
         let verdict = lock(&self.source(s).stats).request_ended(e, Instant::now());
         if let Err(FetchError::NoRanges) = e.result {
             tracing::info!("{}: {} serves no byte ranges: it streams the key from its start", self.key, src.name());

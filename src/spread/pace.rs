@@ -26,7 +26,7 @@ const DEFAULT_READS: u32 = 2;
 #[derive(Debug)]
 pub struct StoreLimiter {
     pub limits: Limits,
-    slots: Option<tokio::sync::Semaphore>,
+    slots: tokio::sync::Semaphore,
     /// When the bytes reserved so far will have been paid for.
     paid_until: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -37,16 +37,14 @@ pub struct Permit<'a>(#[allow(dead_code)] Option<tokio::sync::SemaphorePermit<'a
 impl StoreLimiter {
     pub fn new(limits: Limits) -> StoreLimiter {
         let reads = limits.maxconnections.unwrap_or(DEFAULT_READS).max(1);
-        let slots = Some(tokio::sync::Semaphore::new(reads as usize));
+        let slots = tokio::sync::Semaphore::new(reads as usize);
         StoreLimiter { limits, slots, paid_until: tokio::sync::Mutex::new(None) }
     }
 
     /// Waits for a request slot, then until `bytes` more fit under the rate.
     pub async fn admit(&self, bytes: u64) -> Permit<'_> {
-        let permit = match &self.slots {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        };
+        // (Never closed: the error cannot come.)
+        let permit = self.slots.acquire().await.ok();
         if let Some(rate) = self.limits.bwlimit.filter(|&r| r > 0) {
             let start = {
                 let mut paid = self.paid_until.lock().await;
