@@ -290,6 +290,8 @@ fn five_nodes_keep_two_copies_repair_a_loss_and_release_the_surplus() {
         panic!("every piece at 2 copies: {}", diag(&nodes));
     }
     phase("every piece at 2 copies");
+    // The keepers asked for their shares as background work (served after readers).
+    assert!(node_o.log().contains(" (background)"), "no keeper asked the origin for background work");
     common::wait_until(Duration::from_secs(30), "every node to have kept its whole share", || {
         all.iter().all(|&i| {
             let r = report(s.ports[i]);

@@ -144,6 +144,17 @@ struct State {
 }
 
 impl State {
+    /// Whether pieces `from..to` are wanted in the background only: no reader waits for any
+    /// of them or reads ahead into them (a request for them asks to be served after readers).
+    fn only_background(&self, from: PieceIndex, to: PieceIndex) -> bool {
+        if self.want_all || self.background.is_empty() {
+            return false;
+        }
+        let windows = self.streams.windows(true);
+        let read_ahead = |i: PieceIndex| windows.iter().any(|&(w, n)| i >= w && i.0 - w.0 < n);
+        PieceIndex::range(from, to).all(|i| self.background.contains(&i) && !self.demand.contains(&i) && !read_ahead(i))
+    }
+
     fn new(pieces: Vec<Piece>, piece_size: u64, window_pieces: usize) -> State {
         State {
             pieces: PieceTable::new(pieces),

@@ -280,8 +280,9 @@ impl KeyFetch {
         let this = self.clone();
         let span = tracing::debug_span!("fetch", key = %self.key, source = %name, from = from.0, to = to.0, hedge);
         let (next, end, progress) = task;
+        let background = !hedge && st.only_background(from, to);
         self.rt.spawn(tracing::Instrument::instrument(
-            async move { this.run_request(id, s, next, end, progress).await },
+            async move { this.run_request(id, s, next, end, progress, background).await },
             span,
         ));
     }
@@ -293,6 +294,7 @@ impl KeyFetch {
         next: Arc<AtomicUsize>,
         end: Arc<AtomicUsize>,
         progress: Progress,
+        background: bool,
     ) {
         let src = self.source(s).src.clone();
         let from = PieceIndex(next.load(Ordering::Relaxed));
@@ -317,9 +319,8 @@ impl KeyFetch {
         let mut corrupt: Option<PieceIndex> = None;
         let stall = self.cfg.stall_timeout;
         let result: Result<(), FetchError> = async {
-            let mut stream = tokio::time::timeout(stall, src.get(ask_at, ask_len))
-                .await
-                .map_err(|_| FetchError::Stalled(stall))??;
+            let ask = if background { src.get_background(ask_at, ask_len) } else { src.get(ask_at, ask_len) };
+            let mut stream = tokio::time::timeout(stall, ask).await.map_err(|_| FetchError::Stalled(stall))??;
             // Bytes still to be dropped before the current piece (a whole-object stream
             // skipping what is present or taken).
             let mut skip = off - ask_at;

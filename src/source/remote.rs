@@ -84,6 +84,11 @@ pub trait RangeSource: Send + Sync {
     }
     /// Starts reading `len` bytes at `offset`.
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>>;
+    /// The same, for work no reader waits for (a swarm node fetching its share to keep): a
+    /// source whose server tells the two apart asks to be served after readers.
+    fn get_background(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
+        self.get(offset, len)
+    }
     /// Whether this source holds `[offset, offset + len)` (a swarm peer holds some pieces
     /// only).
     fn has_range(&self, _offset: u64, _len: u64) -> bool {

@@ -32,6 +32,7 @@ pub mod budget;
 pub mod identity;
 pub mod keep;
 pub mod placement;
+pub mod priority;
 pub mod rules;
 pub mod server;
 pub mod table;
@@ -556,16 +557,29 @@ impl RangeSource for PeerSource {
     }
 
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
+        self.get_with(offset, len, false)
+    }
+
+    fn get_background(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
+        self.get_with(offset, len, true)
+    }
+}
+
+impl PeerSource {
+    /// A range of the key; `background` asks the peer to serve readers first
+    /// ([`priority`]).
+    fn get_with(&self, offset: u64, len: u64, background: bool) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         Box::pin(async move {
             let end = offset + len - 1;
-            let r = self
+            let mut req = self
                 .peers
                 .request(reqwest::Method::GET, &self.url)
                 .timeout(Duration::from_secs(3600))
-                .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"))
-                .send()
-                .await
-                .map_err(|e| FetchError::Transport(e.to_string()))?;
+                .header(reqwest::header::RANGE, format!("bytes={offset}-{end}"));
+            if background {
+                req = req.header(priority::PRIORITY_HEADER, priority::BACKGROUND);
+            }
+            let r = req.send().await.map_err(|e| FetchError::Transport(e.to_string()))?;
             match r.status().as_u16() {
                 206 => {}
                 404 => return Err(FetchError::NotFound),

@@ -8,8 +8,10 @@
 //! moves no byte either way for `idle_timeout` (an idle keep-alive, or a client that stopped
 //! reading) is closed and its resources freed; uploads are paced under `bwlimit`;
 //! announcements are taken at most [`ANNOUNCE_BURST`] at once and [`ANNOUNCE_PER_SEC`] a second
-//! per client address (429 beyond; the addresses counted are bounded too).
+//! per client address (429 beyond; the addresses counted are bounded too). Responses a client
+//! marks as background work yield to readers' responses ([`super::priority`]).
 
+use super::priority::{self, Foreground};
 use super::{HaveMap, Peers, TOKEN_ENV};
 use crate::annex::{Annex, Key};
 use crate::fetch::limits::Limiter;
@@ -102,6 +104,8 @@ struct Node {
     /// Manifests read from the cache, regrouped and checked: every request for a piece of a
     /// key needs its key's, and a large key's is large.
     manifests: Mutex<lru::LruCache<Vec<u8>, Arc<Manifest>>>,
+    /// Readers' responses, which background ones yield to.
+    foreground: Arc<Foreground>,
 }
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -367,8 +371,12 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Resp
             let mut resp = if method == Method::HEAD {
                 full(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK }, Bytes::new())
             } else {
-                tracing::debug!("swarm: serving {key} bytes {a}-{b}");
-                let stream = body_stream(node.clone(), Arc::new(holding), a, b);
+                let background = req
+                    .headers()
+                    .get(priority::PRIORITY_HEADER)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(priority::BACKGROUND.as_bytes()));
+                tracing::debug!("swarm: serving {key} bytes {a}-{b}{}", if background { " (background)" } else { "" });
+                let stream = body_stream(node.clone(), Arc::new(holding), a, b, background);
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
                 *r.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
                 r
@@ -393,13 +401,20 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Resp
 
 type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>;
 
-/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit.
-fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64) -> Chunks {
+/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit; a
+/// background response waits for its turn before each step, a foreground one is counted
+/// active while it lives.
+fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64, background: bool) -> Chunks {
+    let active = (!background).then(|| Arc::new(node.foreground.begin()));
     Box::pin(futures_util::stream::unfold(a, move |pos| {
-        let (node, h) = (node.clone(), h.clone());
+        let (node, h, active) = (node.clone(), h.clone(), active.clone());
         async move {
             if pos >= b {
                 return None;
+            }
+            match &active {
+                Some(a) => a.progress(),
+                None => node.foreground.wait_turn().await,
             }
             let n = usize::try_from((b - pos).min(STEP as u64)).unwrap_or(STEP);
             let h2 = h.clone();
@@ -505,6 +520,7 @@ pub fn start(
         manifests: Mutex::new(lru::LruCache::new(
             std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN),
         )),
+        foreground: Arc::new(Foreground::default()),
     });
     let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -542,6 +558,7 @@ pub fn start(
             let idle = cfg.idle_timeout;
             tokio::spawn(async move {
                 let _ = sock.set_nodelay(true);
+                priority::short_send_queue(&sock);
                 let last = Arc::new(AtomicU64::new(0));
                 let io = Watched { inner: sock, last: last.clone(), epoch: Instant::now() };
                 let epoch = io.epoch;
