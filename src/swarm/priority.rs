@@ -13,9 +13,13 @@
 //!   progressed within [`STALLED`] (a foreground response whose client stopped reading does
 //!   not hold background work back), or while the last foreground progress is more recent
 //!   than [`QUIET`] (the gap between one reader request and the next).
-//! - The socket's unsent queue is kept short ([`NOTSENT_LOWAT`], set on every accepted
-//!   connection): what a background response already handed to the kernel when a reader
-//!   arrives is what delays the reader.
+//! - What a background response has handed to the kernel when a reader arrives is sent
+//!   before the reader's bytes (and before any small answer: a have-map, a 404 to a manifest
+//!   look-up), since a shaped link queues all of a node's packets in one queue. So every
+//!   connection's unsent queue is kept short ([`NOTSENT_LOWAT`]), and a connection serving
+//!   a background response has a small send buffer ([`BACKGROUND_SNDBUF`]: by default the
+//!   kernel lets a socket queue megabytes, most of a second of a 40 Mbit/s link), made large
+//!   again ([`FOREGROUND_SNDBUF`]) when it serves a reader next ([`ConnQueue`]).
 //!
 //! Lock-free: two atomics, polled by waiting background responses every [`POLL`]. Time is
 //! tokio's (the tests pause it).
@@ -37,6 +41,12 @@ pub const STALLED: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(10);
 /// Unsent bytes a connection's socket holds at most before it stops taking more.
 pub const NOTSENT_LOWAT: u32 = 128 << 10;
+/// The send buffer of a connection serving background work (the kernel doubles it): a
+/// background response has at most this much queued ahead of a reader's bytes.
+pub const BACKGROUND_SNDBUF: u32 = 64 << 10;
+/// The send buffer of such a connection once it serves a reader again (capped by the
+/// kernel's `net.core.wmem_max`).
+pub const FOREGROUND_SNDBUF: u32 = 4 << 20;
 
 /// What the node's foreground responses are doing.
 #[derive(Debug)]
@@ -104,24 +114,46 @@ impl Foreground {
     }
 }
 
-/// Keeps `sock`'s unsent queue short (see the module doc); a kernel without the option
-/// keeps its default.
-pub fn short_send_queue(sock: &tokio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let v: libc::c_int = libc::c_int::try_from(NOTSENT_LOWAT).unwrap_or(libc::c_int::MAX);
+/// Sets an integer socket option on `fd`; a kernel without the option keeps its default.
+fn set_int(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int, value: u32) {
+    let v: libc::c_int = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // The size of a c_int (4) fits any socklen_t.
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: a valid socket descriptor, owned by `sock` for the call; the value is a c_int
-    // of the size given.
-    let _ = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&v as *const libc::c_int).cast(),
-            len,
-        )
-    };
+    // SAFETY: `fd` is a socket descriptor its connection keeps open for the call (see
+    // `ConnQueue`); the value is a c_int of the size given.
+    let _ = unsafe { libc::setsockopt(fd, level, name, (&v as *const libc::c_int).cast(), len) };
+}
+
+/// The send queue of one served connection, sized for what it serves (see the module doc).
+/// Made where the connection is accepted; it must not outlive the connection's socket (the
+/// server keeps it in the connection's service, which the connection owns).
+pub struct ConnQueue {
+    fd: std::os::fd::RawFd,
+    /// Whether the send buffer is the small one now.
+    small: std::sync::atomic::AtomicBool,
+}
+
+impl ConnQueue {
+    /// The queue of `sock`, its unsent part kept short.
+    pub fn new(sock: &tokio::net::TcpStream) -> ConnQueue {
+        use std::os::fd::AsRawFd;
+        let fd = sock.as_raw_fd();
+        set_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, NOTSENT_LOWAT);
+        ConnQueue { fd, small: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Before a response: a small send buffer for background work, a large one again for a
+    /// reader after background work.
+    pub fn serving(&self, background: bool) {
+        if self.small.swap(background, Ordering::Relaxed) != background {
+            set_int(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                if background { BACKGROUND_SNDBUF } else { FOREGROUND_SNDBUF },
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -269,7 +269,12 @@ fn parse_key(seg: &str) -> Option<Key> {
     Key::parse(&bytes).ok()
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+async fn handle(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    client: IpAddr,
+    queue: &priority::ConnQueue,
+) -> Response<Body> {
     node.stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = &node.token {
         use subtle::ConstantTimeEq;
@@ -376,6 +381,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Resp
                     .get(priority::PRIORITY_HEADER)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(priority::BACKGROUND.as_bytes()));
                 tracing::debug!("swarm: serving {key} bytes {a}-{b}{}", if background { " (background)" } else { "" });
+                queue.serving(background);
                 let stream = body_stream(node.clone(), Arc::new(holding), a, b, background);
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
                 *r.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
@@ -558,13 +564,13 @@ pub fn start(
             let idle = cfg.idle_timeout;
             tokio::spawn(async move {
                 let _ = sock.set_nodelay(true);
-                priority::short_send_queue(&sock);
+                let queue = Arc::new(priority::ConnQueue::new(&sock));
                 let last = Arc::new(AtomicU64::new(0));
                 let io = Watched { inner: sock, last: last.clone(), epoch: Instant::now() };
                 let epoch = io.epoch;
                 let svc = hyper::service::service_fn(move |req| {
-                    let node = node.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(node, req, peer.ip()).await) }
+                    let (node, queue) = (node.clone(), queue.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handle(node, req, peer.ip(), &queue).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
