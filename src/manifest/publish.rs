@@ -158,6 +158,12 @@ async fn read_object(
         }
     }
     for src in &found.remote {
+        // A peer's have-map says what it holds: one without the object is not asked (on a
+        // busy node each answer waits behind the bytes it is sending).
+        if !src.has_range(0, size) {
+            tried.push(format!("{}: does not hold it", src.name()));
+            continue;
+        }
         match fetch_whole(src.as_ref(), size, len).await {
             Ok(b) if matches(&b) => return Ok(b),
             Ok(_) => tried.push(format!("{}: the object does not match its key", src.name())),
