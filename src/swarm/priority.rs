@@ -7,8 +7,11 @@
 //! reader that opens a file meanwhile (each keeper keeps several requests streaming, the
 //! reader has to share every link with them). Background responses therefore yield:
 //!
-//! - A foreground response counts as **active** from its first step to its last; each step
-//!   it sends marks the moment of foreground progress.
+//! - A foreground response counts as **active** from its first step until its last byte has
+//!   reached the client (the connection's unacknowledged bytes, `TIOCOUTQ`, drained: a
+//!   response handed to the kernel at once would otherwise leave background work the link
+//!   while its bytes are still on their way); each step it sends, and each drop of the
+//!   unacknowledged bytes, marks the moment of foreground progress.
 //! - A background response waits before each step while a foreground one is active and has
 //!   progressed within [`STALLED`] (a foreground response whose client stopped reading does
 //!   not hold background work back), or while the last foreground progress is more recent
@@ -39,6 +42,8 @@ pub const QUIET: Duration = Duration::from_millis(100);
 pub const STALLED: Duration = Duration::from_millis(500);
 /// How often a waiting background response looks again.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a foreground response's end looks at the bytes still on their way.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Unsent bytes a connection's socket holds at most before it stops taking more.
 pub const NOTSENT_LOWAT: u32 = 128 << 10;
 /// The send buffer of a connection serving background work (the kernel doubles it): a
@@ -63,20 +68,32 @@ impl Default for Foreground {
     }
 }
 
-/// A foreground response, active while it lives.
-pub struct Active(Arc<Foreground>);
+/// A foreground response, active while it lives and then until its connection's bytes have
+/// reached the client (see [`ConnQueue::drained`]).
+pub struct Active {
+    fg: Arc<Foreground>,
+    queue: Option<Arc<ConnQueue>>,
+}
 
 impl Active {
     /// Marks a step sent.
     pub fn progress(&self) {
-        self.0.touch();
+        self.fg.touch();
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let fg = self.fg.clone();
+        match (self.queue.take(), tokio::runtime::Handle::try_current()) {
+            (Some(q), Ok(rt)) => {
+                rt.spawn(async move {
+                    q.drained(&fg).await;
+                    fg.end();
+                });
+            }
+            _ => fg.end(),
+        }
     }
 }
 
@@ -89,11 +106,16 @@ impl Foreground {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// A foreground response begins.
-    pub fn begin(self: &Arc<Self>) -> Active {
+    /// A foreground response begins, on connection `queue`.
+    pub fn begin(self: &Arc<Self>, queue: Option<Arc<ConnQueue>>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        Active(self.clone())
+        Active { fg: self.clone(), queue }
+    }
+
+    fn end(&self) {
+        self.touch();
+        self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether background work waits now.
@@ -119,16 +141,16 @@ fn set_int(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int, value:
     let v: libc::c_int = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // The size of a c_int (4) fits any socklen_t.
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `fd` is a socket descriptor its connection keeps open for the call (see
-    // `ConnQueue`); the value is a c_int of the size given.
+    // SAFETY: `fd` is an open socket descriptor (a `ConnQueue`'s own); the value is a c_int
+    // of the size given.
     let _ = unsafe { libc::setsockopt(fd, level, name, (&v as *const libc::c_int).cast(), len) };
 }
 
 /// The send queue of one served connection, sized for what it serves (see the module doc).
-/// Made where the connection is accepted; it must not outlive the connection's socket (the
-/// server keeps it in the connection's service, which the connection owns).
+/// It holds its own descriptor of the socket (a dup), so that a response's end may still look
+/// at the bytes on their way after the connection let go of it.
 pub struct ConnQueue {
-    fd: std::os::fd::RawFd,
+    fd: Option<std::os::fd::OwnedFd>,
     /// Whether the send buffer is the small one now.
     small: std::sync::atomic::AtomicBool,
 }
@@ -136,22 +158,59 @@ pub struct ConnQueue {
 impl ConnQueue {
     /// The queue of `sock`, its unsent part kept short.
     pub fn new(sock: &tokio::net::TcpStream) -> ConnQueue {
+        use std::os::fd::AsFd;
+        // Without a descriptor of its own (none left) the queue is left as the kernel has it.
+        let fd = sock.as_fd().try_clone_to_owned().ok();
+        let q = ConnQueue { fd, small: std::sync::atomic::AtomicBool::new(false) };
+        q.set(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, NOTSENT_LOWAT);
+        q
+    }
+
+    fn set(&self, level: libc::c_int, name: libc::c_int, value: u32) {
         use std::os::fd::AsRawFd;
-        let fd = sock.as_raw_fd();
-        set_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, NOTSENT_LOWAT);
-        ConnQueue { fd, small: std::sync::atomic::AtomicBool::new(false) }
+        if let Some(fd) = &self.fd {
+            set_int(fd.as_raw_fd(), level, name, value);
+        }
+    }
+
+    /// Bytes written to the connection and not yet acknowledged by the client (`None`: the
+    /// kernel does not say).
+    fn outstanding(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fd.as_ref()?.as_raw_fd();
+        let mut n: libc::c_int = 0;
+        // SAFETY: `fd` is this queue's own open descriptor of the socket; TIOCOUTQ writes
+        // one c_int.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+        (r == 0).then(|| u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Waits until the connection's bytes have reached the client, or have stopped moving
+    /// for [`STALLED`] (a client that stopped reading), marking foreground progress as they
+    /// go.
+    async fn drained(&self, fg: &Foreground) {
+        let mut last = None;
+        let mut moved = Instant::now();
+        while let Some(n) = self.outstanding() {
+            if n == 0 {
+                return;
+            }
+            if last != Some(n) {
+                last = Some(n);
+                moved = Instant::now();
+                fg.touch();
+            } else if moved.elapsed() >= STALLED {
+                return;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Before a response: a small send buffer for background work, a large one again for a
     /// reader after background work.
     pub fn serving(&self, background: bool) {
         if self.small.swap(background, Ordering::Relaxed) != background {
-            set_int(
-                self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                if background { BACKGROUND_SNDBUF } else { FOREGROUND_SNDBUF },
-            );
+            self.set(libc::SOL_SOCKET, libc::SO_SNDBUF, if background { BACKGROUND_SNDBUF } else { FOREGROUND_SNDBUF });
         }
     }
 }
@@ -164,7 +223,7 @@ mod tests {
     async fn background_waits_for_moving_readers_only() {
         let fg = Arc::new(Foreground::default());
         assert!(!fg.busy(), "no reader yet");
-        let a = fg.begin();
+        let a = fg.begin(None);
         assert!(fg.busy());
         // A reader that keeps moving holds background work back.
         for _ in 0..10 {

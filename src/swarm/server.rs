@@ -273,7 +273,7 @@ async fn handle(
     node: Arc<Node>,
     req: Request<Incoming>,
     client: IpAddr,
-    queue: &priority::ConnQueue,
+    queue: &Arc<priority::ConnQueue>,
 ) -> Response<Body> {
     node.stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = &node.token {
@@ -382,7 +382,8 @@ async fn handle(
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(priority::BACKGROUND.as_bytes()));
                 tracing::debug!("swarm: serving {key} bytes {a}-{b}{}", if background { " (background)" } else { "" });
                 queue.serving(background);
-                let stream = body_stream(node.clone(), Arc::new(holding), a, b, background);
+                let reader = (!background).then(|| queue.clone());
+                let stream = body_stream(node.clone(), Arc::new(holding), a, b, reader);
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
                 *r.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
                 r
@@ -407,11 +408,13 @@ async fn handle(
 
 type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>;
 
-/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit; a
-/// background response waits for its turn before each step, a foreground one is counted
-/// active while it lives.
-fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64, background: bool) -> Chunks {
-    let active = (!background).then(|| Arc::new(node.foreground.begin()));
+/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit. A
+/// reader's response (`reader`: its connection) is counted active until its bytes have
+/// reached the client (hyper drops a body once its length is sent, without asking for its
+/// end: the wait is in [`priority::Active`]'s drop); background work (`None`) waits for its
+/// turn before each step.
+fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64, reader: Option<Arc<priority::ConnQueue>>) -> Chunks {
+    let active = reader.map(|q| Arc::new(node.foreground.begin(Some(q))));
     Box::pin(futures_util::stream::unfold(a, move |pos| {
         let (node, h, active) = (node.clone(), h.clone(), active.clone());
         async move {
