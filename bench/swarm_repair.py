@@ -153,7 +153,7 @@ class Run:
         shutil.rmtree(cache, ignore_errors=True)
         p = subprocess.Popen(
             [self.bin, "serve", repo, "--listen", f"127.0.0.1:{port}", "--cache-dir", cache, "--per-peer", "64", *extra],
-            stdout=log, stderr=log, env=dict(os.environ, ANNEXFS_LOG="annexfs=info"))
+            stdout=log, stderr=log, env=dict(os.environ, ANNEXFS_LOG=os.environ.get("BENCH_NODE_LOG", "annexfs=info")))
         self.procs[name] = p
         wait(f"{name} to listen", lambda: get(port, "/v1/hello")[0] == 200, 30, 0.1)
 
