@@ -120,6 +120,11 @@ impl KeyFetch {
                         }
                     },
                     ranges: slot.src.supports_ranges(),
+                    resume: {
+                        let ps = self.cache.piece_size.max(1);
+                        let at = |o: u64| PieceIndex(usize::try_from(o.div_ceil(ps)).unwrap_or(usize::MAX));
+                        slot.src.resumes_at().into_iter().map(at).collect()
+                    },
                 }
             })
             .collect();

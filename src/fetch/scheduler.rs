@@ -75,6 +75,9 @@ pub struct SourceView {
     pub room: Option<u32>,
     /// It serves byte ranges (else it streams the key from byte 0: one whole-object run).
     pub ranges: bool,
+    /// Pieces where a transfer of it already under way stands (a parked ssh session): a run
+    /// starting there costs no new start (`RangeSource::resumes_at`).
+    pub resume: Vec<PieceIndex>,
 }
 
 /// A running request as the scheduler sees it.
@@ -233,6 +236,9 @@ impl Planner<'_, '_> {
         order.sort_by(|a, b| {
             self.sources[b.0].bps.partial_cmp(&self.sources[a.0].bps).unwrap_or(std::cmp::Ordering::Equal)
         });
+        // A source that can go on where its transfer stands chooses before the others take
+        // the piece it would go on with (see `continuation`).
+        order.sort_by_key(|&s| self.continuation(s).is_none());
         // The best speed among sources that work now (a source that sends fast and then
         // fails is no yardstick).
         let best_bps =
@@ -299,7 +305,9 @@ impl Planner<'_, '_> {
                 // The end game: near the end of what is wanted, split it over every source.
                 let missing = self.wanted.iter().filter(|&&i| self.missing(i)).count();
                 let cap = missing.div_ceil(usable).max(1);
-                let p = if self.reads_from_the_back(s) {
+                let p = if let Some(c) = self.continuation(s) {
+                    c
+                } else if self.reads_from_the_back(s) {
                     self.far_start(s, self.max_run(s).min(cap)).unwrap_or(p)
                 } else {
                     p
@@ -382,6 +390,28 @@ impl Planner<'_, '_> {
                 let v = &self.sources[o];
                 o != s.0 && !v.dead && v.backoff_until.is_none_or(|t| t <= self.now) && !self.starts_slowly(SourceId(o))
             })
+    }
+
+    /// Where `s`, a source slow to start requests, can go on without a new start: the first
+    /// piece readers want, missing, at which one of its transfers stands (parked) or where one
+    /// of its requests in flight ends (a request starting there waits for that one and goes
+    /// on from it). Such a source's transfer streams on past its run (an ssh GET goes to the
+    /// end of the key), so its runs are best one after another: each new start costs it most
+    /// of a second.
+    fn continuation(&self, s: SourceId) -> Option<PieceIndex> {
+        let v = &self.sources[s.0];
+        if !self.starts_slowly(s) || v.dead || !v.ranges {
+            return None;
+        }
+        let ends = self.requests.iter().filter(|r| r.source == s && !r.hedge).map(|r| r.end);
+        v.resume
+            .iter()
+            .copied()
+            .chain(ends)
+            .filter(|&i| {
+                i.0 < self.b.pieces.len() && self.readers_wanted.contains(&i) && self.missing(i) && self.may_ask(s, i)
+            })
+            .min()
     }
 
     /// Where a readahead run of `len` pieces on `s`, a source slow to start requests, should

@@ -16,6 +16,7 @@ fn source(bps: f64) -> SourceView {
         last_probe: None,
         room: None,
         ranges: true,
+        resume: Vec::new(),
     }
 }
 
@@ -377,4 +378,33 @@ fn a_source_slow_to_start_alone_reads_from_the_front() {
     let f = Fixture::new(1000, vec![slow_start]).window(0, 1000);
     let s = starts(&f.plan(Instant::now()));
     assert_eq!(s.first(), Some(&(0, 0, 61)), "{s:?}");
+}
+
+#[test]
+fn a_source_slow_to_start_goes_on_where_its_transfer_stands() {
+    // The slow-starting source has a run in flight at the back (1000..1061): its next run
+    // starts where that one ends, so that it waits for it and goes on with the same
+    // transfer, and it chooses before the quick source could take that piece.
+    let slow_start = SourceView { ttfb: 0.4, ..source(10.0 * MB) };
+    let mut f = Fixture::new(2000, vec![source(10.0 * MB), slow_start]).window(0, 2000);
+    let now = Instant::now();
+    f.request(1, 1000, 1061, now, 0, now);
+    let s = starts(&f.plan(now));
+    assert!(s.contains(&(1, 1061, 1122)), "{s:?}");
+    assert!(s.contains(&(0, 0, 19)), "the quick source starts at the front: {s:?}");
+
+    // A parked transfer of it (its run ended, nobody went on yet) comes first.
+    let mut f = Fixture::new(2000, vec![source(10.0 * MB), slow_start_at(&[500])]).window(0, 2000);
+    f.request(1, 1000, 1061, now, 0, now);
+    let s = starts(&f.plan(now));
+    assert!(s.contains(&(1, 500, 561)), "{s:?}");
+
+    // Where that piece is not missing, or not wanted, it reads from the back as before.
+    let f = Fixture::new(2000, vec![source(10.0 * MB), slow_start_at(&[500])]).window(0, 2000).present(500..501);
+    let s = starts(&f.plan(now));
+    assert!(s.contains(&(1, 1939, 2000)), "{s:?}");
+}
+
+fn slow_start_at(resume: &[usize]) -> SourceView {
+    SourceView { ttfb: 0.4, resume: resume.iter().map(|&i| PieceIndex(i)).collect(), ..source(10.0 * MB) }
 }

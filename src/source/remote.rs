@@ -89,6 +89,12 @@ pub trait RangeSource: Send + Sync {
     fn get_background(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         self.get(offset, len)
     }
+    /// Offsets of this key where a transfer already under way stands (an ssh session whose
+    /// GET streams on past the range it was asked for): a range starting there costs no new
+    /// start. Asked under the fetcher's state lock: quick, no I/O.
+    fn resumes_at(&self) -> Vec<u64> {
+        Vec::new()
+    }
     /// Whether this source holds `[offset, offset + len)` (a swarm peer holds some pieces
     /// only).
     fn has_range(&self, _offset: u64, _len: u64) -> bool {

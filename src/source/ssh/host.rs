@@ -172,6 +172,11 @@ impl Host {
         lock(&self.pool).continuation(repo, key, offset)
     }
 
+    /// Where the parked sessions of `key` stand (see [`Pool::parked_at`]).
+    pub fn parked_at(&self, repo: &RepoKey, key: &[u8]) -> Vec<u64> {
+        lock(&self.pool).parked_at(repo, key)
+    }
+
     /// A transfer of `key` from `pos` to `end` starts.
     pub fn start_running(&self, repo: RepoKey, key: Arc<[u8]>, pos: u64, end: u64) -> RunningTicket {
         lock(&self.pool).start_running(repo, key, pos, end)

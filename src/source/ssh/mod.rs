@@ -356,4 +356,7 @@ impl RangeSource for SshSource {
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         Box::pin(self.fetch(offset, len))
     }
+    fn resumes_at(&self) -> Vec<u64> {
+        self.host.parked_at(&self.repo, &self.key)
+    }
 }

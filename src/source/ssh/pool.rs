@@ -178,6 +178,11 @@ impl<S> Pool<S> {
         Some(self.idle.remove(i).session)
     }
 
+    /// Where the parked sessions of `key` stand: a range starting there needs no new GET.
+    pub fn parked_at(&self, repo: &RepoKey, key: &[u8]) -> Vec<u64> {
+        self.parked.iter().filter(|p| &p.repo == repo && &*p.key == key).map(|p| p.pos).collect()
+    }
+
     /// Idle sessions of `repo`.
     pub fn idle_count(&self, repo: &RepoKey) -> usize {
         self.idle.iter().filter(|i| &i.repo == repo).count()
