@@ -231,17 +231,22 @@ impl Network {
         st
     }
 
-    /// Stream mode, a key some peer holds and without a manifest: a manifest a peer vouches
-    /// for, checked by the key in the end (`fetch::vouched`); kept apart in the cache so that
-    /// this node can serve the pieces it checked against it.
-    pub async fn vouch(&self, kf: &crate::fetch::KeyFetch, key: &Key) {
+    /// Whether the cache holds `key` verified whole.
+    fn verified_whole(&self, key: &Key) -> bool {
+        self.store().open_existing(key).ok().flatten().is_some_and(|c| c.is_verified())
+    }
+
+    /// The manifest of `key` a peer (not banned) vouches for, and who: in stream mode, for a
+    /// key some peer holds and without a manifest, pieces are checked against it as they come
+    /// and the key checks it in the end (`fetch::vouched`); it is kept apart in the cache so
+    /// that this node can serve the pieces it checked against it.
+    async fn vouched_for(&self, key: &Key) -> Option<(Manifest, String)> {
         let f = &self.fetcher;
-        if kf.present_bytes() >= kf.size()
-            && f.store().open_existing(key).ok().flatten().is_some_and(|c| c.is_verified())
-        {
-            return;
-        }
-        let Some((m, by)) = self.peers.vouched_manifest(key, |who| f.is_banned(who)).await else { return };
+        self.peers.vouched_manifest(key, |who| f.is_banned(who)).await
+    }
+
+    /// Has `kf` check pieces against `m`, which `by` vouched for (see [`Network::vouched_for`]).
+    fn apply_vouched(&self, kf: &crate::fetch::KeyFetch, key: &Key, m: Manifest, by: String) {
         if let Err(e) = crate::manifest::cached::save_vouched(self.store(), &m) {
             tracing::warn!("{key}: keep the manifest {by} vouched for in the cache: {e}");
         }
@@ -493,14 +498,27 @@ impl Holders for MountHolders {
                     if names.is_empty() { "none".into() } else { names.join(", ") }
                 );
                 if !skip.contains(&what) {
-                    let manifest =
-                        if fetcher.has_manifest(key) { None } else { self.net.manifest(&self.annex, key).await };
+                    let known = fetcher.has_manifest(key);
+                    // Stream mode, a key peers hold: the manifest a peer vouches for is asked
+                    // beside the published one (each look-up is a round trip to busy nodes),
+                    // and used only without a published one.
                     let peer_held = parts.remote.iter().any(|s| s.name().starts_with("peer "));
+                    let ask_peers = peer_held && !known && fetcher.config().verify == VerifyMode::Stream;
+                    let (manifest, vouched) = futures_util::join!(
+                        async { if known { None } else { self.net.manifest(&self.annex, key).await } },
+                        async {
+                            let done = self.net.store().present_bytes(key) >= key.size().unwrap_or(0)
+                                && self.net.verified_whole(key);
+                            if ask_peers && !done { self.net.vouched_for(key).await } else { None }
+                        },
+                    );
                     let kf = fetcher
                         .key(key, parts.remote, manifest)
                         .map_err(|e| FsError::Unavailable { key: key.to_string_lossy(), why: e.to_string() })?;
-                    if peer_held && !kf.has_manifest() && fetcher.config().verify == VerifyMode::Stream {
-                        self.net.vouch(&kf, key).await;
+                    if !kf.has_manifest()
+                        && let Some((m, by)) = vouched
+                    {
+                        self.net.apply_vouched(&kf, key, m, by);
                     }
                     return Ok(Opened::Fetched { kf, what });
                 }
