@@ -274,8 +274,17 @@ fn ref_and_bare_mounts_show_a_commit_tree() {
     listed.sort();
     assert_eq!(listed, names, "every entry of a large directory, once");
     assert_eq!(std::fs::read(head.p("big-dir/entry-1234.txt")).unwrap(), b"entry-1234.txt");
-    let ls = std::process::Command::new("ls").arg("-l").arg(head.p("big-dir")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 1501, "ls -l: total line and 1500 entries");
+    // ls -l: a total line and 1500 entries, each of 14 bytes (its name); with attributes
+    // looked up one by one (plain listings, the default) and sent with the listing
+    // (-o readdirplus).
+    let plus = mount(&sb, &r, "mnt-plus", &["--ref", "HEAD", "-o", "readdirplus"]);
+    for m in [&head, &plus] {
+        let ls = std::process::Command::new("ls").arg("-ln").arg(m.p("big-dir")).output().unwrap();
+        let out = String::from_utf8_lossy(&ls.stdout);
+        assert_eq!(out.lines().count(), 1501, "ls -l: total line and 1500 entries");
+        assert!(out.lines().skip(1).all(|l| l.split_whitespace().nth(4) == Some("14")), "{out}");
+    }
+    drop(plus);
 
     let m = mount(&sb, &r, "mnt-ref", &["--ref", "v1"]);
     assert_eq!(std::fs::read(m.p("v.txt")).unwrap(), b"version one\n");

@@ -174,7 +174,11 @@ fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         use crate::swarm::keep::{GRACE, KEEP_EVERY};
         crate::cmd::keep::start(fs.annex().clone(), net.clone(), offered, GRACE, KEEP_EVERY, rt.handle());
     }
-    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), live, plan.passthrough);
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        rt.handle().clone(),
+        crate::fuse::Options { live, passthrough: plan.passthrough, readdirplus: plan.readdirplus },
+    );
 
     let mut config = fuser::Config::default();
     config.mount_options.push(fuser::MountOption::RO);

@@ -47,6 +47,8 @@ pub struct MountPlan {
     pub(super) keep: Option<u64>,
     /// Let git-annex get keys annexfs cannot read (writes the repository's annex).
     pub(super) annex_get: bool,
+    /// Listings carry every entry's attributes (READDIRPLUS; see `crate::fuse`).
+    pub(super) readdirplus: bool,
 }
 
 impl MountPlan {
@@ -62,6 +64,7 @@ impl MountPlan {
             extra: Vec::new(),
             fsname: None,
             passthrough: false,
+            readdirplus: false,
             cache_dir: PathBuf::new(),
             cache_size: 0,
             verify: crate::fetch::VerifyMode::Stream,
@@ -122,6 +125,8 @@ pub(super) fn parse_options(plan: &mut MountPlan, opts: &[String]) -> anyhow::Re
             ("nonempty", None) => plan.nonempty = true,
             ("annex_get", None | Some("yes" | "true" | "1")) => plan.annex_get = true,
             ("annex_get", Some("no" | "false" | "0")) => plan.annex_get = false,
+            ("readdirplus", None | Some("yes" | "true" | "1")) => plan.readdirplus = true,
+            ("readdirplus", Some("no" | "false" | "0")) => plan.readdirplus = false,
             ("serve", Some(v)) => {
                 plan.serve = Some(v.parse().map_err(|_| anyhow!("serve={v}: expected ADDRESS:PORT"))?);
             }
@@ -229,6 +234,7 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         peers: args.swarm.peers.clone(),
         serve: args.serve,
         annex_get: args.annex_get,
+        readdirplus: args.readdirplus,
         ..MountPlan::empty()
     };
     parse_options(&mut plan, &args.options)?;
@@ -309,5 +315,10 @@ mod tests {
         parse_options(&mut p, &["annex_get=no".into()]).unwrap();
         assert!(!p.annex_get);
         assert!(parse_options(&mut base(), &["annex_get=maybe".into()]).is_err());
+        let mut p = base();
+        parse_options(&mut p, &["readdirplus".into()]).unwrap();
+        assert!(p.readdirplus);
+        parse_options(&mut p, &["readdirplus=no".into()]).unwrap();
+        assert!(!p.readdirplus);
     }
 }
