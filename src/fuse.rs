@@ -213,8 +213,8 @@ impl Filesystem for FuseAdapter {
         // READDIRPLUS only when asked for (`readdirplus`): with it the kernel makes an inode
         // and a dentry for every entry listed (the first listing of a directory always asks
         // for attributes, READDIRPLUS_AUTO or not), which `find` never needs (over a million
-        // files: 3.8 s, 2.3 s without). Without it a program that stats what it lists asks a
-        // LOOKUP per entry, a round trip each (`ls -lR` of a million files: 27 s, 8 s with).
+        // files: 3.4 s, 2.2 s without). Without it a program that stats what it lists asks a
+        // LOOKUP per entry, a round trip each (`ls -lR` of a million files: 27-33 s, 5 s with).
         if self.want_readdirplus {
             for flag in [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO] {
                 let _ = config.add_capabilities(flag);

@@ -23,9 +23,13 @@
 //!   a background response has a small send buffer ([`BACKGROUND_SNDBUF`]: by default the
 //!   kernel lets a socket queue megabytes, most of a second of a 40 Mbit/s link), made large
 //!   again ([`FOREGROUND_SNDBUF`]) when it serves a reader next ([`ConnQueue`]).
+//! - At most [`BACKGROUND_STREAMS`] background responses are under way at once, each from
+//!   its first step until its bytes have reached the client ([`BackgroundTurn`]): three
+//!   keepers with a few keys each would otherwise have dozens, each with its send buffer
+//!   full (a node's small answers waited most of a second behind them).
 //!
-//! Lock-free: two atomics, polled by waiting background responses every [`POLL`]. Time is
-//! tokio's (the tests pause it).
+//! Two atomics, polled by waiting background responses every [`POLL`], and a semaphore for
+//! the background turns. Time is tokio's (the tests pause it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +56,8 @@ pub const BACKGROUND_SNDBUF: u32 = 64 << 10;
 /// The send buffer of such a connection once it serves a reader again (capped by the
 /// kernel's `net.core.wmem_max`).
 pub const FOREGROUND_SNDBUF: u32 = 4 << 20;
+/// Background responses under way at once, per node.
+pub const BACKGROUND_STREAMS: usize = 4;
 
 /// What the node's foreground responses are doing.
 #[derive(Debug)]
@@ -60,11 +66,36 @@ pub struct Foreground {
     active: AtomicUsize,
     /// Milliseconds since `epoch` of the last foreground progress, plus one (0: never).
     last_ms: AtomicU64,
+    /// The background responses' turns.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Foreground {
     fn default() -> Foreground {
-        Foreground { epoch: Instant::now(), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+        Foreground {
+            epoch: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            turns: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_STREAMS)),
+        }
+    }
+}
+
+/// A background response's turn: held from its first step until its connection's bytes have
+/// reached the client (or stopped moving).
+pub struct BackgroundTurn {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    queue: Arc<ConnQueue>,
+}
+
+impl Drop for BackgroundTurn {
+    fn drop(&mut self) {
+        let (Some(permit), Ok(rt)) = (self.permit.take(), tokio::runtime::Handle::try_current()) else { return };
+        let queue = self.queue.clone();
+        rt.spawn(async move {
+            queue.drained(None).await;
+            drop(permit);
+        });
     }
 }
 
@@ -88,7 +119,7 @@ impl Drop for Active {
         match (self.queue.take(), tokio::runtime::Handle::try_current()) {
             (Some(q), Ok(rt)) => {
                 rt.spawn(async move {
-                    q.drained(&fg).await;
+                    q.drained(Some(&fg)).await;
                     fg.end();
                 });
             }
@@ -133,6 +164,12 @@ impl Foreground {
         while self.busy() {
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Waits for a background response's turn on connection `queue` (see the module doc).
+    pub async fn background_turn(&self, queue: Arc<ConnQueue>) -> BackgroundTurn {
+        let permit = self.turns.clone().acquire_owned().await.ok();
+        BackgroundTurn { permit, queue }
     }
 }
 
@@ -186,9 +223,9 @@ impl ConnQueue {
     }
 
     /// Waits until the connection's bytes have reached the client, or have stopped moving
-    /// for [`STALLED`] (a client that stopped reading), marking foreground progress as they
-    /// go.
-    async fn drained(&self, fg: &Foreground) {
+    /// for [`STALLED`] (a client that stopped reading), marking foreground progress (of a
+    /// reader's response) as they go.
+    async fn drained(&self, fg: Option<&Foreground>) {
         let mut last = None;
         let mut moved = Instant::now();
         while let Some(n) = self.outstanding() {
@@ -198,7 +235,9 @@ impl ConnQueue {
             if last != Some(n) {
                 last = Some(n);
                 moved = Instant::now();
-                fg.touch();
+                if let Some(fg) = fg {
+                    fg.touch();
+                }
             } else if moved.elapsed() >= STALLED {
                 return;
             }
@@ -242,5 +281,25 @@ mod tests {
         fg.wait_turn().await;
         let waited = t.elapsed();
         assert!(waited >= QUIET && waited < QUIET + 2 * POLL, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn background_responses_take_turns() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        let q = Arc::new(ConnQueue::new(&served));
+        let fg = Foreground::default();
+        let mut turns = Vec::new();
+        for _ in 0..BACKGROUND_STREAMS {
+            turns.push(fg.background_turn(q.clone()).await);
+        }
+        let more = tokio::time::timeout(Duration::from_millis(50), fg.background_turn(q.clone())).await;
+        assert!(more.is_err(), "a turn beyond the bound");
+        // A turn ends once its connection's bytes are through (none here): the next one goes.
+        drop(turns.pop());
+        let next = tokio::time::timeout(Duration::from_secs(5), fg.background_turn(q.clone())).await;
+        assert!(next.is_ok(), "the turn given back");
+        drop(client);
     }
 }

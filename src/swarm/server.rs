@@ -382,8 +382,7 @@ async fn handle(
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(priority::BACKGROUND.as_bytes()));
                 tracing::debug!("swarm: serving {key} bytes {a}-{b}{}", if background { " (background)" } else { "" });
                 queue.serving(background);
-                let reader = (!background).then(|| queue.clone());
-                let stream = body_stream(node.clone(), Arc::new(holding), a, b, reader);
+                let stream = body_stream(node.clone(), Arc::new(holding), a, b, queue.clone(), background);
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
                 *r.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
                 r
@@ -408,22 +407,37 @@ async fn handle(
 
 type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>;
 
-/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit. A
-/// reader's response (`reader`: its connection) is counted active until its bytes have
+/// The bytes `[a, b)` on connection `queue`, read (and checked) a step at a time, paced
+/// under the upload limit. A reader's response is counted active until its bytes have
 /// reached the client (hyper drops a body once its length is sent, without asking for its
-/// end: the wait is in [`priority::Active`]'s drop); background work (`None`) waits for its
-/// turn before each step.
-fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64, reader: Option<Arc<priority::ConnQueue>>) -> Chunks {
-    let active = reader.map(|q| Arc::new(node.foreground.begin(Some(q))));
+/// end: the wait is in [`priority::Active`]'s drop); background work takes one of the
+/// node's background turns before its first step and waits for its turn before each step.
+fn body_stream(
+    node: Arc<Node>,
+    h: Arc<Holding>,
+    a: u64,
+    b: u64,
+    queue: Arc<priority::ConnQueue>,
+    background: bool,
+) -> Chunks {
+    let active = (!background).then(|| Arc::new(node.foreground.begin(Some(queue.clone()))));
+    // The background turn, taken at the first step and kept while the stream lives.
+    let turn: Arc<tokio::sync::Mutex<Option<priority::BackgroundTurn>>> = Arc::default();
     Box::pin(futures_util::stream::unfold(a, move |pos| {
-        let (node, h, active) = (node.clone(), h.clone(), active.clone());
+        let (node, h, active, turn, queue) = (node.clone(), h.clone(), active.clone(), turn.clone(), queue.clone());
         async move {
             if pos >= b {
                 return None;
             }
             match &active {
                 Some(a) => a.progress(),
-                None => node.foreground.wait_turn().await,
+                None => {
+                    let mut t = turn.lock().await;
+                    if t.is_none() {
+                        *t = Some(node.foreground.background_turn(queue).await);
+                    }
+                    node.foreground.wait_turn().await;
+                }
             }
             let n = usize::try_from((b - pos).min(STEP as u64)).unwrap_or(STEP);
             let h2 = h.clone();
