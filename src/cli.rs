@@ -279,11 +279,11 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_passthrough: bool,
 
-    /// Send every entry's attributes with directory listings (READDIRPLUS): programs that
-    /// stat everything they list (ls -l, du, rsync) go faster over huge trees, `find` slower
-    /// (-o readdirplus).
+    /// Never send entries' attributes with directory listings (READDIRPLUS; by default sent
+    /// to the programs that stat what they list, such as ls -l, du and rsync)
+    /// (-o readdirplus=no).
     #[arg(long)]
-    pub readdirplus: bool,
+    pub no_readdirplus: bool,
 
     /// The piece cache (default: $XDG_CACHE_HOME/annexfs, shared by every mount of the user).
     #[arg(long, value_name = "DIR")]

@@ -35,7 +35,7 @@ pub(super) const MAX_STREAMS: usize = 8;
 /// A stream is read ahead once it has read this much.
 pub(super) const ESTABLISHED_BYTES: u64 = 1 << 20;
 /// How far past a stream's end a read may start and still continue it: the kernel's
-/// readahead (1 MiB asked, `fuse.rs`) with several reads in flight.
+/// readahead (1 MiB asked, `crate::fuse`) with several reads in flight.
 pub(super) const FORWARD_SLACK: u64 = 4 << 20;
 
 /// One stream of reads.

@@ -149,7 +149,7 @@ pub fn helper_args(args: &[std::ffi::OsString]) -> anyhow::Result<Option<MountAr
         foreground: false,
         options,
         no_passthrough: false,
-        readdirplus: false,
+        no_readdirplus: false,
         annex_get: false,
         cache_dir: None,
         cache_size: None,

@@ -47,7 +47,8 @@ pub struct MountPlan {
     pub(super) keep: Option<u64>,
     /// Let git-annex get keys annexfs cannot read (writes the repository's annex).
     pub(super) annex_get: bool,
-    /// Listings carry every entry's attributes (READDIRPLUS; see `crate::fuse`).
+    /// Listings carry the entries' attributes for the programs that stat what they list
+    /// (READDIRPLUS; see `crate::fuse`), else never.
     pub(super) readdirplus: bool,
 }
 
@@ -64,7 +65,7 @@ impl MountPlan {
             extra: Vec::new(),
             fsname: None,
             passthrough: false,
-            readdirplus: false,
+            readdirplus: true,
             cache_dir: PathBuf::new(),
             cache_size: 0,
             verify: crate::fetch::VerifyMode::Stream,
@@ -234,7 +235,7 @@ pub fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
         peers: args.swarm.peers.clone(),
         serve: args.serve,
         annex_get: args.annex_get,
-        readdirplus: args.readdirplus,
+        readdirplus: !args.no_readdirplus,
         ..MountPlan::empty()
     };
     parse_options(&mut plan, &args.options)?;
@@ -316,9 +317,10 @@ mod tests {
         assert!(!p.annex_get);
         assert!(parse_options(&mut base(), &["annex_get=maybe".into()]).is_err());
         let mut p = base();
-        parse_options(&mut p, &["readdirplus".into()]).unwrap();
-        assert!(p.readdirplus);
+        assert!(p.readdirplus, "on by default");
         parse_options(&mut p, &["readdirplus=no".into()]).unwrap();
         assert!(!p.readdirplus);
+        parse_options(&mut p, &["readdirplus".into()]).unwrap();
+        assert!(p.readdirplus);
     }
 }

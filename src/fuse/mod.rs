@@ -13,6 +13,8 @@
 //!
 //! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`.
 
+mod listers;
+
 use crate::fs::{Attr, FsError, Kind, MountFs};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -78,15 +80,22 @@ struct Lookups {
 }
 
 impl Lookups {
-    fn lookup_now(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    /// Answers the look-up; whether it found a directory (`None`: nothing found).
+    fn lookup_now(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) -> Option<bool> {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry_with_ttls(
-                &attr_ttl(&a, self.entry_ttl),
-                &entry_ttl_of(&a, self.entry_ttl),
-                &file_attr(&a),
-                Generation(0),
-            ),
-            Err(e) => reply.error(errno(&e)),
+            Ok(a) => {
+                reply.entry_with_ttls(
+                    &attr_ttl(&a, self.entry_ttl),
+                    &entry_ttl_of(&a, self.entry_ttl),
+                    &file_attr(&a),
+                    Generation(0),
+                );
+                Some(matches!(a.kind, Kind::Dir))
+            }
+            Err(e) => {
+                reply.error(errno(&e));
+                None
+            }
         }
     }
 }
@@ -99,6 +108,8 @@ pub struct FuseAdapter {
     want_passthrough: bool,
     /// Ask the kernel for READDIRPLUS (see `init`).
     want_readdirplus: bool,
+    /// Which processes get attributes with their listings (`listers.rs`).
+    listers: Arc<listers::Listers>,
     pt: Passthrough,
 }
 
@@ -141,7 +152,8 @@ pub struct Options {
     pub live: bool,
     /// Try kernel passthrough for local content.
     pub passthrough: bool,
-    /// Ask the kernel for READDIRPLUS.
+    /// Ask the kernel for READDIRPLUS, for the processes that stat what they list
+    /// (`listers.rs`); else plain listings only.
     pub readdirplus: bool,
 }
 
@@ -153,6 +165,7 @@ impl FuseAdapter {
             entry_ttl: if o.live { LIVE_ENTRY_TTL } else { STATIC_ENTRY_TTL },
             want_passthrough: o.passthrough,
             want_readdirplus: o.readdirplus,
+            listers: Arc::default(),
             pt: Passthrough::default(),
         }
     }
@@ -210,11 +223,8 @@ impl Filesystem for FuseAdapter {
         for flag in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_CACHE_SYMLINKS] {
             let _ = config.add_capabilities(flag);
         }
-        // READDIRPLUS only when asked for (`readdirplus`): with it the kernel makes an inode
-        // and a dentry for every entry listed (the first listing of a directory always asks
-        // for attributes, READDIRPLUS_AUTO or not), which `find` never needs (over a million
-        // files: 3.4 s, 2.2 s without). Without it a program that stats what it lists asks a
-        // LOOKUP per entry, a round trip each (`ls -lR` of a million files: 27-33 s, 5 s with).
+        // READDIRPLUS, answered in full only to processes that stat what they list
+        // (`listers.rs`; AUTO lets the others' listings go on as plain ones).
         if self.want_readdirplus {
             for flag in [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO] {
                 let _ = config.add_capabilities(flag);
@@ -232,16 +242,20 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // Inside a nested repository not opened yet (a clone): answered from the blocking
         // pool, so that only this request waits for it.
         if self.fs.would_wait(parent.0) {
             let this = self.detached();
             let name = name.to_os_string();
-            self.pool.spawn_blocking(move || this.lookup_now(parent, &name, reply));
+            self.pool.spawn_blocking(move || {
+                this.lookup_now(parent, &name, reply);
+            });
             return;
         }
-        self.detached().lookup_now(parent, name, reply)
+        if let Some(is_dir) = self.detached().lookup_now(parent, name, reply) {
+            self.listers.looked_up(req.pid(), parent.0, is_dir);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -340,7 +354,10 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if offset == 0 {
+            self.listers.listing(req.pid(), ino.0);
+        }
         let fs = self.fs.clone();
         let list = move || {
             let listed = fs.readdir(ino.0, offset, |name, attr, next| {
@@ -359,10 +376,17 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // The first part of a listing: every entry with its attributes only for a process
+        // that stats what it lists; `.` and `..` alone for the others, whose next part the
+        // kernel then asks as a plain listing (`listers.rs`).
+        let full = offset != 0 || self.listers.listing(req.pid(), ino.0);
         let (fs, entry_ttl) = (self.fs.clone(), self.entry_ttl);
         let list = move || {
             let listed = fs.readdir(ino.0, offset, |name, attr, next| {
+                if !full && next > 2 {
+                    return true;
+                }
                 // `.` and `..` must not create dentries.
                 let ttl = if next <= 2 || attr.volatile { Duration::ZERO } else { entry_ttl };
                 reply.add(INodeNo(attr.ino), next, name, &ttl, &file_attr(attr), Generation(0))
