@@ -9,9 +9,12 @@
 //! instead of 5 s. So the adapter answers the first part of a listing:
 //!
 //! - to a process that stats what it lists: with every entry and its attributes;
-//! - to any other: with `.` and `..` only (the kernel makes no inode for them), so that the
-//!   kernel asks for the rest as a plain listing (`READDIRPLUS_AUTO`: no look-up in the
-//!   directory came in between).
+//! - to any other: with `.`, `..` (the kernel makes no inode for them) and the directories
+//!   that come before the first other entry (a walk descends into them: their look-ups are
+//!   saved), so that the kernel asks for the rest as a plain listing (`READDIRPLUS_AUTO`: no
+//!   look-up in the directory came in between). A walk like `find` then pays about what
+//!   plain listings cost it: one more round trip per directory of files, one look-up less
+//!   per directory.
 //!
 //! A process stats what it lists once it has looked up an entry that is not a directory in
 //! the directory it listed last (descending into subdirectories, as `find` does, is not

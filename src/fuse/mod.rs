@@ -378,13 +378,14 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         // The first part of a listing: every entry with its attributes only for a process
-        // that stats what it lists; `.` and `..` alone for the others, whose next part the
-        // kernel then asks as a plain listing (`listers.rs`).
+        // that stats what it lists; for the others `.`, `..` and the directories before the
+        // first other entry (they are descended into: their look-ups are saved), and the
+        // kernel asks the rest as a plain listing (`listers.rs`).
         let full = offset != 0 || self.listers.listing(req.pid(), ino.0);
         let (fs, entry_ttl) = (self.fs.clone(), self.entry_ttl);
         let list = move || {
             let listed = fs.readdir(ino.0, offset, |name, attr, next| {
-                if !full && next > 2 {
+                if !full && next > 2 && !matches!(attr.kind, Kind::Dir) {
                     return true;
                 }
                 // `.` and `..` must not create dentries.
