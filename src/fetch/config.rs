@@ -51,6 +51,10 @@ pub(super) const DRIP_BPS: f64 = 256.0 * 1024.0;
 /// from its first byte) failed: its source is backed off. Far below [`DRIP_BPS`]: a request
 /// among hundreds sharing a server (many readers at once) sends slowly and is no drip.
 pub(super) const STARVED_BPS: f64 = 32.0 * 1024.0;
+/// How long a background request may wait for bytes before it counts as stalled: a swarm
+/// node sends background work only while none of its readers' responses is moving
+/// (see the swarm's server).
+pub(super) const BACKGROUND_STALL: Duration = Duration::from_secs(60);
 /// Housekeeping interval: backoffs, hedges, pieces fetched by other processes.
 pub(super) const TICK: Duration = Duration::from_millis(100);
 /// How long fetching pauses when the cache is at its bound and nothing can be evicted yet.

@@ -18,7 +18,7 @@
 //! When a task ends, its source's figures are updated (`stats.rs`) and the pieces it still
 //! owns go back to `Missing` (with their claims and partial bytes).
 
-use super::config::{CACHE_FULL_PAUSE, CROWDED, SILENT_HEDGE_AFTER, STARVED_BPS};
+use super::config::{BACKGROUND_STALL, CACHE_FULL_PAUSE, CROWDED, SILENT_HEDGE_AFTER, STARVED_BPS};
 use super::piece::{Piece, PieceIndex, RequestId};
 use super::scheduler::{self, Action, Board, RequestView, SourceView};
 use super::stats::{RequestEnd, SourceId, Verdict};
@@ -322,7 +322,8 @@ impl KeyFetch {
         };
         // The first piece this request sent that failed its manifest hash.
         let mut corrupt: Option<PieceIndex> = None;
-        let stall = self.cfg.stall_timeout;
+        // A server may hold background work back while its readers keep it busy.
+        let stall = if background { self.cfg.stall_timeout.max(BACKGROUND_STALL) } else { self.cfg.stall_timeout };
         let result: Result<(), FetchError> = async {
             let ask = if background { src.get_background(ask_at, ask_len) } else { src.get(ask_at, ask_len) };
             let mut stream = tokio::time::timeout(stall, ask).await.map_err(|_| FetchError::Stalled(stall))??;

@@ -170,6 +170,16 @@ impl FuseAdapter {
         }
     }
 
+    /// Runs `f` (an answer about `ino`) here, or on the blocking pool when `ino` is inside a
+    /// nested repository not opened yet (a clone): then only this request waits for it.
+    fn here_or_on_pool(&self, ino: INodeNo, f: impl FnOnce() + Send + 'static) {
+        if self.fs.would_wait(ino.0) {
+            self.pool.spawn_blocking(f);
+        } else {
+            f();
+        }
+    }
+
     /// What answering a look-up needs, detached from the adapter (to move to another thread).
     fn detached(&self) -> Lookups {
         Lookups { fs: self.fs.clone(), entry_ttl: self.entry_ttl }
@@ -368,12 +378,7 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        // See `lookup`: a listing that opens a nested repository waits on the blocking pool.
-        if self.fs.would_wait(ino.0) {
-            self.pool.spawn_blocking(list);
-        } else {
-            list();
-        }
+        self.here_or_on_pool(ino, list);
     }
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
@@ -397,12 +402,7 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        // See `lookup`: a listing that opens a nested repository waits on the blocking pool.
-        if self.fs.would_wait(ino.0) {
-            self.pool.spawn_blocking(list);
-        } else {
-            list();
-        }
+        self.here_or_on_pool(ino, list);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
