@@ -11,51 +11,11 @@ mod common;
 use common::mnt::Mount;
 use common::{Sandbox, json_lines, pseudo_random};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const KEY_ID: &str = "annexfs-test-key";
 const SECRET: &str = "annexfs-test-secret-do-not-show";
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_binary() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    let on_path = Command::new("moto_server").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    on_path.is_ok_and(|s| s.success()).then(|| PathBuf::from("moto_server"))
-}
-
-fn start_moto(bin: &Path, log: &Path) -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let moto = Moto { child, port };
-    let until = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "moto_server did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    moto
-}
 
 /// `git annex ARGS` with the given AWS credentials (or none).
 fn annex(sb: &Sandbox, cwd: &Path, creds: bool, args: &[&str]) -> String {
@@ -133,12 +93,12 @@ fn holder<'a>(v: &'a serde_json::Value, remote: &str) -> &'a serde_json::Value {
 
 #[test]
 fn clone_reads_every_kind_of_s3_remote_through_the_mount() {
-    let Some(bin) = moto_binary() else {
+    let Some(bin) = common::moto::binary() else {
         common::require("moto_server (moto[server] from PyPI)", false);
         return;
     };
     let sb = Sandbox::new();
-    let moto = start_moto(&bin, &sb.path("moto.log"));
+    let moto = common::moto::start(&bin, &sb.path("moto.log"));
     let port = moto.port.to_string();
     let r = sb.init_repo("r", "origin");
     sb.git(&r, &["config", "annex.security.allowed-ip-addresses", "all"]);

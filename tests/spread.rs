@@ -301,59 +301,16 @@ fn create_bucket(port: u16, bucket: &str) {
     assert!(resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"), "{resp}");
 }
 
-struct Moto(std::process::Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn moto_binary() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    let ok = Command::new("moto_server").arg("--help").output().is_ok_and(|o| o.status.success());
-    ok.then(|| PathBuf::from("moto_server"))
-}
-
 #[test]
 fn an_s3_store_beside_directories() {
-    let Some(moto) = moto_binary() else {
+    let Some(moto) = common::moto::binary() else {
         common::require("moto_server (moto[server] from PyPI)", false);
         return;
     };
-    // A port found free may be taken by another test's server before moto binds it (moto
-    // then exits, and what listened there goes): another port, a few times.
-    let (port, _moto) = (0..5)
-        .find_map(|_| {
-            let port = common::free_port();
-            let child = Command::new(&moto)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut m = Moto(child);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                if m.0.try_wait().ok().flatten().is_some() {
-                    return None;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // Still moto's a moment later (not another server's that went).
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    return m.0.try_wait().ok().flatten().is_none().then_some((port, m));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            None
-        })
-        .expect("moto_server listens on a loopback port");
-    create_bucket(port, "shards");
     let w = world(3);
+    let moto = common::moto::start(&moto, &w.sb.path("moto.log"));
+    let port = moto.port;
+    create_bucket(port, "shards");
     add_files(&w);
     let s3 = format!("s3://shards/spread?endpoint=http://127.0.0.1:{port}");
     let stores = format!("stores={},{},{s3}", w.stores[0].display(), w.stores[1].display());

@@ -7,6 +7,7 @@
 
 pub mod hostile;
 pub mod mnt;
+pub mod moto;
 pub mod nginx;
 pub mod slowfs;
 pub mod swarm;
