@@ -1,5 +1,6 @@
 //! The fuser adapter: unpacks requests, calls [`MountFs`], replies. No policy lives here
-//! except what is FUSE-specific: TTLs, open flags, and kernel passthrough bookkeeping.
+//! except what is FUSE-specific: TTLs, open flags, kernel passthrough bookkeeping, and which
+//! processes get attributes with their listings (`listers.rs`).
 //!
 //! Reads run on a blocking thread pool (the reply is sent from there), so a slow source never
 //! holds a FUSE thread; metadata requests are answered from memory on the FUSE threads.
@@ -11,7 +12,7 @@
 //! on one inode, so `Passthrough::inodes` keeps one `BackingId` per inode while any passthrough
 //! handle is open, and never uses passthrough for an inode with normal opens.
 //!
-//! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`.
+//! Lock order: `Passthrough::inodes` → `Passthrough::by_fh`; the listers' lock is taken alone.
 
 mod listers;
 
