@@ -208,9 +208,30 @@ pub fn require(what: &str, available: bool) -> bool {
     false
 }
 
-/// A loopback port free now (for a server a test starts).
+/// A loopback port free now (for a server a test starts), never the same twice in a test
+/// binary. Not one the kernel picks (ports from `ip_local_port_range`, 32768 up by default):
+/// the local end of some connection could take such a port between this look and the
+/// server's bind (a swarm mount once failed with "Address already in use" so). Below the
+/// ports bench/run uses (17500–18999) neither.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    let kernel_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let span = kernel_low.saturating_sub(FIRST).max(1_000);
+    // Test binaries run one after another; a start of their own keeps them apart anyway.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + n) % span).unwrap_or(0);
+        if port != 0 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + span);
 }
 
 /// Whether this process runs as root.
