@@ -507,9 +507,12 @@ impl Holders for MountHolders {
                     let (manifest, vouched) = futures_util::join!(
                         async { if known { None } else { self.net.manifest(&self.annex, key).await } },
                         async {
-                            let done = self.net.store().present_bytes(key) >= key.size().unwrap_or(0)
-                                && self.net.verified_whole(key);
-                            if ask_peers && !done { self.net.vouched_for(key).await } else { None }
+                            // Not for a key already verified whole in the cache.
+                            let done = || {
+                                self.net.store().present_bytes(key) >= key.size().unwrap_or(0)
+                                    && self.net.verified_whole(key)
+                            };
+                            if ask_peers && !done() { self.net.vouched_for(key).await } else { None }
                         },
                     );
                     let kf = fetcher

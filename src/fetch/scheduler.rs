@@ -238,7 +238,7 @@ impl Planner<'_, '_> {
         });
         // A source that can go on where its transfer stands chooses before the others take
         // the piece it would go on with (see `continuation`).
-        order.sort_by_key(|&s| self.continuation(s).is_none());
+        order.sort_by_cached_key(|&s| self.continuation(s).is_none());
         // The best speed among sources that work now (a source that sends fast and then
         // fails is no yardstick).
         let best_bps =

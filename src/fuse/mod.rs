@@ -110,7 +110,7 @@ pub struct FuseAdapter {
     /// Ask the kernel for READDIRPLUS (see `init`).
     want_readdirplus: bool,
     /// Which processes get attributes with their listings (`listers.rs`).
-    listers: Arc<listers::Listers>,
+    listers: listers::Listers,
     pt: Passthrough,
 }
 
@@ -166,7 +166,7 @@ impl FuseAdapter {
             entry_ttl: if o.live { LIVE_ENTRY_TTL } else { STATIC_ENTRY_TTL },
             want_passthrough: o.passthrough,
             want_readdirplus: o.readdirplus,
-            listers: Arc::default(),
+            listers: listers::Listers::default(),
             pt: Passthrough::default(),
         }
     }

@@ -24,7 +24,7 @@
 //!   kernel lets a socket queue megabytes, most of a second of a 40 Mbit/s link), made large
 //!   again ([`FOREGROUND_SNDBUF`]) when it serves a reader next ([`ConnQueue`]).
 //! - At most [`BACKGROUND_STREAMS`] background responses are under way at once, each from
-//!   its first step until its bytes have reached the client ([`BackgroundTurn`]): three
+//!   its first byte until its bytes have reached the client ([`BackgroundTurn`]): three
 //!   keepers with a few keys each would otherwise have dozens, each with its send buffer
 //!   full (a node's small answers waited most of a second behind them).
 //!
@@ -81,7 +81,7 @@ impl Default for Foreground {
     }
 }
 
-/// A background response's turn: held from its first step until its connection's bytes have
+/// A background response's turn: held from before its first byte until its connection's bytes have
 /// reached the client (or stopped moving).
 pub struct BackgroundTurn {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,

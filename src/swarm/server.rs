@@ -381,7 +381,13 @@ async fn handle(
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(priority::BACKGROUND.as_bytes()));
                 tracing::debug!("swarm: serving {key} bytes {a}-{b}{}", if background { " (background)" } else { "" });
                 queue.serving(background);
-                let stream = body_stream(node.clone(), Arc::new(holding), a, b, queue.clone(), background);
+                let lane = if background {
+                    // Background work takes one of the node's turns before its first byte.
+                    Lane::Background { _turn: Arc::new(node.foreground.background_turn(queue.clone()).await) }
+                } else {
+                    Lane::Reader(Arc::new(node.foreground.begin(Some(queue.clone()))))
+                };
+                let stream = body_stream(node.clone(), Arc::new(holding), a, b, lane);
                 let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
                 *r.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
                 r
@@ -406,37 +412,31 @@ async fn handle(
 
 type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>;
 
-/// The bytes `[a, b)` on connection `queue`, read (and checked) a step at a time, paced
-/// under the upload limit. A reader's response is counted active until its bytes have
-/// reached the client (hyper drops a body once its length is sent, without asking for its
-/// end: the wait is in [`priority::Active`]'s drop); background work takes one of the
-/// node's background turns before its first step and waits for its turn before each step.
-fn body_stream(
-    node: Arc<Node>,
-    h: Arc<Holding>,
-    a: u64,
-    b: u64,
-    queue: Arc<priority::ConnQueue>,
-    background: bool,
-) -> Chunks {
-    let active = (!background).then(|| Arc::new(node.foreground.begin(Some(queue.clone()))));
-    // The background turn, taken at the first step and kept while the stream lives.
-    let turn: Arc<tokio::sync::Mutex<Option<priority::BackgroundTurn>>> = Arc::default();
+/// What a response holds while it streams: a reader's is counted active (until its bytes
+/// have reached the client: hyper drops a body once its length is sent, without asking for
+/// its end, so the wait is in [`priority::Active`]'s drop); background work holds one of the
+/// node's turns and waits for its turn before each step.
+#[derive(Clone)]
+enum Lane {
+    Reader(Arc<priority::Active>),
+    /// The turn is held (given back when dropped), not read.
+    Background {
+        _turn: Arc<priority::BackgroundTurn>,
+    },
+}
+
+/// The bytes `[a, b)`, read (and checked) a step at a time, paced under the upload limit, in
+/// `lane`.
+fn body_stream(node: Arc<Node>, h: Arc<Holding>, a: u64, b: u64, lane: Lane) -> Chunks {
     Box::pin(futures_util::stream::unfold(a, move |pos| {
-        let (node, h, active, turn, queue) = (node.clone(), h.clone(), active.clone(), turn.clone(), queue.clone());
+        let (node, h, lane) = (node.clone(), h.clone(), lane.clone());
         async move {
             if pos >= b {
                 return None;
             }
-            match &active {
-                Some(a) => a.progress(),
-                None => {
-                    let mut t = turn.lock().await;
-                    if t.is_none() {
-                        *t = Some(node.foreground.background_turn(queue).await);
-                    }
-                    node.foreground.wait_turn().await;
-                }
+            match &lane {
+                Lane::Reader(a) => a.progress(),
+                Lane::Background { .. } => node.foreground.wait_turn().await,
             }
             let n = usize::try_from((b - pos).min(STEP as u64)).unwrap_or(STEP);
             let h2 = h.clone();
