@@ -81,8 +81,8 @@ impl Default for Foreground {
     }
 }
 
-/// A background response's turn: held from before its first byte until its connection's bytes have
-/// reached the client (or stopped moving).
+/// A background response's turn: held from before its first byte until its connection's
+/// bytes have reached the client (or stopped moving).
 pub struct BackgroundTurn {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     queue: Arc<ConnQueue>,
