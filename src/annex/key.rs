@@ -71,10 +71,13 @@ fn wrap_i64(d: &[u8]) -> i64 {
 
 fn digits_to_u64(d: &[u8]) -> Option<u64> {
     // `d` is normalised digits, so more than 20 digits can never fit.
-    if d.len() > 20 {
+    if d.is_empty() || d.len() > 20 {
         return None;
     }
-    std::str::from_utf8(d).ok()?.parse().ok()
+    d.iter().try_fold(0u64, |n, &c| {
+        let digit = c.checked_sub(b'0').filter(|&v| v <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 impl Key {

@@ -184,9 +184,11 @@ impl KeyFetch {
             );
             return;
         }
+        // Counted before landing: the landing wakes the readers, which must not see a
+        // piece from parts that the count does not have yet.
+        self.stats.direct_reads.fetch_add(1, Ordering::Relaxed);
         match self.land(i, &buf, false, sources[0], true) {
             Ok(()) => {
-                self.stats.direct_reads.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     "{}: piece {i} landed from {} parts in {:.1} ms",
                     self.key,
@@ -194,7 +196,10 @@ impl KeyFetch {
                     started.elapsed().as_secs_f64() * 1e3
                 );
             }
-            Err(e) => tracing::debug!("{}: piece {i} from parts not stored: {e}", self.key),
+            Err(e) => {
+                self.stats.direct_reads.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!("{}: piece {i} from parts not stored: {e}", self.key)
+            }
         }
     }
 

@@ -113,7 +113,7 @@ pub struct AnnexFs {
     repo: Mutex<git2::Repository>,
     index_path: PathBuf,
     index_stamp: Mutex<Option<(SystemTime, u64, u64)>>,
-    ns: RwLock<Arc<Namespace>>,
+    ns: RwLock<Arc<Shown>>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -126,6 +126,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section leaves its data consistent, so a panic elsewhere does not make
     // the data unusable.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The namespace shown, with the inode numbers its nodes were given so far (0: none yet), so
+/// that listing a directory again does not look its entries up in the inode table (a hash
+/// and a few cache misses each, most of what a warm `find` costs the daemon). A node's number
+/// never changes within a namespace: its path and identity are the namespace's.
+struct Shown {
+    ns: Arc<Namespace>,
+    inos: Box<[AtomicU64]>,
+}
+
+impl Shown {
+    fn new(ns: Arc<Namespace>) -> Shown {
+        let inos = (0..ns.len()).map(|_| AtomicU64::new(0)).collect();
+        Shown { ns, inos }
+    }
+}
+
+impl std::ops::Deref for Shown {
+    type Target = Namespace;
+    fn deref(&self) -> &Namespace {
+        &self.ns
+    }
 }
 
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64, u64)> {
@@ -163,7 +186,7 @@ impl AnnexFs {
             repo: Mutex::new(repo),
             index_stamp: Mutex::new(stamp_of(&index_path)),
             index_path,
-            ns: RwLock::new(Arc::new(Namespace::empty(SystemTime::UNIX_EPOCH))),
+            ns: RwLock::new(Arc::new(Shown::new(Arc::new(Namespace::empty(SystemTime::UNIX_EPOCH))))),
             inodes: Mutex::new(InodeTable::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -173,7 +196,7 @@ impl AnnexFs {
         };
         let ns = Arc::new(fs.build_namespace()?);
         classify_in_background(&ns);
-        *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = ns;
+        *fs.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Shown::new(ns));
         Ok(fs)
     }
 
@@ -227,17 +250,17 @@ impl AnnexFs {
         }
         let ns = Arc::new(self.build_namespace()?);
         classify_in_background(&ns);
-        *self.ns.write().unwrap_or_else(|p| p.into_inner()) = ns;
+        *self.ns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Shown::new(ns));
         *lock(&self.index_stamp) = stamp;
         Ok(true)
     }
 
-    fn namespace(&self) -> Arc<Namespace> {
+    fn namespace(&self) -> Arc<Shown> {
         self.ns.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node an inode stands for, if it still has the same identity.
-    fn resolve(&self, ino: u64) -> Result<(Arc<Namespace>, NodeId, Vec<u8>), FsError> {
+    fn resolve(&self, ino: u64) -> Result<(Arc<Shown>, NodeId, Vec<u8>), FsError> {
         let ns = self.namespace();
         let (path, ident) = lock(&self.inodes).get(ino).ok_or(FsError::StaleInode(ino))?;
         let id = ns.lookup(&path).ok_or(FsError::StaleInode(ino))?;
@@ -258,15 +281,31 @@ impl AnnexFs {
 
     /// The attributes of a node; `learn`: the size of a key without one may be asked of its
     /// holders (briefly), else only what is known is used.
-    fn attr_of(&self, ns: &Namespace, id: NodeId, path: &[u8], learn: bool) -> Result<Attr, FsError> {
+    fn attr_of(&self, ns: &Shown, id: NodeId, path: &[u8], learn: bool) -> Result<Attr, FsError> {
+        self.attr_in(ns, id, path, Some(learn))
+    }
+
+    /// [`Self::attr_of`]; `learn` `None`: only the number and the type, for a plain listing
+    /// (a file's size, which may mean reading the key, is left at 0).
+    fn attr_in(&self, ns: &Shown, id: NodeId, path: &[u8], learn: Option<bool>) -> Result<Attr, FsError> {
         let node = ns.node(id).ok_or(FsError::NotFound)?;
         let node_kind = ns.kind(id).ok_or(FsError::NotFound)?;
-        let ident = ident_of(node_kind, node.mtime);
-        let ino = if path.is_empty() { ROOT_INO } else { lock(&self.inodes).ino(path, &ident) };
+        let ino = match ns.inos.get(id).map(|s| s.load(Ordering::Relaxed)) {
+            Some(ino) if ino != 0 => ino,
+            _ if path.is_empty() => ROOT_INO,
+            slot => {
+                let ino = lock(&self.inodes).ino(path, &ident_of(node_kind, node.mtime));
+                if slot.is_some() {
+                    ns.inos[id].store(ino, Ordering::Relaxed);
+                }
+                ino
+            }
+        };
         let mut volatile = false;
-        let (kind, size, perm, nlink) = match node_kind {
-            EntryKind::Dir => (Kind::Dir, 0, 0o555, 2),
-            EntryKind::Annexed(key) => {
+        let (kind, size, perm, nlink) = match (node_kind, learn) {
+            (EntryKind::Dir, _) => (Kind::Dir, 0, 0o555, 2),
+            (EntryKind::Annexed(_) | EntryKind::Plain { .. }, None) => (Kind::File, 0, 0o444, 1),
+            (EntryKind::Annexed(key), Some(learn)) => {
                 // A size no file can have (beyond i64) is not believed: the kernel would
                 // refuse the attributes, and with them the whole entry.
                 let size = match key.size().filter(|&s| i64::try_from(s).is_ok()) {
@@ -278,8 +317,8 @@ impl AnnexFs {
                 };
                 (Kind::File, size, if node.exec { 0o555 } else { 0o444 }, 1)
             }
-            EntryKind::Plain { size, .. } => (Kind::File, *size, if node.exec { 0o555 } else { 0o444 }, 1),
-            EntryKind::Symlink(t) => (Kind::Symlink, t.len() as u64, 0o777, 1),
+            (EntryKind::Plain { size, .. }, Some(_)) => (Kind::File, *size, if node.exec { 0o555 } else { 0o444 }, 1),
+            (EntryKind::Symlink(t), _) => (Kind::Symlink, t.len() as u64, 0o777, 1),
         };
         Ok(Attr { ino, kind, size, perm, nlink, mtime: node.mtime, uid: self.cfg.uid, gid: self.cfg.gid, volatile })
     }
@@ -329,11 +368,13 @@ impl AnnexFs {
     /// Lists directory `ino` from position `offset` (0 is `.`, 1 is `..`, then the children
     /// in name order), calling `add(name, attributes, next offset)` until it returns true (the
     /// reply buffer is full). Attributes are computed only for the entries handed out, so
-    /// listing a large directory in many buffers stays linear.
+    /// listing a large directory in many buffers stays linear. `attrs` false: a plain listing,
+    /// only each entry's number and type are meant (files' sizes are left at 0).
     pub fn readdir(
         &self,
         ino: u64,
         offset: u64,
+        attrs: bool,
         mut add: impl FnMut(&OsStr, &Attr, u64) -> bool,
     ) -> Result<(), FsError> {
         let (ns, dir, path) = self.resolve(ino)?;
@@ -354,13 +395,17 @@ impl AnnexFs {
             }
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
-        for (i, (name, child)) in ns.children(dir).enumerate().skip(skip) {
-            let mut cpath = path.clone();
-            if !cpath.is_empty() {
-                cpath.push(b'/');
-            }
+        // One buffer for the children's paths (needed only for a child without a number yet).
+        let mut cpath = path;
+        if !cpath.is_empty() {
+            cpath.push(b'/');
+        }
+        let base = cpath.len();
+        let learn = attrs.then_some(false);
+        for (i, (name, child)) in ns.children_from(dir, skip) {
+            cpath.truncate(base);
             cpath.extend_from_slice(name.as_bytes());
-            if add(name, &self.attr_of(&ns, child, &cpath, false)?, i as u64 + 3) {
+            if add(name, &self.attr_in(&ns, child, &cpath, learn)?, i as u64 + 3) {
                 break;
             }
         }

@@ -214,11 +214,12 @@ impl MountFs {
         &self,
         ino: u64,
         offset: u64,
+        attrs: bool,
         mut add: impl FnMut(&OsStr, &Attr, u64) -> bool,
     ) -> Result<(), FsError> {
         match self.dir(ino)? {
             Some((id, fs, local)) => {
-                fs.readdir(local, offset, |name, a, next| add(name, &self.out(id, a.clone()), next))
+                fs.readdir(local, offset, attrs, |name, a, next| add(name, &self.out(id, a.clone()), next))
             }
             None => {
                 let a = self.getattr(ino)?;
@@ -380,7 +381,7 @@ mod tests {
 
     fn names(fs: &MountFs, ino: u64) -> Vec<(String, u64)> {
         let mut v = Vec::new();
-        fs.readdir(ino, 0, |n, a, _| {
+        fs.readdir(ino, 0, false, |n, a, _| {
             v.push((n.to_string_lossy().into_owned(), a.ino));
             false
         })

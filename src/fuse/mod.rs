@@ -371,7 +371,7 @@ impl Filesystem for FuseAdapter {
         }
         let fs = self.fs.clone();
         let list = move || {
-            let listed = fs.readdir(ino.0, offset, |name, attr, next| {
+            let listed = fs.readdir(ino.0, offset, false, |name, attr, next| {
                 reply.add(INodeNo(attr.ino), next, file_attr(attr).kind, name)
             });
             match listed {
@@ -390,7 +390,7 @@ impl Filesystem for FuseAdapter {
         let full = offset != 0 || self.listers.listing(req.pid(), ino.0);
         let (fs, entry_ttl) = (self.fs.clone(), self.entry_ttl);
         let list = move || {
-            let listed = fs.readdir(ino.0, offset, |name, attr, next| {
+            let listed = fs.readdir(ino.0, offset, true, |name, attr, next| {
                 if !full && next > 2 && !matches!(attr.kind, Kind::Dir) {
                     return true;
                 }

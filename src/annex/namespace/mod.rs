@@ -306,6 +306,13 @@ impl Namespace {
         self.nodes.get(dir).into_iter().flat_map(|n| n.children.iter().map(|&c| (&*self.nodes[c].name, c)))
     }
 
+    /// The children of directory `dir` from the `skip`-th on, each with its position among
+    /// them (the ones skipped are not read).
+    pub fn children_from(&self, dir: NodeId, skip: usize) -> impl Iterator<Item = (usize, (&OsStr, NodeId))> {
+        let children = self.nodes.get(dir).map_or(&[][..], |n| &n.children[..]);
+        children.iter().enumerate().skip(skip).map(|(i, &c)| (i, (&*self.nodes[c].name, c)))
+    }
+
     /// Looks up a `/`-separated path relative to the root.
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
         let mut cur = ROOT;
