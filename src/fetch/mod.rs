@@ -210,6 +210,8 @@ pub struct KeyFetch {
     cfg: FetchConfig,
     /// Bytes landed recently, for the rate `status` shows.
     landings: Mutex<Landings>,
+    /// A persist of the record runs in the background ([`KeyFetch::persist_later`]).
+    persisting: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -316,6 +318,7 @@ impl Fetcher {
             stats: self.stats.clone(),
             rep: self.reputation.clone(),
             landings: Mutex::new(Landings::default()),
+            persisting: std::sync::atomic::AtomicBool::new(false),
             rt: self.rt.clone(),
             cfg: self.cfg.clone(),
         });
@@ -430,12 +433,8 @@ impl KeyFetch {
             st.claims.keys().any(|&i| st.pieces.is(i, Piece::Present))
         };
         if holding && self.cache.unpersisted() > 0 {
-            let cache = self.cache.clone();
-            if let Err(e) = tokio::task::block_in_place(|| cache.persist()) {
-                tracing::warn!("{}: persist the cache record: {e}", self.key);
-            }
-        }
-        if holding {
+            self.persist_later();
+        } else if holding {
             self.release_landed_claims(&mut lock(&self.state));
         }
         // Pieces another process was fetching: landed (reload) or free to claim again.
