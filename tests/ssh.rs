@@ -341,6 +341,15 @@ fn reads_by_ranges_over_one_master(shell: &Path) {
     let sources = st["mounts"][0]["sources"].as_array().unwrap();
     let origin = sources.iter().find(|s| s["identity"] == "origin").unwrap_or_else(|| panic!("status: {st}"));
     assert!(origin["bytes"].as_u64().unwrap() > 0 && origin["gave_up"].is_null(), "status: {st}");
+    // The host: its master up, the sessions open with what each does (spares kept idle).
+    let hosts = st["mounts"][0]["ssh"].as_array().unwrap_or_else(|| panic!("status shows the ssh host: {st}"));
+    assert_eq!(hosts.len(), 1, "status: {st}");
+    let h = &hosts[0];
+    assert!(h["host"].as_str().unwrap().contains(&format!("port {}", w.sshd.port)), "status: {st}");
+    assert_eq!(h["master"], true, "status: {st}");
+    let n = |f: &str| h[f].as_u64().unwrap();
+    assert!(n("sessions") >= 1 && n("idle") + n("parked") <= n("sessions"), "status: {st}");
+    assert!(h["error"].is_null(), "status: {st}");
     drop(big);
 
     // The server saw one connection, several sessions on it at once, GETs at many offsets.

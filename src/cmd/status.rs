@@ -67,6 +67,9 @@ pub struct MountStatus {
     /// repository serving them (a checkout, or a clone in the state directory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nested: Vec<NestedRepo>,
+    /// ssh hosts connected to: master connection, sessions open, idle, parked and running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<crate::source::ssh::HostReport>,
     /// Set when the daemon could not be asked (then the other fields are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -311,6 +314,7 @@ pub(crate) fn snapshot(
     }
     st.sources = by_id;
     st.spread = super::spread::statuses(&parts.spreads);
+    st.ssh = parts.reach.ssh.report();
     let c = &parts.fetcher.stats;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     st.counters = Counters {
@@ -476,6 +480,14 @@ fn print_text(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 flags.push_str(&format!(", given up: {g}"));
             }
             writeln!(out, "  source {}: {}, {}/s{lat}{flags}", s.identity, human(s.bytes as f64), human(s.rate_bps))?;
+        }
+        for h in &m.ssh {
+            let master = if h.master { "master up" } else { "no master" };
+            let (n, i, p, r) = (h.sessions, h.idle, h.parked, h.running);
+            writeln!(out, "  ssh {}: {master}, {n} sessions ({i} idle, {p} parked, {r} transferring)", h.host)?;
+            if let Some(e) = &h.error {
+                writeln!(out, "    last error: {e}")?;
+            }
         }
         for sp in &m.spread {
             writeln!(out, "  spread {} ({}+{}): {} pieces decoded", sp.remote, sp.data, sp.parity, sp.decoded_pieces)?;

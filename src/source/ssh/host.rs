@@ -18,11 +18,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Sessions open at once to one host (sshd allows 10 per connection by default; one is left
 /// for setting up the master).
 pub const MAX_SESSIONS: usize = 8;
-/// An idle session is closed after this long.
+/// An idle session is closed after this long, unless it is one of the [`SPARES`].
 const IDLE_FOR: Duration = Duration::from_secs(30);
-/// Idle sessions kept ready per repository while it is read: opening one (a process on the
-/// server, git-annex-shell starting) takes a good part of a second, longer than a range.
+/// Idle sessions kept ready per repository (opened at mount and as it is read): opening one
+/// (a process on the server, git-annex-shell starting) takes a good part of a second, longer
+/// than a range. They are kept up to [`SPARE_IDLE_FOR`], so that a read minutes after the
+/// mount or the last read starts at once too; each is an idle `git-annex-shell p2pstdio`
+/// process on the server meanwhile.
 const SPARES: usize = 2;
+/// How long the [`SPARES`] are kept unused.
+const SPARE_IDLE_FOR: Duration = Duration::from_secs(600);
 /// A parked session nobody continued is given up after this long.
 const PARK_FOR: Duration = Duration::from_secs(2);
 /// How often kept sessions are looked at.
@@ -75,6 +80,23 @@ pub struct Host {
     reaping: AtomicBool,
     /// Spare sessions being opened, per repository.
     warming: Mutex<HashMap<RepoKey, usize>>,
+}
+
+/// A host as `annexfs status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct HostReport {
+    /// `user@host port N`.
+    pub host: String,
+    /// Its master connection is up (connection sharing).
+    pub master: bool,
+    /// Sessions open (`git-annex-shell p2pstdio` processes on the host).
+    pub sessions: usize,
+    /// Of those: ready for the next range, stopped in the middle of a key, transferring.
+    pub idle: usize,
+    pub parked: usize,
+    pub running: usize,
+    /// What went wrong last, while it is remembered.
+    pub error: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,6 +218,21 @@ impl Host {
         lock(&self.pool).drop_running(id);
     }
 
+    /// What the host has now, for `annexfs status`.
+    pub fn report(&self) -> HostReport {
+        let (idle, parked, running) = lock(&self.pool).counts();
+        let master = self.control.is_some() && self.master.try_lock().is_ok_and(|m| m.up && !m.no_mux);
+        HostReport {
+            host: self.dest.clone(),
+            master,
+            sessions: MAX_SESSIONS - self.slots.available_permits(),
+            idle,
+            parked,
+            running,
+            error: self.remembered(None).map(|e| e.to_string()),
+        }
+    }
+
     /// A session read `bytes` in `secs`.
     pub fn measured_rate(&self, bytes: u64, secs: f64) {
         lock(&self.pool).measured_rate(bytes, secs);
@@ -223,7 +260,7 @@ impl Host {
     fn reap(self: &Arc<Self>) -> bool {
         let (expired, kept) = {
             let mut pool = lock(&self.pool);
-            let expired = pool.expire(IDLE_FOR, PARK_FOR, &mut Session::alive);
+            let expired = pool.expire((IDLE_FOR, SPARE_IDLE_FOR), SPARES, PARK_FOR, &mut Session::alive);
             (expired, pool.keeps_any())
         };
         for p in expired {

@@ -20,6 +20,7 @@
 mod command;
 mod error;
 mod host;
+pub use host::HostReport;
 mod pool;
 mod session;
 
@@ -103,6 +104,15 @@ impl Connections {
 }
 
 impl Connections {
+    /// Every host connected to, for `annexfs status`.
+    pub fn report(&self) -> Vec<host::HostReport> {
+        let hosts: Vec<Arc<Host>> =
+            self.inner.lock().unwrap_or_else(|p| p.into_inner()).hosts.values().cloned().collect();
+        let mut r: Vec<_> = hosts.iter().map(|h| h.report()).collect();
+        r.sort_by(|a, b| a.host.cmp(&b.host));
+        r
+    }
+
     /// Sets up the master connection to the host of `how` (connection sharing on) in the
     /// background on `rt`, then the spare sessions of the repository of `remote` (whose
     /// UUID is `remote_uuid`), so that the first range read from it waits neither for ssh

@@ -188,15 +188,34 @@ impl<S> Pool<S> {
         self.idle.iter().filter(|i| &i.repo == repo).count()
     }
 
-    /// Drops idle sessions kept longer than `idle_for` or dead; returns the parked ones kept
+    /// Sessions kept: (idle, parked), and transfers running.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.idle.len(), self.parked.len(), self.running.len())
+    }
+
+    /// Drops dead idle sessions, and those kept longer than `idle.0`, except the `spares`
+    /// most recent of each repository, kept up to `idle.1`; returns the parked ones kept
     /// longer than `park_for` (for the caller to finish or drop).
     pub fn expire(
         &mut self,
-        idle_for: Duration,
+        idle: (Duration, Duration),
+        spares: usize,
         park_for: Duration,
         alive: &mut dyn FnMut(&mut S) -> bool,
     ) -> Vec<Parked<S>> {
-        self.idle.retain_mut(|i| i.since.elapsed() < idle_for && alive(&mut i.session));
+        self.idle.retain_mut(|i| i.since.elapsed() < idle.1 && alive(&mut i.session));
+        // Counted from the most recent, per repository.
+        let mut counts: std::collections::HashMap<RepoKey, usize> = Default::default();
+        let mut keep: Vec<bool> = (self.idle.iter().rev())
+            .map(|i| {
+                let n = counts.entry(i.repo.clone()).or_default();
+                *n += 1;
+                *n <= spares || i.since.elapsed() < idle.0
+            })
+            .collect();
+        keep.reverse();
+        let mut keep = keep.into_iter();
+        self.idle.retain(|_| keep.next().unwrap_or(true));
         let (expired, kept) = std::mem::take(&mut self.parked).into_iter().partition(|p| p.since.elapsed() >= park_for);
         self.parked = kept;
         expired
@@ -305,9 +324,23 @@ mod tests {
         assert_eq!(p.take_idle(&repo(), &mut |_| false), None, "a dead session is not handed out");
         p.push_parked(parked(b"k", 0, 3));
         assert!(p.keeps_any());
-        let expired = p.expire(Duration::ZERO, Duration::ZERO, &mut |_| true);
+        let expired = p.expire((Duration::ZERO, Duration::ZERO), 1, Duration::ZERO, &mut |_| true);
         assert_eq!(expired.len(), 1);
         assert!(!p.keeps_any());
+        // Spares: the most recent of each repository outlive the short idle time.
+        for n in 10..13 {
+            p.push_idle(Idle { repo: repo(), session: n, since: Instant::now() });
+        }
+        p.push_idle(Idle { repo: other.clone(), session: 20, since: Instant::now() });
+        let long = Duration::from_secs(600);
+        p.expire((Duration::ZERO, long), 2, Duration::ZERO, &mut |_| true);
+        assert_eq!(p.counts().0, 3, "two spares of one repository, one of the other");
+        assert_eq!(p.take_idle(&repo(), &mut |_| true), Some(12));
+        assert_eq!(p.take_idle(&repo(), &mut |_| true), Some(11));
+        assert_eq!(p.take_idle(&other, &mut |_| true), Some(20));
+        p.push_idle(Idle { repo: repo(), session: 30, since: Instant::now() });
+        p.expire((Duration::ZERO, Duration::ZERO), 2, Duration::ZERO, &mut |_| true);
+        assert!(!p.keeps_any(), "spares too go after the long idle time");
         p.push_idle(Idle { repo: repo(), session: 4, since: Instant::now() });
         p.push_parked(parked(b"k", 0, 5));
         assert_eq!(p.evict_one(), Some(5), "parked sessions make room first");
