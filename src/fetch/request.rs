@@ -521,6 +521,14 @@ impl KeyFetch {
         let src = &self.source(s).src;
         self.source(s).limiter.finished();
         let verdict = lock(&self.source(s).stats).request_ended(e, Instant::now());
+        tracing::debug!(
+            "{}: request {id} from {} ended: {} bytes in {:.1} ms, first byte after {}",
+            self.key,
+            src.name(),
+            e.arrived,
+            e.elapsed.as_secs_f64() * 1e3,
+            e.first_byte.map_or("none".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+        );
         if let Err(FetchError::NoRanges) = e.result {
             tracing::info!("{}: {} serves no byte ranges: it streams the key from its start", self.key, src.name());
         } else if let Err(err) = e.result
