@@ -91,12 +91,15 @@ impl KeyFetch {
         let this = self.clone();
         let started = self.rt.spawn_blocking(move || {
             loop {
-                if let Err(e) = this.cache.persist() {
-                    tracing::error!("{}: persist the cache record: {e}", this.key);
-                    lock(&this.state).cache_error = Some(Arc::new(e));
-                }
+                let failed = this.cache.persist().err();
                 this.release_landed_claims(&mut lock(&this.state));
                 this.persisting.store(false, Ordering::Release);
+                if let Some(e) = failed {
+                    // Not tried again here: the next landing or tick does.
+                    tracing::error!("{}: persist the cache record: {e}", this.key);
+                    lock(&this.state).cache_error = Some(Arc::new(e));
+                    break;
+                }
                 // Pieces that landed while this ran and found it running: theirs too.
                 if this.cache.unpersisted() == 0 || this.persisting.swap(true, Ordering::AcqRel) {
                     break;
