@@ -262,6 +262,28 @@ fn a_refused_source_is_not_asked_for_that_piece() {
     assert_eq!(f.plan(Instant::now()), vec![]);
 }
 
+/// The end of a read of 12 pieces, all wanted: the first `present` are in.
+fn ending(sources: Vec<SourceView>, present: usize) -> Fixture {
+    let mut f = Fixture::new(12, sources).window(0, 12);
+    for i in 0..present {
+        f.pieces.set(PieceIndex(i), Piece::Present);
+    }
+    f
+}
+
+/// The plan begins with source 1 stealing `split..12` of request `victim`.
+fn assert_stolen(actions: &[Action], victim: RequestId, split: usize) {
+    let (split, end) = (PieceIndex(split), PieceIndex(12));
+    assert_eq!(
+        actions[..2],
+        [
+            Action::Steal { victim, split, end },
+            Action::Start { id: RequestId(2), source: SourceId(1), from: split, to: end },
+        ],
+        "{actions:?}"
+    );
+}
+
 /// At the end of a read, an idle source with nothing left to ask takes the back of a
 /// remainder it can finish sooner than its source (here 0.15 s there, 2.4 MB at 16 MB/s):
 /// under the usual bar of a steal, over twice its own wait for a first byte.
@@ -269,46 +291,21 @@ fn a_refused_source_is_not_asked_for_that_piece() {
 fn at_the_end_an_idle_source_takes_the_back_of_a_short_remainder() {
     let t0 = Instant::now();
     let quick = SourceView { ttfb: 0.01, ..source(16.0 * MB) };
-    let mut f = Fixture::new(12, vec![source(16.0 * MB), quick]).window(0, 12);
-    for i in 0..2 {
-        f.pieces.set(PieceIndex(i), Piece::Present);
-    }
+    let mut f = ending(vec![source(16.0 * MB), quick], 2);
     let last = f.request(0, 2, 12, t0, 200_000, t0);
-    let actions = f.plan(t0 + Duration::from_millis(10));
-    assert_eq!(
-        actions[..2],
-        [
-            Action::Steal { victim: last, split: PieceIndex(8), end: PieceIndex(12) },
-            Action::Start { id: RequestId(2), source: SourceId(1), from: PieceIndex(8), to: PieceIndex(12) },
-        ],
-        "{actions:?}"
-    );
+    assert_stolen(&f.plan(t0 + Duration::from_millis(10)), last, 8);
     // A source slow to answer (0.2 s to a first byte) leaves it: it would finish later.
     let slow_to_answer = SourceView { ttfb: 0.2, ..source(16.0 * MB) };
-    let mut f = Fixture::new(12, vec![source(16.0 * MB), slow_to_answer]).window(0, 12);
-    for i in 0..2 {
-        f.pieces.set(PieceIndex(i), Piece::Present);
-    }
+    let mut f = ending(vec![source(16.0 * MB), slow_to_answer], 2);
     f.request(0, 2, 12, t0, 200_000, t0);
     assert!(starts(&f.plan(t0 + Duration::from_millis(10))).is_empty());
     // A request with no byte yet on a source slow to start (0.6 s to a first byte, 0.1 s of
     // it waited): even its first piece may go, and the idle source takes all but that.
     let slow_start = SourceView { ttfb: 0.6, ..source(16.0 * MB) };
     let quick = SourceView { ttfb: 0.01, ..source(16.0 * MB) };
-    let mut f = Fixture::new(12, vec![slow_start, quick]).window(0, 12);
-    for i in 0..9 {
-        f.pieces.set(PieceIndex(i), Piece::Present);
-    }
+    let mut f = ending(vec![slow_start, quick], 9);
     let silent = f.request(0, 9, 12, t0, 0, t0);
-    let actions = f.plan(t0 + Duration::from_millis(100));
-    assert_eq!(
-        actions[..2],
-        [
-            Action::Steal { victim: silent, split: PieceIndex(10), end: PieceIndex(12) },
-            Action::Start { id: RequestId(2), source: SourceId(1), from: PieceIndex(10), to: PieceIndex(12) },
-        ],
-        "{actions:?}"
-    );
+    assert_stolen(&f.plan(t0 + Duration::from_millis(100)), silent, 10);
 }
 
 fn whole_object_source(bps: f64) -> SourceView {
