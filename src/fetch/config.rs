@@ -37,9 +37,6 @@ pub(super) const MAX_RUN_BYTES: u64 = 32 << 20;
 pub const MAX_FAILS: u32 = 5;
 /// An idle source steals only work that would take longer than this at its current source.
 pub(super) const STEAL_IF_LEFT_SECS: f64 = 0.25;
-/// An idle source with nothing left to ask steals work that would take longer than this at
-/// least (see `Scheduler::steal_idle`).
-pub(super) const IDLE_STEAL_MIN_SECS: f64 = 0.05;
 /// A piece whose source has not sent a byte yet may be hedged after this.
 pub(super) const SILENT_HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// A demanded piece in flight longer than this may be hedged on an idle source.

@@ -25,10 +25,10 @@
 //!   what is wanted a run takes at most its share of what is missing (the **end game**), so
 //!   the last pieces are asked of several sources rather than left in one long run;
 //! - when nothing is missing: a **steal** of the back of the largest unstarted remainder of
-//!   another source's request that would take longer than `STEAL_IF_LEFT_SECS` there (or,
-//!   for a source with nothing else to do, twice its own wait for a first byte: the end of a
-//!   read); the split lets both finish together at their measured rates, a request still
-//!   waiting for its first byte counting its source's usual wait;
+//!   another source's request that would take longer than `STEAL_IF_LEFT_SECS` there; the
+//!   split lets both finish together at their measured rates, a request still waiting for its
+//!   first byte counting its source's usual wait, and the victim keeps what its source has
+//!   likely sent already;
 //! - a **hedge** of a demanded piece whose request stopped delivering (silent for
 //!   [`SILENT_HEDGE_AFTER`], or quiet for [`HEDGE_AFTER`], or dripping far slower than this
 //!   source could): a second request for it, whichever copy lands first is kept. A reader
@@ -318,7 +318,7 @@ impl Planner<'_, '_> {
                 self.assign_run(s, p, cap);
                 true
             }
-            None => self.steal_idle(s) || self.hedge(s),
+            None => self.steal(s) || self.hedge(s),
         }
     }
 

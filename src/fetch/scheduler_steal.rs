@@ -2,7 +2,12 @@
 //! of `scheduler.rs`). A child of the scheduler's module, for its planner's fields.
 
 use super::{Action, Planner, RequestView};
-use crate::fetch::config::{HEDGE_AFTER, IDLE_STEAL_MIN_SECS, STEAL_IF_LEFT_SECS};
+use crate::fetch::config::{HEDGE_AFTER, STEAL_IF_LEFT_SECS};
+
+/// What a streaming request's source has likely sent beyond the piece it is receiving:
+/// this long at its rate, at least [`IN_FLIGHT_MIN_BYTES`].
+const IN_FLIGHT_SECS: f64 = 0.05;
+const IN_FLIGHT_MIN_BYTES: u64 = 1 << 20;
 use crate::fetch::piece::PieceIndex;
 use crate::fetch::stats::SourceId;
 
@@ -13,22 +18,13 @@ impl Planner<'_, '_> {
         self.steal_over(s, STEAL_IF_LEFT_SECS)
     }
 
-    /// [`Self::steal`] by a source with nothing else to do: every piece wanted is asked
-    /// already, the last of them at the slowest source. There the bar is what taking the
-    /// remainder's back costs `s`, twice its wait for a first byte (at least
-    /// [`IDLE_STEAL_MIN_SECS`]), not [`STEAL_IF_LEFT_SECS`]: at the end of a read the others
-    /// otherwise idled while a slow source finished its last quarter second alone (the tail of
-    /// a read from four remotes, about 5% of it).
-    pub(super) fn steal_idle(&mut self, s: SourceId) -> bool {
-        let bar = (2.0 * self.sources[s.0].ttfb).clamp(IDLE_STEAL_MIN_SECS, STEAL_IF_LEFT_SECS);
-        self.steal_over(s, bar)
-    }
-
     /// Steals from the request whose remainder would take longest where it is, if that is over
     /// `min_left_secs`; the split leaves the victim the part it would finish as `s` finishes
     /// the rest (each at its measured rate and after its wait for a first byte; halves while
-    /// either is unmeasured). A request that has not sent a byte yet counts its source's usual
-    /// wait still ahead of it, and its first piece may go too (none of it is under way).
+    /// either is unmeasured), and never less than what its source has likely sent already
+    /// (`IN_FLIGHT_SECS`: those bytes would travel twice). A request that has not sent a byte
+    /// yet counts its source's usual wait still ahead of it, and its first piece may go too
+    /// (none of it is under way).
     fn steal_over(&mut self, s: SourceId, min_left_secs: f64) -> bool {
         let ps = self.b.piece_size as f64;
         let now = self.now;
@@ -37,6 +33,18 @@ impl Planner<'_, '_> {
             let age = now.saturating_duration_since(r.started).as_secs_f64();
             if r.got == 0 { (self.sources[r.source.0].ttfb - age).max(0.0) } else { 0.0 }
         };
+        // Pieces of a streaming request its source has likely sent already (in socket buffers
+        // and on the way): the victim keeps them, or they would travel twice.
+        let in_flight = |r: &RequestView| {
+            if r.got == 0 {
+                return 0;
+            }
+            let bytes = (self.sources[r.source.0].bps * IN_FLIGHT_SECS).max(IN_FLIGHT_MIN_BYTES as f64);
+            // A float of pieces, clamped: the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation)]
+            let pieces = (bytes / ps).ceil().min(1e6) as usize;
+            pieces
+        };
         let victim = self
             .requests
             .iter()
@@ -44,7 +52,7 @@ impl Planner<'_, '_> {
             .filter(|(_, r)| r.source != s && !r.hedge)
             // The piece being received now stays with its request.
             .map(|(k, r)| (k, r, if r.got == 0 { r.next } else { r.next.next() }, r.end))
-            .filter(|&(_, _, from, end)| end.0 > from.0 + 1)
+            .filter(|&(_, r, from, end)| end.0 > from.0 + 1 + in_flight(r))
             // Only work that would take long where it is: splitting a request about to finish
             // anyway wastes what its connection already has in flight.
             .filter(|&(_, r, from, end)| {
@@ -53,9 +61,9 @@ impl Planner<'_, '_> {
                 let slow_start = bps <= 0.0 && now.saturating_duration_since(r.started) > HEDGE_AFTER;
                 slow_start || (bps > 0.0 && wait(r) + left / bps > min_left_secs)
             })
-            .map(|(k, r, from, end)| (k, r.source, wait(r), from, end))
-            .max_by_key(|&(_, _, _, from, end)| end.0 - from.0);
-        let Some((k, vs, wait_v, from, end)) = victim else { return false };
+            .map(|(k, r, from, end)| (k, r.source, wait(r), in_flight(r), from, end))
+            .max_by_key(|&(_, _, _, _, from, end)| end.0 - from.0);
+        let Some((k, vs, wait_v, sent, from, end)) = victim else { return false };
         let n = end.0 - from.0;
         let (bv, bt) = (self.sources[vs.0].bps, self.sources[s.0].bps);
         // Both done at once: wait_v + k·ps/bv = ttfb_t + (n − k)·ps/bt.
@@ -66,7 +74,7 @@ impl Planner<'_, '_> {
         };
         // A float clamped to 1..n-1: the cast cannot truncate.
         #[allow(clippy::cast_possible_truncation)]
-        let kept = (even.round().clamp(1.0, (n - 1) as f64)) as usize;
+        let kept = (even.round().clamp(1.0, (n - 1) as f64) as usize).max(sent);
         let split = PieceIndex(from.0 + kept);
         let victim = self.requests[k].id;
         self.requests[k].end = split;
