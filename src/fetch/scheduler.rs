@@ -24,11 +24,8 @@
 //!   requests (they finish the piece they receive and give the rest back). Near the end of
 //!   what is wanted a run takes at most its share of what is missing (the **end game**), so
 //!   the last pieces are asked of several sources rather than left in one long run;
-//! - when nothing is missing: a **steal** of the back of the largest unstarted remainder of
-//!   another source's request that would take longer than `STEAL_IF_LEFT_SECS` there; the
-//!   split lets both finish together at their measured rates, a request still waiting for its
-//!   first byte counting its source's usual wait, and the victim keeps what its source has
-//!   likely sent already;
+//! - when nothing is missing: a **steal** of the back half of the largest unstarted remainder
+//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`] there;
 //! - a **hedge** of a demanded piece whose request stopped delivering (silent for
 //!   [`SILENT_HEDGE_AFTER`], or quiet for [`HEDGE_AFTER`], or dripping far slower than this
 //!   source could): a second request for it, whichever copy lands first is kept. A reader
@@ -51,7 +48,7 @@
 
 use super::config::{
     DEMAND_EXTRA, DRIP_BPS, HEDGE_AFTER, MAX_INFLIGHT, MAX_RUN_BYTES, PROBE_EVERY, SILENT_HEDGE_AFTER, SLOW_FACTOR,
-    START_COST_RUNS, TARGET_REQUEST_SECS,
+    START_COST_RUNS, STEAL_IF_LEFT_SECS, TARGET_REQUEST_SECS,
 };
 use super::piece::{Piece, PieceIndex, PieceTable, RequestId};
 use super::stats::SourceId;
@@ -503,6 +500,47 @@ impl Planner<'_, '_> {
         }
     }
 
+    /// Idle source `s` takes the back half of the largest unstarted remainder of another
+    /// source's request that would take long where it is.
+    fn steal(&mut self, s: SourceId) -> bool {
+        let ps = self.b.piece_size as f64;
+        let now = self.now;
+        let victim = self
+            .requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.source != s && !r.hedge)
+            // The piece being received now stays with its request.
+            .map(|(k, r)| (k, r, r.next.next(), r.end))
+            .filter(|&(_, _, from, end)| end.0 > from.0 + 1)
+            // Only work that would take long where it is: splitting a request about to finish
+            // anyway wastes what its connection already has in flight.
+            .filter(|&(_, r, from, end)| {
+                let bps = self.sources[r.source.0].bps;
+                let left = (end.0 - from.0) as f64 * ps;
+                let slow_start = bps <= 0.0 && now.saturating_duration_since(r.started) > HEDGE_AFTER;
+                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS)
+            })
+            .map(|(k, _, from, end)| (k, from, end))
+            .max_by_key(|&(_, from, end)| end.0 - from.0);
+        let Some((k, from, end)) = victim else { return false };
+        let split = PieceIndex(from.0 + (end.0 - from.0) / 2);
+        let victim = self.requests[k].id;
+        self.requests[k].end = split;
+        self.give_back(victim, split, end);
+        self.actions.push(Action::Steal { victim, split, end });
+        let mut to = split;
+        while to < end && self.missing(to) && self.may_ask(s, to) {
+            to = to.next();
+        }
+        if to == split {
+            return false;
+        }
+        let id = self.start(s, split, to, false);
+        self.actions.push(Action::Start { id, source: s, from: split, to });
+        true
+    }
+
     /// A demanded piece in flight on another source, not hedged yet, whose request stopped
     /// delivering: silent ones get less patience than ones that were sending; one sending far
     /// slower than `s` could (a mirror that drips) counts too.
@@ -548,6 +586,3 @@ impl Planner<'_, '_> {
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
-
-#[path = "scheduler_steal.rs"]
-mod steal;
