@@ -89,7 +89,8 @@ impl KeyFetch {
             return;
         }
         let this = self.clone();
-        let started = self.rt.spawn_blocking(move || {
+        // Detached: its end is seen through `persisting` and the state.
+        self.rt.spawn_blocking(move || {
             loop {
                 let failed = this.cache.persist().err();
                 this.release_landed_claims(&mut lock(&this.state));
@@ -106,7 +107,6 @@ impl KeyFetch {
                 }
             }
         });
-        drop(started);
     }
 
     /// Frees room in a full cache from this key itself: drops present pieces no reader waits

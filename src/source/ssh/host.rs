@@ -20,18 +20,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_SESSIONS: usize = 8;
 /// An idle session is closed after this long, unless it is one of the [`SPARES`].
 const IDLE_FOR: Duration = Duration::from_secs(30);
-/// Idle sessions kept up to [`SPARE_IDLE_FOR`] per repository, so that a read minutes after
-/// the mount or the last read starts at once too; each is an idle `git-annex-shell p2pstdio`
-/// process on the server meanwhile.
-pub const SPARES: usize = 2;
+/// Idle sessions kept ready per repository, opened when the mount starts and again as
+/// ranges are read: opening one (a process on the server, git-annex-shell starting) takes a
+/// good part of a second, longer than a range. They are kept up to [`SPARE_IDLE_FOR`], so
+/// that a read minutes after the mount or the last read starts at once too; each is an idle
+/// `git-annex-shell p2pstdio` process on the server meanwhile. (Six, tried: the sessions
+/// killed and opened again went past sshd's 10 per connection, and ssh opened a second one.)
+const SPARES: usize = 2;
 /// How long the [`SPARES`] are kept unused.
 const SPARE_IDLE_FOR: Duration = Duration::from_secs(600);
-/// Idle sessions kept ready per repository when the mount starts and while ranges are read
-/// from it: opening one (a process on the server, git-annex-shell starting) takes a good part
-/// of a second, longer than a range, and a reader's first runs are short (one piece until the
-/// host is measured), each leaving its session in the middle of the key. Those beyond
-/// [`SPARES`] close [`IDLE_FOR`] after the reading stops.
-pub const SPARES_READING: usize = 6;
 /// A parked session nobody continued is given up after this long.
 const PARK_FOR: Duration = Duration::from_secs(2);
 /// How often kept sessions are looked at.
@@ -159,11 +156,11 @@ impl Host {
         }
     }
 
-    /// Keeps up to `spares` idle sessions of `repo` ready, opened in the background, so that
-    /// the next ranges start at once ([`SPARES_READING`] when the mount starts and as ranges
-    /// are asked for). A spare only takes a free place, never one a running range or a
-    /// parked session holds, and one place is left free.
-    pub fn keep_spares(self: &Arc<Self>, repo: &RepoKey, remote: &str, spares: usize) {
+    /// Keeps up to [`SPARES`] idle sessions of `repo` ready, opened in the background,
+    /// so that the next ranges start at once (called when the mount starts and as ranges are
+    /// asked for). A spare only takes a free place, never one a running range or a parked
+    /// session holds, and one place is left free.
+    pub fn keep_spares(self: &Arc<Self>, repo: &RepoKey, remote: &str) {
         if self.remembered(None).is_some() || self.remembered(Some(repo)).is_some() {
             return;
         }
@@ -171,7 +168,7 @@ impl Host {
         let need = {
             let mut warming = lock(&self.warming);
             let n = warming.entry(repo.clone()).or_default();
-            let need = spares.saturating_sub(idle + *n).min(self.slots.available_permits().saturating_sub(1));
+            let need = SPARES.saturating_sub(idle + *n).min(self.slots.available_permits().saturating_sub(1));
             *n += need;
             need
         };
@@ -264,7 +261,7 @@ impl Host {
     fn reap(self: &Arc<Self>) -> bool {
         let (expired, kept) = {
             let mut pool = lock(&self.pool);
-            let expired = pool.expire((IDLE_FOR, SPARE_IDLE_FOR), SPARES, PARK_FOR, &mut Session::alive);
+            let expired = pool.expire(IDLE_FOR, (SPARES, SPARE_IDLE_FOR), PARK_FOR, &mut Session::alive);
             (expired, pool.keeps_any())
         };
         for p in expired {

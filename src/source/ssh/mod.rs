@@ -133,9 +133,7 @@ impl Connections {
         };
         rt.spawn(async move {
             match host.ready(&remote).await {
-                // As many as a read keeps: a read soon after the mount starts at once (those
-                // beyond SPARES close 30 s later when nothing is read).
-                Ok(()) => host.keep_spares(&repo, &remote, host::SPARES_READING),
+                Ok(()) => host.keep_spares(&repo, &remote),
                 Err(e) => tracing::debug!("ssh {}: no master connection ahead of use: {e}", host.dest),
             }
         });
@@ -202,7 +200,7 @@ impl SshSource {
         // Registered first, so that the range after this one may wait to go on from it.
         let ticket = self.host.start_running(self.repo.clone(), self.key.clone(), offset, offset + len);
         let running = RunningGuard { host: self.host.clone(), id: ticket.id };
-        self.host.keep_spares(&self.repo, &self.remote, host::SPARES_READING);
+        self.host.keep_spares(&self.repo, &self.remote);
         let asked = Instant::now();
         let (session, how) = match self.continuation(offset).await {
             Some(s) => (s, "went on from an earlier transfer"),

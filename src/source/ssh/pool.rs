@@ -193,24 +193,24 @@ impl<S> Pool<S> {
         (self.idle.len(), self.parked.len(), self.running.len())
     }
 
-    /// Drops dead idle sessions, and those kept longer than `idle.0`, except the `spares`
-    /// most recent of each repository, kept up to `idle.1`; returns the parked ones kept
+    /// Drops dead idle sessions, and those kept longer than `idle_for`, except the most recent
+    /// `spares.0` of each repository, kept up to `spares.1`; returns the parked ones kept
     /// longer than `park_for` (for the caller to finish or drop).
     pub fn expire(
         &mut self,
-        idle: (Duration, Duration),
-        spares: usize,
+        idle_for: Duration,
+        spares: (usize, Duration),
         park_for: Duration,
         alive: &mut dyn FnMut(&mut S) -> bool,
     ) -> Vec<Parked<S>> {
-        self.idle.retain_mut(|i| i.since.elapsed() < idle.1 && alive(&mut i.session));
+        self.idle.retain_mut(|i| i.since.elapsed() < spares.1 && alive(&mut i.session));
         // Counted from the most recent, per repository.
         let mut counts: std::collections::HashMap<RepoKey, usize> = Default::default();
         let mut keep: Vec<bool> = (self.idle.iter().rev())
             .map(|i| {
                 let n = counts.entry(i.repo.clone()).or_default();
                 *n += 1;
-                *n <= spares || i.since.elapsed() < idle.0
+                *n <= spares.0 || i.since.elapsed() < idle_for
             })
             .collect();
         keep.reverse();
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(p.take_idle(&repo(), &mut |_| false), None, "a dead session is not handed out");
         p.push_parked(parked(b"k", 0, 3));
         assert!(p.keeps_any());
-        let expired = p.expire((Duration::ZERO, Duration::ZERO), 1, Duration::ZERO, &mut |_| true);
+        let expired = p.expire(Duration::ZERO, (1, Duration::ZERO), Duration::ZERO, &mut |_| true);
         assert_eq!(expired.len(), 1);
         assert!(!p.keeps_any());
         // Spares: the most recent of each repository outlive the short idle time.
@@ -333,13 +333,13 @@ mod tests {
         }
         p.push_idle(Idle { repo: other.clone(), session: 20, since: Instant::now() });
         let long = Duration::from_secs(600);
-        p.expire((Duration::ZERO, long), 2, Duration::ZERO, &mut |_| true);
+        p.expire(Duration::ZERO, (2, long), Duration::ZERO, &mut |_| true);
         assert_eq!(p.counts().0, 3, "two spares of one repository, one of the other");
         assert_eq!(p.take_idle(&repo(), &mut |_| true), Some(12));
         assert_eq!(p.take_idle(&repo(), &mut |_| true), Some(11));
         assert_eq!(p.take_idle(&other, &mut |_| true), Some(20));
         p.push_idle(Idle { repo: repo(), session: 30, since: Instant::now() });
-        p.expire((Duration::ZERO, Duration::ZERO), 2, Duration::ZERO, &mut |_| true);
+        p.expire(Duration::ZERO, (2, Duration::ZERO), Duration::ZERO, &mut |_| true);
         assert!(!p.keeps_any(), "spares too go after the long idle time");
         p.push_idle(Idle { repo: repo(), session: 4, since: Instant::now() });
         p.push_parked(parked(b"k", 0, 5));
