@@ -249,6 +249,11 @@ impl SshSource {
             tries += 1;
             let t = Instant::now();
             let (mut session, reused) = self.host.session(&self.repo, &self.remote).await?;
+            // A spare taken is replaced at once, not at the next range: a new session takes
+            // most of a second, and the next range may need one sooner.
+            if reused {
+                self.host.keep_spares(&self.repo, &self.remote);
+            }
             tracing::debug!(
                 "ssh {}: session ({}) after {:?}",
                 self.remote,
@@ -365,6 +370,9 @@ impl RangeSource for SshSource {
     }
     fn get(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         Box::pin(self.fetch(offset, len))
+    }
+    fn costly_start(&self) -> bool {
+        true
     }
     fn resumes_at(&self) -> Vec<u64> {
         self.host.parked_at(&self.repo, &self.key)
