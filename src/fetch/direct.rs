@@ -83,10 +83,12 @@ impl KeyFetch {
 
     /// Sources that may be asked for `offset..end` now (serving ranges, holding it, alive,
     /// not backing off, with room under their limits), least busy first: fewest requests in
-    /// flight, then the quickest first byte (unmeasured last among equals), then the fastest.
+    /// flight, then the quickest first byte (unmeasured last among equals), then the fastest;
+    /// sources whose starts are costly last (an ssh session a direct read takes is one its
+    /// long runs lack, and a new one takes most of a second to start).
     fn idle_sources(&self, offset: u64, end: u64) -> Vec<SourceId> {
         let now = Instant::now();
-        let mut v: Vec<(SourceId, u32, f64, f64)> = self
+        let mut v: Vec<(SourceId, bool, u32, f64, f64)> = self
             .source_ids()
             .filter(|&s| {
                 let slot = self.source(s);
@@ -101,13 +103,14 @@ impl KeyFetch {
                     return None;
                 }
                 let ttfb = if ss.ttfb_ms > 0.0 { ss.ttfb_ms } else { f64::MAX };
-                Some((s, ss.inflight, ttfb, ss.bps))
+                Some((s, self.source(s).src.costly_start(), ss.inflight, ttfb, ss.bps))
             })
             .collect();
         v.sort_by(|a, b| {
             a.1.cmp(&b.1)
-                .then(a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal))
-                .then(b.3.partial_cmp(&a.3).unwrap_or(std::cmp::Ordering::Equal))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.partial_cmp(&b.3).unwrap_or(std::cmp::Ordering::Equal))
+                .then(b.4.partial_cmp(&a.4).unwrap_or(std::cmp::Ordering::Equal))
         });
         v.into_iter().map(|(s, ..)| s).collect()
     }

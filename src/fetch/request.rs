@@ -120,6 +120,7 @@ impl KeyFetch {
                         }
                     },
                     ranges: slot.src.supports_ranges(),
+                    costly_start: slot.src.costly_start(),
                     resume: {
                         let ps = self.cache.piece_size.max(1);
                         let at = |o: u64| PieceIndex(usize::try_from(o.div_ceil(ps)).unwrap_or(usize::MAX));

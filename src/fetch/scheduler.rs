@@ -25,7 +25,9 @@
 //!   what is wanted a run takes at most its share of what is missing (the **end game**), so
 //!   the last pieces are asked of several sources rather than left in one long run;
 //! - when nothing is missing: a **steal** of the back half of the largest unstarted remainder
-//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`] there;
+//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`] there,
+//!   or, from a source whose starts are costly (its run parks when cut), whenever the thief
+//!   would receive its half sooner than the victim the whole;
 //! - a **hedge** of a demanded piece whose request stopped delivering (silent for
 //!   [`SILENT_HEDGE_AFTER`], or quiet for [`HEDGE_AFTER`], or dripping far slower than this
 //!   source could): a second request for it, whichever copy lands first is kept. A reader
@@ -55,6 +57,16 @@ use super::stats::SourceId;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+/// A run on a source whose starts are costly takes at least this long at its measured speed:
+/// its first measurements are low (a run timed at [`super::config::MIN_MEASURED`]), and runs
+/// sized by them would each need a new start. Steals share out what is left of a long run
+/// at the end of a read ([`Planner::steal_pays`]).
+pub const COSTLY_RUN_SECS: f64 = 2.0;
+
+/// A source whose starts are costly takes no readahead run shorter than this while quick
+/// sources are there to read the window (see `Planner::one`).
+pub const COSTLY_MIN_RUN_BYTES: u64 = 8 << 20;
+
 /// Requests of a limited source's room that background pieces leave to readers.
 pub const BACKGROUND_RESERVE: u32 = 1;
 
@@ -75,6 +87,9 @@ pub struct SourceView {
     pub room: Option<u32>,
     /// It serves byte ranges (else it streams the key from byte 0: one whole-object run).
     pub ranges: bool,
+    /// Starting a request is costly, going on past one is free (`RangeSource::costly_start`):
+    /// it starts slowly ([`Planner::starts_slowly`]) before it is measured.
+    pub costly_start: bool,
     /// Pieces where a transfer of it already under way stands (a parked ssh session): a run
     /// starting there costs no new start (`RangeSource::resumes_at`).
     pub resume: Vec<PieceIndex>,
@@ -263,7 +278,14 @@ impl Planner<'_, '_> {
         // must not queue behind long readahead runs.
         let demand_missing = self.b.demand.iter().filter(|&&i| self.missing(i)).count();
         let stuck = self.overdue_demand(s).is_some();
-        let limit = if demand_missing > 0 || stuck { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
+        // A source whose starts are costly leaves pieces readers wait on to the quick ones
+        // (unless its transfer stands right there): its first byte may take most of a
+        // second, and each such short run spends a session its long runs need.
+        let leave_demand = self.sources[s.0].costly_start
+            && self.reads_from_the_back(s)
+            && self.quick_can_take(s, demand_missing as f64 * self.b.piece_size as f64, TARGET_REQUEST_SECS);
+        let limit =
+            if (demand_missing > 0 && !leave_demand) || stuck { MAX_INFLIGHT + DEMAND_EXTRA } else { MAX_INFLIGHT };
         let v = &self.sources[s.0];
         let backing_off = v.backoff_until.is_some_and(|t| t > self.now);
         if v.dead || backing_off || v.inflight >= limit || v.room == Some(0) {
@@ -273,7 +295,10 @@ impl Planner<'_, '_> {
             return self.whole_object_run(s);
         }
         let busy = v.inflight >= MAX_INFLIGHT;
-        let start = self.wanted.iter().copied().find(|&i| self.missing(i) && self.may_ask(s, i));
+        let resume = if leave_demand { self.continuation(s) } else { None };
+        let start = self.wanted.iter().copied().find(|&i| {
+            self.missing(i) && self.may_ask(s, i) && !(leave_demand && self.b.demand.contains(&i) && resume != Some(i))
+        });
         match start {
             Some(p) if !self.readers_wanted.contains(&p) => {
                 // Background: only with room readers do not use, one piece at a time.
@@ -308,7 +333,21 @@ impl Planner<'_, '_> {
                 let p = if let Some(c) = self.continuation(s) {
                     c
                 } else if self.reads_from_the_back(s) {
-                    self.far_start(s, self.max_run(s).min(cap)).unwrap_or(p)
+                    let max_run = self.max_run(s);
+                    let from = self.far_start(s, max_run.min(cap)).unwrap_or(p);
+                    // A short run (a read just begun, its window still growing; a stretch
+                    // between others' runs) is the quick sources' work: a start there would
+                    // spend a session on little, and the long runs at the back would then
+                    // wait most of a second for a new one.
+                    let ps = self.b.piece_size.max(1);
+                    let want = usize::try_from(COSTLY_MIN_RUN_BYTES / ps).unwrap_or(1).min(max_run);
+                    if self.sources[s.0].costly_start
+                        && self.run_len(s, from, want) < want
+                        && self.quick_can_take(s, missing as f64 * ps as f64, COSTLY_RUN_SECS)
+                    {
+                        return false;
+                    }
+                    from
                 } else {
                     p
                 };
@@ -374,10 +413,13 @@ impl Planner<'_, '_> {
 
     /// Whether starting a request on `s` takes long against a request's usual length (see
     /// [`START_COST_RUNS`]): measured, and its runs sized by that rather than by
-    /// [`TARGET_REQUEST_SECS`].
+    /// [`TARGET_REQUEST_SECS`]; or known to by its kind (`costly_start`). Its early runs
+    /// measured at a few tens of milliseconds (a spare ssh session ready) would otherwise
+    /// make it a quick starter: short runs from the front, each a new session, while its
+    /// transfers that could go on are killed.
     fn starts_slowly(&self, s: SourceId) -> bool {
         let v = &self.sources[s.0];
-        v.bps > 0.0 && v.ttfb * START_COST_RUNS > TARGET_REQUEST_SECS
+        v.costly_start || (v.bps > 0.0 && v.ttfb * START_COST_RUNS > TARGET_REQUEST_SECS)
     }
 
     /// Whether `s` should take its readahead from the back of the window ([`Self::far_start`]):
@@ -390,6 +432,24 @@ impl Planner<'_, '_> {
                 let v = &self.sources[o];
                 o != s.0 && !v.dead && v.backoff_until.is_none_or(|t| t <= self.now) && !self.starts_slowly(SourceId(o))
             })
+    }
+
+    /// Whether the sources quick to start other than `s` would receive `bytes` within `secs`
+    /// at their summed measured speed (any of them unmeasured counts as yes: it is measured
+    /// within its first request). A source whose starts are costly leaves short work to them
+    /// only then: behind a slow mirror it takes its share.
+    fn quick_can_take(&self, s: SourceId, bytes: f64, secs: f64) -> bool {
+        let mut sum = 0.0;
+        for (o, v) in self.sources.iter().enumerate() {
+            if o == s.0 || v.dead || v.backoff_until.is_some_and(|t| t > self.now) || self.starts_slowly(SourceId(o)) {
+                continue;
+            }
+            if v.bps <= 0.0 {
+                return true;
+            }
+            sum += v.bps;
+        }
+        sum * secs >= bytes
     }
 
     /// Where `s`, a source slow to start requests, can go on without a new start: the first
@@ -434,30 +494,38 @@ impl Planner<'_, '_> {
 
     /// The longest run `s` is given: one piece while unmeasured, else what it sends in
     /// [`TARGET_REQUEST_SECS`] (or [`START_COST_RUNS`] times its wait for a first byte), at
-    /// most [`MAX_RUN_BYTES`].
+    /// most [`MAX_RUN_BYTES`]. A source whose starts are costly gets that most from the
+    /// start: its first readahead run is taken from the back, and a short one would leave its
+    /// transfer at the end of the window, nothing to go on with, every next run a new start.
     fn max_run(&self, s: SourceId) -> usize {
         let ps = self.b.piece_size.max(1);
         let bps = self.sources[s.0].bps;
-        if bps <= 0.0 {
+        let longest = usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1);
+        if bps <= 0.0 && self.sources[s.0].costly_start {
+            longest
+        } else if bps <= 0.0 {
             // Not measured yet: one piece, so that the first bytes come soonest and the source
             // is measured before it is given more.
             1
         } else {
             // Long enough that starting it is a small part of it (see START_COST_RUNS).
-            let secs = TARGET_REQUEST_SECS.max(self.sources[s.0].ttfb * START_COST_RUNS);
+            let mut secs = TARGET_REQUEST_SECS.max(self.sources[s.0].ttfb * START_COST_RUNS);
+            if self.sources[s.0].costly_start {
+                secs = secs.max(COSTLY_RUN_SECS);
+            }
             // A float of pieces, clamped just below: the cast saturates, nothing is lost.
             #[allow(clippy::cast_possible_truncation)]
             let by_speed = (bps * secs / ps as f64).min(1e9) as usize;
-            by_speed.clamp(1, usize::try_from(MAX_RUN_BYTES / ps).unwrap_or(1).max(1))
+            by_speed.clamp(1, longest)
         }
     }
 
-    /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.
-    fn assign_run(&mut self, s: SourceId, p: PieceIndex, cap: usize) {
-        let max_run = self.max_run(s).min(cap);
+    /// How many pieces from `p` (at most `cap`) a run on `s` would take: wanted, missing,
+    /// held by `s` and not refused by it.
+    fn run_len(&self, s: SourceId, p: PieceIndex, cap: usize) -> usize {
         let mut end = p;
         while end.0 < self.b.pieces.len()
-            && end.0 - p.0 < max_run
+            && end.0 - p.0 < cap
             && self.missing(end)
             && self.wanted_set.contains(&end)
             && !self.refused(s, end)
@@ -465,6 +533,12 @@ impl Planner<'_, '_> {
         {
             end = end.next();
         }
+        end.0 - p.0
+    }
+
+    /// A request on `s` for a run of wanted missing pieces from `p`, at most `cap` long.
+    fn assign_run(&mut self, s: SourceId, p: PieceIndex, cap: usize) {
+        let end = PieceIndex(p.0 + self.run_len(s, p, self.max_run(s).min(cap)));
         let id = self.start(s, p, end, false);
         self.actions.push(Action::Start { id, source: s, from: p, to: end });
     }
@@ -519,7 +593,7 @@ impl Planner<'_, '_> {
                 let bps = self.sources[r.source.0].bps;
                 let left = (end.0 - from.0) as f64 * ps;
                 let slow_start = bps <= 0.0 && now.saturating_duration_since(r.started) > HEDGE_AFTER;
-                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS)
+                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS) || self.steal_pays(s, r.source, left)
             })
             .map(|(k, _, from, end)| (k, from, end))
             .max_by_key(|&(_, from, end)| end.0 - from.0);
@@ -539,6 +613,24 @@ impl Planner<'_, '_> {
         let id = self.start(s, split, to, false);
         self.actions.push(Action::Start { id, source: s, from: split, to });
         true
+    }
+
+    /// Whether idle `thief` should take the back half of the `left` bytes still to come of a
+    /// request on `victim`, a source whose starts are costly (an ssh session), even though
+    /// they are below [`STEAL_IF_LEFT_SECS`]: the thief, quick to start, receives its half
+    /// sooner than the victim would finish the whole. Such a victim's runs are long and at the
+    /// back of the readahead ([`Self::far_start`]), so the end of a read is where they end: the
+    /// other sources would sit idle through its last fraction of a second. Cutting its run
+    /// costs nothing fetched: its transfer parks where the run now ends (bytes already under
+    /// way stay in its session, on its own link), whereas a cut HTTP request drops what its
+    /// connection has in flight, which is why other victims keep the plain bar.
+    fn steal_pays(&self, thief: SourceId, victim: SourceId, left: f64) -> bool {
+        let (t, v) = (&self.sources[thief.0], &self.sources[victim.0]);
+        v.costly_start
+            && !self.starts_slowly(thief)
+            && t.bps > 0.0
+            && v.bps > 0.0
+            && t.ttfb + left / 2.0 / t.bps < left / v.bps
     }
 
     /// A demanded piece in flight on another source, not hedged yet, whose request stopped

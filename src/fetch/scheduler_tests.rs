@@ -16,6 +16,7 @@ fn source(bps: f64) -> SourceView {
         last_probe: None,
         room: None,
         ranges: true,
+        costly_start: false,
         resume: Vec::new(),
     }
 }
@@ -168,6 +169,35 @@ fn an_idle_fast_source_steals_from_a_slow_one() {
         ],
         "{actions:?}"
     );
+}
+
+#[test]
+fn the_end_of_a_slow_starters_run_is_shared_out() {
+    let t0 = Instant::now();
+    // 0.16 s left on the ssh-like source (below the plain bar): an HTTP-like source, idle,
+    // quick to start, would be done with half of it in 0.09 s.
+    let slow = SourceView { ttfb: 0.4, costly_start: true, ..source(25.0 * MB) };
+    let quick = SourceView { ttfb: 0.01, ..source(25.0 * MB) };
+    let mut f = Fixture::new(40, vec![slow.clone(), quick.clone()]).window(0, 40).present(0..24);
+    let victim = f.request(0, 24, 40, t0, 0, t0);
+    let actions = f.plan(t0 + Duration::from_millis(10));
+    assert_eq!(
+        actions[..2],
+        [
+            Action::Steal { victim, split: PieceIndex(32), end: PieceIndex(40) },
+            Action::Start { id: RequestId(2), source: SourceId(1), from: PieceIndex(32), to: PieceIndex(40) },
+        ],
+        "{actions:?}"
+    );
+    // The same run on a source quick to start is left alone (a cut HTTP request wastes what
+    // is in flight); and a few pieces left are not worth a thief's start.
+    let mut f = Fixture::new(40, vec![quick.clone(), quick.clone()]).window(0, 40).present(0..24);
+    f.request(0, 24, 40, t0, 0, t0);
+    assert_eq!(f.plan(t0 + Duration::from_millis(10)), vec![]);
+    let slow_thief = SourceView { ttfb: 0.2, ..source(25.0 * MB) };
+    let mut f = Fixture::new(40, vec![slow, slow_thief]).window(0, 40).present(0..37);
+    f.request(0, 37, 40, t0, 0, t0);
+    assert_eq!(f.plan(t0 + Duration::from_millis(10)), vec![]);
 }
 
 #[test]
@@ -407,4 +437,34 @@ fn a_source_slow_to_start_goes_on_where_its_transfer_stands() {
 
 fn slow_start_at(resume: &[usize]) -> SourceView {
     SourceView { ttfb: 0.4, resume: resume.iter().map(|&i| PieceIndex(i)).collect(), ..source(10.0 * MB) }
+}
+
+/// A source like an ssh remote: each start costly, a transfer going on for free.
+fn costly(bps: f64) -> SourceView {
+    SourceView { costly_start: true, ..source(bps) }
+}
+
+#[test]
+fn a_costly_source_leaves_short_work_to_quick_ones_and_takes_long_runs_at_the_back() {
+    let now = Instant::now();
+    // A read just begun: demanded pieces and a short window. The quick source takes them;
+    // the costly one, unmeasured, starts nothing there.
+    let f = Fixture::new(1000, vec![costly(0.0), source(0.0)]).window(0, 8).demand(0..2);
+    let s = starts(&f.plan(now));
+    assert!(!s.is_empty() && s.iter().all(|&(src, ..)| src == 1), "{s:?}");
+    // A long window: the costly source's first run is long (unmeasured: the longest) and at
+    // the back.
+    let f = Fixture::new(1000, vec![costly(0.0), source(0.0)]).window(0, 1000).demand(0..2);
+    let s = starts(&f.plan(now));
+    let longest = (MAX_RUN_BYTES / PS) as usize;
+    assert!(s.contains(&(0, 1000 - longest, 1000)), "{s:?}");
+    // Behind a mirror far too slow to serve the reader, it takes its share of the short
+    // window, and of the demanded pieces when the mirror has no room for them.
+    let f = Fixture::new(1000, vec![costly(0.0), source(100_000.0)]).window(0, 8).demand(0..4);
+    let s = starts(&f.plan(now));
+    assert!(s.iter().any(|&(src, from, _)| src == 0 && from < 8), "{s:?}");
+    let mut f = Fixture::new(1000, vec![costly(0.0), source(100_000.0)]).window(0, 8).demand(0..4);
+    f.sources[1].room = Some(1);
+    let s = starts(&f.plan(now));
+    assert!(s.iter().any(|&(src, from, _)| src == 0 && from < 4), "{s:?}");
 }

@@ -89,6 +89,14 @@ pub trait RangeSource: Send + Sync {
     fn get_background(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ByteStream, FetchError>> {
         self.get(offset, len)
     }
+    /// Whether starting a range is costly here while a transfer under way goes on past its
+    /// range for free (an ssh session: a process on the server and a GET for each new range,
+    /// the content streamed to the end of the key): the scheduler gives such a source long
+    /// runs from the back of what readers want, and goes on where its transfers stand
+    /// (`crate::fetch::scheduler`), from the first request, before any measurement says so.
+    fn costly_start(&self) -> bool {
+        false
+    }
     /// Offsets of this key where a transfer already under way stands (an ssh session whose
     /// GET streams on past the range it was asked for): a range starting there costs no new
     /// start. Asked under the fetcher's state lock: quick, no I/O.
