@@ -13,7 +13,8 @@
 //! deadline when nothing of the key lands. Pieces a read covers are pinned while it runs, so
 //! a full cache never drops them under it.
 
-use super::config::{INITIAL_WINDOW_BYTES, MAX_WINDOW_BYTES, TICK};
+use super::config::{INITIAL_WINDOW_BYTES, MAX_WINDOW_BYTES, SEQUENTIAL_SLACK, TICK};
+use super::direct::DIRECT_FIRST;
 use super::error::{ReadError, StrictRefusal};
 use super::piece::{Piece, PieceIndex};
 use super::{KeyFetch, State, lock};
@@ -96,24 +97,39 @@ impl KeyFetch {
         // one is (the kernel sends a stream's reads out of order) and its pieces may be asked
         // of no one yet.
         self.parts_first(unasked).await;
-        let cold = seek && {
-            let mut st = lock(&self.state);
+        let (cold, missing, direct) = if seek {
+            let st = lock(&self.state);
             let missing: Vec<PieceIndex> =
                 PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect();
-            st.demand.extend(missing.iter().copied());
-            !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i))
+            let cold =
+                !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i));
+            let direct = if cold { self.direct_sources(&st, offset, end) } else { Vec::new() };
+            (cold, missing, direct)
+        } else {
+            (false, Vec::new(), Vec::new())
         };
         if !cold {
             return self.read_pieces(offset, end, first, last).await;
         }
-        // The pieces' requests first, so that the direct read goes to the least busy source
-        // after them.
+        // A cold seek that may be read directly is, first (`direct.rs`): its pieces are asked
+        // only when that fails or is late. Not at the head: reading from there is how
+        // sequential readers start, and their pieces are wanted at once.
+        let mut late = None;
+        let head = offset < SEQUENTIAL_SLACK;
+        let direct_later = head && !direct.is_empty();
+        if !direct.is_empty() && !head {
+            let mut race = Box::pin(self.clone().direct_race(direct, offset, end));
+            match tokio::time::timeout(DIRECT_FIRST, race.as_mut()).await {
+                Ok(Some(bytes)) => return Ok(bytes),
+                Ok(None) => {}
+                Err(_) => late = Some(race),
+            }
+        }
+        lock(&self.state).demand.extend(missing);
         self.schedule();
-        let (direct, split) = {
+        let split: Vec<PieceIndex> = {
             let st = lock(&self.state);
-            let split: Vec<PieceIndex> =
-                PieceIndex::range(first, last.next()).filter_map(|i| self.split_candidate(&st, i)).collect();
-            (self.direct_sources(&st, offset, end), split)
+            PieceIndex::range(first, last.next()).filter_map(|i| self.split_candidate(&st, i)).collect()
         };
         // Pieces are checked (a manifest): each piece of the read is also asked in parts of
         // the idle sources (a read across two pieces waits for both), and the reader waits
@@ -121,17 +137,26 @@ impl KeyFetch {
         for i in split {
             self.rt.spawn(self.clone().split_piece(i));
         }
-        if direct.is_empty() {
-            return self.read_pieces(offset, end, first, last).await;
-        }
+        let direct = match late {
+            Some(race) => race,
+            // At the head: the direct read goes to the least busy source after the pieces.
+            None if direct_later => {
+                let direct = self.direct_sources(&lock(&self.state), offset, end);
+                if direct.is_empty() {
+                    return self.read_pieces(offset, end, first, last).await;
+                }
+                Box::pin(self.clone().direct_race(direct, offset, end))
+            }
+            None => return self.read_pieces(offset, end, first, last).await,
+        };
         let pieces = self.read_pieces(offset, end, first, last);
-        let direct = self.clone().direct_race(direct, offset, end);
-        tokio::pin!(pieces, direct);
-        // A direct read that fails leaves the reader waiting for its pieces.
+        tokio::pin!(pieces);
+        // The late direct read goes on beside the pieces; if it fails, the reader waits for
+        // its pieces.
         tokio::select! {
             biased;
             r = &mut pieces => r,
-            Some(bytes) = &mut direct => Ok(bytes),
+            Some(bytes) = direct => Ok(bytes),
         }
     }
 
