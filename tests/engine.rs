@@ -360,9 +360,38 @@ fn a_cold_seek_does_not_wait_for_the_front_of_its_piece() {
     // would have waited for all of it.
     assert!(served < piece - (16 << 10), "the read waited for {served} bytes; the front of its piece is longer");
     assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
-    // The piece still lands in the cache: a read of it later is a hit with the same bytes.
+    // The direct read was late (16 KiB at 512 KiB/s: 31 ms, more than the 20 ms it runs
+    // alone), so the piece was asked too and lands in the cache: a later read of it gets the
+    // same bytes.
     let again = rt.block_on(kf.read(20 * piece, piece)).unwrap();
     assert!(again[..] == data[(20 * piece) as usize..(21 * piece) as usize]);
+}
+
+/// A lone seek answered directly in time asks for no piece: fetched at once, a seek's pieces
+/// held the links the next seeks needed. One answered late asks for its pieces too.
+#[test]
+fn a_seek_answered_directly_asks_for_no_piece_unless_late() {
+    let rt = runtime();
+    let r = rig(&rt);
+    let data = content(35, 8 << 20);
+    let key = sha256_key(&data);
+    let sources = vec![src("a", &data, Faults::default()), src("b", &data, Faults::default())];
+    let kf = r.fetcher.key(&key, dyns(&sources), None).unwrap();
+    let at = (5 << 20) + 1000;
+    let got = rt.block_on(kf.read(at, 64 << 10)).unwrap();
+    assert!(got[..] == data[at as usize..at as usize + (64 << 10)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let served: u64 = sources.iter().map(|s| s.served()).sum();
+    assert!(served <= 2 * (64 << 10), "only the direct copies were sent: {served} bytes");
+    assert_eq!(r.fetcher.stats.direct_reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Each answer 50 ms late: the pieces are asked beside the direct read.
+    let r = rig(&rt);
+    let slow = src("late", &data, Faults { latency: Duration::from_millis(50), ..Faults::default() });
+    let kf = r.fetcher.key(&key, dyns(std::slice::from_ref(&slow)), None).unwrap();
+    let got = rt.block_on(kf.read(at, 64 << 10)).unwrap();
+    assert!(got[..] == data[at as usize..at as usize + (64 << 10)]);
+    assert!(slow.requests() >= 2, "the direct read and the piece: {} requests", slow.requests());
 }
 
 /// A seek into pieces that a long readahead request will deliver only after many others is

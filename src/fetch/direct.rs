@@ -1,19 +1,22 @@
-//! Direct reads: the bytes of a cold seek asked of one source exactly, beside the pieces.
+//! Direct reads: the bytes of a cold seek asked exactly of two sources, before its pieces.
 //!
 //! A request delivers its pieces from their first byte. A cold read at a random offset waits
 //! for every byte of its piece before its own (a 256 KiB piece at 25 MB/s: up to 10 ms before
 //! a 64 KiB read at the back of it is served), and on a source already busy with readahead
 //! it shares the bandwidth with it. So a seek whose bytes are neither cached nor arriving is
 //! also asked directly: a range request for exactly `offset..end` on each of the two usable
-//! sources with the fewest requests in flight (then the quickest first byte), and the reader
-//! takes whichever comes first, those bytes or its pieces (`read.rs`). A piece in flight far
+//! sources with the fewest requests in flight (then the quickest first byte; a source whose
+//! starts are costly, an ssh remote, only when no other may be asked), and the reader takes
+//! whichever comes first, those bytes or its pieces (`read.rs`). A piece in flight far
 //! back in a long readahead request counts as not arriving: it could take the rest of the
 //! request to come. Its pieces are asked only when the direct read fails or has not answered
 //! within [`DIRECT_FIRST`] (then the reader takes whichever comes first): fetched at once
-//! into the cache, a lone seek's pieces (a few hundred KiB for 64 KiB read) spent the links
-//! the next seeks' bytes needed, and those waited behind them (seeks of a player or a
+//! into the cache, a lone seek's pieces (a few hundred KiB for a 64 KiB read) spent the
+//! links the next seeks' bytes needed, and those waited behind them (seeks of a player or a
 //! notebook come every few milliseconds). A read that continues from it is no seek and
-//! demands its pieces as usual; a read of the same bytes again is again a direct read.
+//! demands its pieces as usual; a read of the same bytes again is again a direct read. At
+//! the head of a file (where sequential readers start) the pieces are asked at once, and
+//! the direct read after them.
 //!
 //! Only where bytes may be served before they are verified anyway ([`KeyFetch`]'s partial
 //! serving: stream mode without a manifest): the bytes carry the same trust as the arrived
@@ -70,6 +73,11 @@ impl KeyFetch {
             return Vec::new();
         }
         let mut v = self.idle_sources(offset, end);
+        // A source whose starts are costly only when no other may be asked: the direct read
+        // would take a session its runs need, killed whenever the other copy wins.
+        if v.iter().any(|&s| !self.source(s).src.costly_start()) {
+            v.retain(|&s| !self.source(s).src.costly_start());
+        }
         v.truncate(DIRECT_COPIES);
         v
     }
@@ -91,8 +99,7 @@ impl KeyFetch {
     /// Sources that may be asked for `offset..end` now (serving ranges, holding it, alive,
     /// not backing off, with room under their limits), least busy first: fewest requests in
     /// flight, then the quickest first byte (unmeasured last among equals), then the fastest;
-    /// sources whose starts are costly last (an ssh session a direct read takes is one its
-    /// long runs lack, and a new one takes most of a second to start).
+    /// sources whose starts are costly last (a new ssh session takes most of a second).
     fn idle_sources(&self, offset: u64, end: u64) -> Vec<SourceId> {
         let now = Instant::now();
         let mut v: Vec<(SourceId, bool, u32, f64, f64)> = self

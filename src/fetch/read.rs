@@ -1,6 +1,8 @@
 //! Reads: [`KeyFetch::read`] demands the pieces a read covers, moves the readahead window,
 //! waits for the pieces (or, in stream mode without a manifest, for the arrived prefix of a
-//! piece still in flight), and reads them from the cache.
+//! piece still in flight), and reads them from the cache. A cold seek without a manifest is
+//! read directly from the sources first, its pieces demanded only when that fails or is
+//! late (`direct.rs`).
 //!
 //! The readahead window starts at [`INITIAL_WINDOW_BYTES`] after the last read, doubles while
 //! reading is sequential (up to [`MAX_WINDOW_BYTES`], and never more than a quarter of the
@@ -77,8 +79,8 @@ impl KeyFetch {
         result
     }
 
-    /// A pinned read: from its pieces, and for a cold seek also directly (`direct.rs`),
-    /// whichever comes first.
+    /// A pinned read: from its pieces; a cold seek directly first (`direct.rs`), its pieces
+    /// only if that fails or is late, and then whichever comes first.
     async fn read_pinned(
         self: &Arc<Self>,
         offset: u64,
@@ -101,8 +103,7 @@ impl KeyFetch {
             let st = lock(&self.state);
             let missing: Vec<PieceIndex> =
                 PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect();
-            let cold =
-                !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i));
+            let cold = !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i));
             let direct = if cold { self.direct_sources(&st, offset, end) } else { Vec::new() };
             (cold, missing, direct)
         } else {
@@ -111,8 +112,8 @@ impl KeyFetch {
         if !cold {
             return self.read_pieces(offset, end, first, last).await;
         }
-        // A cold seek that may be read directly is, first (`direct.rs`): its pieces are asked
-        // only when that fails or is late. Not at the head: reading from there is how
+        // A cold seek that may be read directly is read so first (`direct.rs`): its pieces
+        // are asked only when the direct read fails or is late. Not at the head: reading from there is how
         // sequential readers start, and their pieces are wanted at once.
         let mut late = None;
         let head = offset < SEQUENTIAL_SLACK;

@@ -24,12 +24,19 @@
 //!   requests (they finish the piece they receive and give the rest back). Near the end of
 //!   what is wanted a run takes at most its share of what is missing (the **end game**), so
 //!   the last pieces are asked of several sources rather than left in one long run;
+//! - a source whose starts are costly (`costly_start`: an ssh remote, a session and a GET
+//!   per new range, a transfer going on past its range for free) instead takes long runs
+//!   from the first request on (the longest while unmeasured, at least [`COSTLY_RUN_SECS`]
+//!   of its speed after), from the back of the readers' window while a quick source reads
+//!   its front, each where one of its transfers stands when it can; it leaves demanded
+//!   pieces and stretches shorter than [`COSTLY_MIN_RUN_BYTES`] to quick sources while
+//!   those could take them, and its runs are never preempted;
 //! - when nothing is missing: a **steal** of the back half of the largest unstarted remainder
-//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`] there,
-//!   or, from a source whose starts are costly (its run parks when cut), whenever the thief
-//!   would receive its half sooner than the victim the whole;
+//!   of another source's request that would take longer than [`STEAL_IF_LEFT_SECS`](super::config::STEAL_IF_LEFT_SECS) there,
+//!   or, from a source whose starts are costly (its transfer parks when cut), whenever an
+//!   idle thief would receive its half sooner than the victim the whole (`scheduler_steal.rs`);
 //! - a **hedge** of a demanded piece whose request stopped delivering (silent for
-//!   [`SILENT_HEDGE_AFTER`], or quiet for [`HEDGE_AFTER`], or dripping far slower than this
+//!   [`SILENT_HEDGE_AFTER`](super::config::SILENT_HEDGE_AFTER), or quiet for [`HEDGE_AFTER`](super::config::HEDGE_AFTER), or dripping far slower than this
 //!   source could): a second request for it, whichever copy lands first is kept. A reader
 //!   stuck that way comes before readahead.
 //!
@@ -49,13 +56,12 @@
 //! not (the piece is held by another process, or landed there) and plans again.
 
 use super::config::{
-    DEMAND_EXTRA, DRIP_BPS, HEDGE_AFTER, MAX_INFLIGHT, MAX_RUN_BYTES, PROBE_EVERY, SILENT_HEDGE_AFTER, SLOW_FACTOR,
-    START_COST_RUNS, STEAL_IF_LEFT_SECS, TARGET_REQUEST_SECS,
+    DEMAND_EXTRA, MAX_INFLIGHT, MAX_RUN_BYTES, PROBE_EVERY, SLOW_FACTOR, START_COST_RUNS, TARGET_REQUEST_SECS,
 };
 use super::piece::{Piece, PieceIndex, PieceTable, RequestId};
 use super::stats::SourceId;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A run on a source whose starts are costly takes at least this long at its measured speed:
 /// its first measurements are low (a run timed at [`super::config::MIN_MEASURED`]), and runs
@@ -199,6 +205,9 @@ pub fn plan(b: &Board<'_>, now: Instant) -> Vec<Action> {
         wanted,
         changed: HashMap::new(),
         hedged: BTreeSet::new(),
+        // The best speed among sources that work now (a source that sends fast and then
+        // fails is no yardstick).
+        best_bps: b.sources.iter().filter(|v| !v.dead && v.fails_in_row == 0).map(|v| v.bps).fold(0.0, f64::max),
         sources: b.sources.clone(),
         requests: b.requests.clone(),
         next_id: b.next_id,
@@ -219,6 +228,8 @@ struct Planner<'a, 'b> {
     changed: HashMap<PieceIndex, Piece>,
     /// Pieces this plan hedged.
     hedged: BTreeSet<PieceIndex>,
+    /// The best measured speed among the sources that work.
+    best_bps: f64,
     sources: Vec<SourceView>,
     requests: Vec<RequestView>,
     next_id: RequestId,
@@ -254,10 +265,7 @@ impl Planner<'_, '_> {
         // A source that can go on where its transfer stands chooses before the others take
         // the piece it would go on with (see `continuation`).
         order.sort_by_cached_key(|&s| self.continuation(s).is_none());
-        // The best speed among sources that work now (a source that sends fast and then
-        // fails is no yardstick).
-        let best_bps =
-            self.sources.iter().filter(|v| !v.dead && v.fails_in_row == 0).map(|v| v.bps).fold(0.0, f64::max);
+        let best_bps = self.best_bps;
         let usable = self.sources.iter().filter(|v| !v.dead && v.backoff_until.is_none_or(|t| t <= now)).count().max(1);
         for s in order {
             let v = &mut self.sources[s.0];
@@ -297,7 +305,9 @@ impl Planner<'_, '_> {
         let busy = v.inflight >= MAX_INFLIGHT;
         let resume = if leave_demand { self.continuation(s) } else { None };
         let start = self.wanted.iter().copied().find(|&i| {
-            self.missing(i) && self.may_ask(s, i) && !(leave_demand && self.b.demand.contains(&i) && resume != Some(i))
+            self.missing(i)
+                && self.may_ask(s, i)
+                && !(leave_demand && self.b.demand.contains(&i) && resume != Some(i) && self.quick_could_start(s, i))
         });
         match start {
             Some(p) if !self.readers_wanted.contains(&p) => {
@@ -319,7 +329,11 @@ impl Planner<'_, '_> {
             Some(p) if self.b.demand.contains(&p) => {
                 // Spread the demanded pieces over the sources, for the earliest finish.
                 self.assign_run(s, p, demand_missing.div_ceil(usable).max(1));
-                self.preempt_readahead(s);
+                // Not where starts are costly: a cut run's session is gone, and its next run
+                // a new start; the demand runs beside it.
+                if !self.sources[s.0].costly_start {
+                    self.preempt_readahead(s);
+                }
                 true
             }
             // The extra requests are only for pieces readers wait on.
@@ -340,10 +354,12 @@ impl Planner<'_, '_> {
                     // spend a session on little, and the long runs at the back would then
                     // wait most of a second for a new one.
                     let ps = self.b.piece_size.max(1);
-                    let want = usize::try_from(COSTLY_MIN_RUN_BYTES / ps).unwrap_or(1).min(max_run);
+                    let want = usize::try_from(COSTLY_MIN_RUN_BYTES / ps).unwrap_or(1).clamp(1, max_run);
+                    let for_readers =
+                        self.wanted.iter().filter(|&&i| self.missing(i) && self.readers_wanted.contains(&i));
                     if self.sources[s.0].costly_start
                         && self.run_len(s, from, want) < want
-                        && self.quick_can_take(s, missing as f64 * ps as f64, COSTLY_RUN_SECS)
+                        && self.quick_can_take(s, for_readers.count() as f64 * ps as f64, COSTLY_RUN_SECS)
                     {
                         return false;
                     }
@@ -434,22 +450,39 @@ impl Planner<'_, '_> {
             })
     }
 
-    /// Whether the sources quick to start other than `s` would receive `bytes` within `secs`
-    /// at their summed measured speed (any of them unmeasured counts as yes: it is measured
-    /// within its first request). A source whose starts are costly leaves short work to them
-    /// only then: behind a slow mirror it takes its share.
+    /// Whether source `o` is quick to start and may be given work now: serving ranges, alive,
+    /// not backing off, not only probed (far slower than the best), with room for a request.
+    fn quick_now(&self, o: SourceId) -> bool {
+        let v = &self.sources[o.0];
+        !v.dead
+            && v.ranges
+            && !self.starts_slowly(o)
+            && v.backoff_until.is_none_or(|t| t <= self.now)
+            && !(v.bps > 0.0 && v.bps * SLOW_FACTOR < self.best_bps)
+            && v.room != Some(0)
+            && v.inflight < MAX_INFLIGHT + DEMAND_EXTRA
+    }
+
+    /// Whether the sources other than `s` that are quick now ([`Self::quick_now`]) would
+    /// receive `bytes` within `secs` at their summed measured speed (any of them unmeasured
+    /// counts as yes: it is measured within its first request). A source whose starts are
+    /// costly leaves short work to them only then: behind a slow mirror it takes its share.
     fn quick_can_take(&self, s: SourceId, bytes: f64, secs: f64) -> bool {
         let mut sum = 0.0;
-        for (o, v) in self.sources.iter().enumerate() {
-            if o == s.0 || v.dead || v.backoff_until.is_some_and(|t| t > self.now) || self.starts_slowly(SourceId(o)) {
-                continue;
-            }
-            if v.bps <= 0.0 {
+        for o in (0..self.sources.len()).map(SourceId).filter(|&o| o != s && self.quick_now(o)) {
+            let bps = self.sources[o.0].bps;
+            if bps <= 0.0 {
                 return true;
             }
-            sum += v.bps;
+            sum += bps;
         }
         sum * secs >= bytes
+    }
+
+    /// Whether a source other than `s` that is quick now may be asked for piece `i` (it holds
+    /// it and has not sent it wrong): a demanded piece is left to one only then, never to no one.
+    fn quick_could_start(&self, s: SourceId, i: PieceIndex) -> bool {
+        (0..self.sources.len()).map(SourceId).any(|o| o != s && self.quick_now(o) && self.may_ask(o, i))
     }
 
     /// Where `s`, a source slow to start requests, can go on without a new start: the first
@@ -493,8 +526,9 @@ impl Planner<'_, '_> {
     }
 
     /// The longest run `s` is given: one piece while unmeasured, else what it sends in
-    /// [`TARGET_REQUEST_SECS`] (or [`START_COST_RUNS`] times its wait for a first byte), at
-    /// most [`MAX_RUN_BYTES`]. A source whose starts are costly gets that most from the
+    /// [`TARGET_REQUEST_SECS`] (or [`START_COST_RUNS`] times its wait for a first byte, and at
+    /// least [`COSTLY_RUN_SECS`] where starts are costly), at most [`MAX_RUN_BYTES`]. A
+    /// source whose starts are costly gets that most from the
     /// start: its first readahead run is taken from the back, and a short one would leave its
     /// transfer at the end of the window, nothing to go on with, every next run a new start.
     fn max_run(&self, s: SourceId) -> usize {
@@ -573,107 +607,10 @@ impl Planner<'_, '_> {
             }
         }
     }
-
-    /// Idle source `s` takes the back half of the largest unstarted remainder of another
-    /// source's request that would take long where it is.
-    fn steal(&mut self, s: SourceId) -> bool {
-        let ps = self.b.piece_size as f64;
-        let now = self.now;
-        let victim = self
-            .requests
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.source != s && !r.hedge)
-            // The piece being received now stays with its request.
-            .map(|(k, r)| (k, r, r.next.next(), r.end))
-            .filter(|&(_, _, from, end)| end.0 > from.0 + 1)
-            // Only work that would take long where it is: splitting a request about to finish
-            // anyway wastes what its connection already has in flight.
-            .filter(|&(_, r, from, end)| {
-                let bps = self.sources[r.source.0].bps;
-                let left = (end.0 - from.0) as f64 * ps;
-                let slow_start = bps <= 0.0 && now.saturating_duration_since(r.started) > HEDGE_AFTER;
-                slow_start || (bps > 0.0 && left / bps > STEAL_IF_LEFT_SECS) || self.steal_pays(s, r.source, left)
-            })
-            .map(|(k, _, from, end)| (k, from, end))
-            .max_by_key(|&(_, from, end)| end.0 - from.0);
-        let Some((k, from, end)) = victim else { return false };
-        let split = PieceIndex(from.0 + (end.0 - from.0) / 2);
-        let victim = self.requests[k].id;
-        self.requests[k].end = split;
-        self.give_back(victim, split, end);
-        self.actions.push(Action::Steal { victim, split, end });
-        let mut to = split;
-        while to < end && self.missing(to) && self.may_ask(s, to) {
-            to = to.next();
-        }
-        if to == split {
-            return false;
-        }
-        let id = self.start(s, split, to, false);
-        self.actions.push(Action::Start { id, source: s, from: split, to });
-        true
-    }
-
-    /// Whether idle `thief` should take the back half of the `left` bytes still to come of a
-    /// request on `victim`, a source whose starts are costly (an ssh session), even though
-    /// they are below [`STEAL_IF_LEFT_SECS`]: the thief, quick to start, receives its half
-    /// sooner than the victim would finish the whole. Such a victim's runs are long and at the
-    /// back of the readahead ([`Self::far_start`]), so the end of a read is where they end: the
-    /// other sources would sit idle through its last fraction of a second. Cutting its run
-    /// costs nothing fetched: its transfer parks where the run now ends (bytes already under
-    /// way stay in its session, on its own link), whereas a cut HTTP request drops what its
-    /// connection has in flight, which is why other victims keep the plain bar.
-    fn steal_pays(&self, thief: SourceId, victim: SourceId, left: f64) -> bool {
-        let (t, v) = (&self.sources[thief.0], &self.sources[victim.0]);
-        v.costly_start
-            && !self.starts_slowly(thief)
-            && t.bps > 0.0
-            && v.bps > 0.0
-            && t.ttfb + left / 2.0 / t.bps < left / v.bps
-    }
-
-    /// A demanded piece in flight on another source, not hedged yet, whose request stopped
-    /// delivering: silent ones get less patience than ones that were sending; one sending far
-    /// slower than `s` could (a mirror that drips) counts too.
-    fn overdue_demand(&self, s: SourceId) -> Option<PieceIndex> {
-        let s_bps = self.sources[s.0].bps;
-        let now = self.now;
-        self.b.demand.iter().copied().find(|&i| {
-            if self.b.hedged.contains(&i) || self.hedged.contains(&i) {
-                return false;
-            }
-            let Piece::InFlight(id) = self.piece(i) else { return false };
-            if self.refused(s, i) || !(self.b.holds)(s, i) {
-                return false;
-            }
-            self.requests.iter().find(|r| r.id == id).is_some_and(|r| {
-                let silent = r.got == 0;
-                let age = now.saturating_duration_since(r.started);
-                let rate = r.got as f64 / age.as_secs_f64().max(1e-3);
-                // Against what `s` sends a request (measured): many readers at once share a
-                // server, each request slow and none faster elsewhere, and a hedge there would
-                // only send the piece twice. Unmeasured, against an absolute drip.
-                let floor = if s_bps > 0.0 { s_bps / 4.0 } else { DRIP_BPS };
-                // A source whose first bytes usually take long (a busy server's queue, an ssh
-                // session) is given twice that before its silence counts, at most 2 s.
-                let usual = Duration::from_secs_f64(self.sources[r.source.0].ttfb.clamp(0.0, 1.0) * 2.0);
-                let dripping = age > SILENT_HEDGE_AFTER.max(usual) && rate < floor;
-                let patience: Duration = if silent { SILENT_HEDGE_AFTER.max(usual) } else { HEDGE_AFTER };
-                r.source != s && (dripping || now.saturating_duration_since(r.last_progress) > patience)
-            })
-        })
-    }
-
-    /// Duplicates an overdue demanded piece on `s`.
-    fn hedge(&mut self, s: SourceId) -> bool {
-        let Some(i) = self.overdue_demand(s) else { return false };
-        self.hedged.insert(i);
-        let id = self.start(s, i, i.next(), true);
-        self.actions.push(Action::Hedge { id, source: s, piece: i });
-        true
-    }
 }
+
+#[path = "scheduler_steal.rs"]
+mod steal;
 
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]

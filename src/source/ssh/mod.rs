@@ -6,7 +6,7 @@
 //!   stopped, so the session is then parked where it stopped, and a range of the same key a
 //!   little after `b` (a reader going on) continues it without a new GET (see [`pool`]). One
 //!   nobody continues is read to its end when little is left (and kept for another GET),
-//!   else killed.
+//!   else killed. A range the fetcher cuts short (a steal) parks where it stopped the same way.
 //! - Ranges at different places run at once, each in its own session; with
 //!   `annex.sshcaching` (on by default) the sessions share one master connection per host
 //!   (`ControlMaster=auto`, `ControlPersist`), its socket in a private directory removed when
@@ -345,6 +345,31 @@ impl Transfer {
             }
         }
         Some(Ok(Bytes::from(buf)))
+    }
+}
+
+/// A transfer dropped before its range was whole (the fetcher cut the range short: a steal,
+/// a preemption, the file closed) parks its session where it stopped, as a whole range
+/// does: the bytes under way stay in it for a range going on from there, or it is read to
+/// its end or killed as any parked session (`pool`). One that failed has no session left.
+/// Outside a runtime (the process ending) the session is simply killed.
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        if self.pos >= self.size || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.host.end_running(
+            self.running.id,
+            Parked {
+                repo: self.repo.clone(),
+                key: self.key.clone(),
+                pos: self.pos,
+                left: self.size - self.pos,
+                session,
+                since: Instant::now(),
+            },
+        );
     }
 }
 
