@@ -20,7 +20,29 @@ fn helper() -> Option<annexfs::cli::Cli> {
     }
 }
 
+/// glibc's malloc gives each thread that allocates while others do an arena of its own, up to
+/// eight per core, and keeps what each arena freed. The daemon's threads (its runtime, FUSE,
+/// blocking tasks persisting pieces) then held 310-340 MB with 64 readers at once, against
+/// 170 MB with one arena per core; throughput was the same. A `MALLOC_ARENA_MAX` set by the
+/// user wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn arenas_per_core() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+    let n = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only sets a tunable of the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn arenas_per_core() {}
+
 fn main() {
+    arenas_per_core();
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == annexfs::cmd::spread::PROGRAM) {
         std::process::exit(annexfs::cmd::spread::program::run());
