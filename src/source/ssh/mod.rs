@@ -331,20 +331,26 @@ impl Transfer {
                     Err(e) => tracing::debug!("after a whole range: {e}"),
                 }
             } else {
-                self.host.end_running(
-                    self.running.id,
-                    Parked {
-                        repo: self.repo.clone(),
-                        key: self.key.clone(),
-                        pos: self.pos,
-                        left: self.size - self.pos,
-                        session,
-                        since: Instant::now(),
-                    },
-                );
+                self.park(session);
             }
         }
         Some(Ok(Bytes::from(buf)))
+    }
+
+    /// Hands `session`, standing at `pos`, to the range waiting to go on from there, else
+    /// parks it (see [`pool`]).
+    fn park(&self, session: Session) {
+        self.host.end_running(
+            self.running.id,
+            Parked {
+                repo: self.repo.clone(),
+                key: self.key.clone(),
+                pos: self.pos,
+                left: self.size - self.pos,
+                session,
+                since: Instant::now(),
+            },
+        );
     }
 }
 
@@ -359,17 +365,7 @@ impl Drop for Transfer {
         if self.pos >= self.size || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        self.host.end_running(
-            self.running.id,
-            Parked {
-                repo: self.repo.clone(),
-                key: self.key.clone(),
-                pos: self.pos,
-                left: self.size - self.pos,
-                session,
-                since: Instant::now(),
-            },
-        );
+        self.park(session);
     }
 }
 
