@@ -99,31 +99,33 @@ impl KeyFetch {
         // one is (the kernel sends a stream's reads out of order) and its pieces may be asked
         // of no one yet.
         self.parts_first(unasked).await;
-        let (cold, missing, direct) = if seek {
+        let (cold, missing) = if seek {
             let st = lock(&self.state);
             let missing: Vec<PieceIndex> =
                 PieceIndex::range(first, last.next()).filter(|&i| st.pieces.is(i, Piece::Missing)).collect();
             let cold = !missing.is_empty() || PieceIndex::range(first, last.next()).any(|i| self.far_in_flight(&st, i));
-            let direct = if cold { self.direct_sources(&st, offset, end) } else { Vec::new() };
-            (cold, missing, direct)
+            (cold, missing)
         } else {
-            (false, Vec::new(), Vec::new())
+            (false, Vec::new())
         };
         if !cold {
             return self.read_pieces(offset, end, first, last).await;
         }
         // A cold seek that may be read directly is read so first (`direct.rs`): its pieces
-        // are asked only when the direct read fails or is late. Not at the head: reading from there is how
-        // sequential readers start, and their pieces are wanted at once.
-        let mut late = None;
+        // are asked only when the direct read fails or is late. Not at the head, where
+        // sequential readers start: their pieces are wanted at once, and the direct read goes
+        // to the least busy source after them.
         let head = offset < SEQUENTIAL_SLACK;
-        let direct_later = head && !direct.is_empty();
-        if !direct.is_empty() && !head {
-            let mut race = Box::pin(self.clone().direct_race(direct, offset, end));
-            match tokio::time::timeout(DIRECT_FIRST, race.as_mut()).await {
-                Ok(Some(bytes)) => return Ok(bytes),
-                Ok(None) => {}
-                Err(_) => late = Some(race),
+        let mut late = None;
+        if !head {
+            let direct = self.direct_sources(&lock(&self.state), offset, end);
+            if !direct.is_empty() {
+                let mut race = Box::pin(self.clone().direct_race(direct, offset, end));
+                match tokio::time::timeout(DIRECT_FIRST, race.as_mut()).await {
+                    Ok(Some(bytes)) => return Ok(bytes),
+                    Ok(None) => {}
+                    Err(_) => late = Some(race),
+                }
             }
         }
         lock(&self.state).demand.extend(missing);
@@ -140,8 +142,7 @@ impl KeyFetch {
         }
         let direct = match late {
             Some(race) => race,
-            // At the head: the direct read goes to the least busy source after the pieces.
-            None if direct_later => {
+            None if head => {
                 let direct = self.direct_sources(&lock(&self.state), offset, end);
                 if direct.is_empty() {
                     return self.read_pieces(offset, end, first, last).await;
